@@ -1,0 +1,1 @@
+"""The ``wsa`` command line: a thin layer over the library (one ``*_cmd.py`` per command)."""

@@ -1,0 +1,100 @@
+"""The typer app and the one place where errors become a message and an exit code.
+
+Each command lives in its own ``*_cmd.py`` and imports heavy modules (torch) inside its function,
+so ``wsa --help`` stays instant. :class:`WsaGroup` wraps every command invocation: a
+:class:`~wsa_cli.errors.WsaError` prints ``error: <where>: <what>`` on stderr and exits with its
+code; anything else is an internal error (exit 70) whose traceback ``--debug`` shows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from wsa_cli import __version__
+from wsa_cli.errors import ExitCode, WsaError
+
+_DEBUG = {"on": False}
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+class WsaGroup(TyperGroup):
+    """Typer group whose ``invoke`` turns exceptions into one stderr line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except WsaError as exc:
+            if _DEBUG["on"]:
+                traceback.print_exc()
+            _fail(str(exc), int(exc.exit_code))
+        except KeyboardInterrupt:
+            _fail("interrupted", int(ExitCode.INTERRUPTED))
+        except BrokenPipeError:
+            # the reader of our stdout went away (e.g. `| head`); not an error of ours
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise click.exceptions.Exit(int(ExitCode.OK)) from None
+        except Exception as exc:  # noqa: BLE001 - the single last-resort handler
+            if _DEBUG["on"]:
+                traceback.print_exc()
+            first = (str(exc).strip().splitlines() or [""])[0]
+            _fail(f"internal error ({type(exc).__name__}: {first}); rerun with --debug and report it", int(ExitCode.INTERNAL))
+
+
+app = typer.Typer(
+    name="wsa",
+    cls=WsaGroup,
+    help="Merge neural-network checkpoints with Weight Scope Alignment (Xu et al., 2024).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"wsa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Merge neural-network checkpoints with Weight Scope Alignment (Xu et al., 2024).
+
+    Exit codes: 0 ok, 1 a --fail-above gate failed, 2 bad usage, 3 input not found,
+    4 unreadable checkpoint, 5 checkpoints do not match, 6 bad recipe/spec/config,
+    7 output refused, 8 plug-in failed, 9 device unavailable, 70 internal error, 130 interrupted.
+    """
+    _DEBUG["on"] = debug
+
+
+def _register() -> None:
+    """Attach every command. Each module defines ``command`` (a function) or ``app`` (a sub-group)."""
+    # one import and one line per command; keep alphabetical
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point (``wsa``) and ``python -m wsa_cli``."""
+    app(prog_name="wsa")

@@ -1,0 +1,15 @@
+"""Scope math: Gaussian scopes, their KL divergence, fusion of K scopes, rescaling onto a scope."""
+
+from wsa_cli.fusion.gaussian import Scope, gaussian_kl
+from wsa_cli.fusion.fuse import FUSION_METHODS, fuse_scopes, normalize_weights
+from wsa_cli.fusion.rescale import RESCALE_MODES, rescale_tensor
+
+__all__ = [
+    "FUSION_METHODS",
+    "RESCALE_MODES",
+    "Scope",
+    "fuse_scopes",
+    "gaussian_kl",
+    "normalize_weights",
+    "rescale_tensor",
+]

@@ -1,0 +1,87 @@
+"""Fusion of K layer scopes into one unified scope (our reading of the WSA paper, Xu et al. 2024).
+
+Methods (``p_i`` are normalised weights, equal by default, e.g. client data sizes in FL):
+
+* ``moments`` (default): moment matching of the mixture ``sum p_i N(mu_i, s_i^2)``:
+  ``mu = sum p_i mu_i``, ``s^2 = sum p_i (s_i^2 + (mu_i - mu)^2)``. This is the single Gaussian
+  closest in KL(mixture || q) to the mixture.
+* ``precision``: product-of-experts style, ``1/s^2 = sum p_i / s_i^2``,
+  ``mu = s^2 sum p_i mu_i / s_i^2``. A constant layer (s_i = 0) dominates; we then return the
+  weighted mean of the constant layers' means with std 0.
+* ``stats-mean``: plain average of the statistics, ``mu = sum p_i mu_i``, ``s = sum p_i s_i``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from wsa_cli.errors import UsageError
+from wsa_cli.fusion.gaussian import Scope
+
+
+def normalize_weights(weights: Sequence[float] | None, k: int) -> list[float]:
+    """Return ``k`` non-negative weights summing to 1 (equal when ``weights`` is None).
+
+    Example:
+        >>> normalize_weights([1, 3], 2)
+        [0.25, 0.75]
+    """
+    if k <= 0:
+        raise UsageError("need at least one scope to fuse")
+    if weights is None:
+        return [1.0 / k] * k
+    w = [float(x) for x in weights]
+    if len(w) != k:
+        raise UsageError(f"got {len(w)} weights for {k} models")
+    if any(not math.isfinite(x) or x < 0 for x in w):
+        raise UsageError(f"weights must be finite and >= 0, got {w}")
+    total = sum(w)
+    if total <= 0:
+        raise UsageError(f"weights must not all be zero, got {w}")
+    return [x / total for x in w]
+
+
+def _moments(scopes: Sequence[Scope], p: Sequence[float]) -> Scope:
+    mu = sum(pi * s.mean for pi, s in zip(p, scopes))
+    var = sum(pi * (s.std * s.std + (s.mean - mu) ** 2) for pi, s in zip(p, scopes))
+    return Scope(mu, math.sqrt(max(var, 0.0)))
+
+
+def _precision(scopes: Sequence[Scope], p: Sequence[float]) -> Scope:
+    constant = [(pi, s) for pi, s in zip(p, scopes) if s.std == 0.0 and pi > 0]
+    if constant:  # infinite precision wins outright
+        total = sum(pi for pi, _ in constant)
+        return Scope(sum(pi * s.mean for pi, s in constant) / total, 0.0)
+    used = [(pi, s) for pi, s in zip(p, scopes) if pi > 0]  # zero-weight models do not count
+    prec = sum(pi / (s.std * s.std) for pi, s in used)
+    var = 1.0 / prec
+    mu = var * sum(pi * s.mean / (s.std * s.std) for pi, s in used)
+    return Scope(mu, math.sqrt(var))
+
+
+def _stats_mean(scopes: Sequence[Scope], p: Sequence[float]) -> Scope:
+    return Scope(sum(pi * s.mean for pi, s in zip(p, scopes)), sum(pi * s.std for pi, s in zip(p, scopes)))
+
+
+#: Registry of fusion methods by name; ``moments`` is the default everywhere.
+FUSION_METHODS: dict[str, Callable[[Sequence[Scope], Sequence[float]], Scope]] = {
+    "moments": _moments,
+    "precision": _precision,
+    "stats-mean": _stats_mean,
+}
+
+
+def fuse_scopes(scopes: Sequence[Scope], weights: Sequence[float] | None = None, method: str = "moments") -> Scope:
+    """Fuse K scopes of one layer into the unified scope.
+
+    Example:
+        >>> fuse_scopes([Scope(0.0, 1.0), Scope(2.0, 1.0)])
+        Scope(mean=1.0, std=1.4142135623730951)
+    """
+    try:
+        fn = FUSION_METHODS[method]
+    except KeyError:
+        raise UsageError(f"unknown fusion method {method!r}; choose from {', '.join(FUSION_METHODS)}") from None
+    p = normalize_weights(weights, len(scopes))
+    return fn(scopes, p)

@@ -1,0 +1,126 @@
+"""The reader interface every checkpoint format implements.
+
+A reader is lazy: opening one parses headers only; :meth:`CheckpointReader.info` answers shape
+and dtype without touching tensor data; :meth:`CheckpointReader.get` loads one tensor. Merge,
+inspect and interpolate only ever use this interface, so a new format is one new reader.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import torch
+
+from wsa_cli.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Shape and dtype of one stored tensor, known without loading it.
+
+    Example:
+        >>> TensorInfo("fc.weight", (10, 4), torch.float16).nbytes
+        80
+    """
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+class CheckpointReader(abc.ABC):
+    """Lazy, read-only view of one model's tensors (one file, a folder, or a set of shards).
+
+    Subclasses fill ``_infos`` (key -> :class:`TensorInfo`, in storage order) in ``__init__`` and
+    implement :meth:`_load`. Use as a context manager so file handles are released.
+    """
+
+    #: Short name of the on-disk format, e.g. ``safetensors`` or ``torch``.
+    format_name: str = "?"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._infos: dict[str, TensorInfo] = {}
+        #: ``__metadata__`` of safetensors files, or a container's non-tensor scalars.
+        self.metadata: dict[str, str] = {}
+        #: Entries that were found but are not tensors (key -> reason); reported, never fatal.
+        self.skipped: dict[str, str] = {}
+
+    # -- interface ---------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        """Tensor names in storage order."""
+        return list(self._infos)
+
+    def info(self, key: str) -> TensorInfo:
+        """Shape and dtype of ``key`` without reading its data."""
+        try:
+            return self._infos[key]
+        except KeyError:
+            raise CheckpointError("no such tensor in this checkpoint", path=self.path, key=key) from None
+
+    def infos(self) -> list[TensorInfo]:
+        return list(self._infos.values())
+
+    def get(self, key: str) -> torch.Tensor:
+        """Load one tensor onto the CPU, with its stored dtype."""
+        self.info(key)  # raises a clear error for unknown keys
+        return self._load(key)
+
+    def files(self) -> list[Path]:
+        """The files that hold this checkpoint's tensors (used for provenance and overwrite checks)."""
+        return [self.path]
+
+    def extra_files(self) -> list[Path]:
+        """Non-tensor files that travel with the model (config, tokenizer); empty for a lone file."""
+        return []
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.nbytes for i in self._infos.values())
+
+    def close(self) -> None:
+        """Release file handles. Safe to call twice."""
+
+    # -- implementation hook -----------------------------------------------------------------
+    @abc.abstractmethod
+    def _load(self, key: str) -> torch.Tensor: ...
+
+    # -- conveniences ------------------------------------------------------------------------
+    def __contains__(self, key: object) -> bool:
+        return key in self._infos
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._infos)
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path} ({len(self)} tensors)>"
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Load every tensor (small models only; merge and inspect stream instead)."""
+        return {k: self._load(k) for k in self._infos}

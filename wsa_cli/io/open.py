@@ -1,0 +1,112 @@
+"""``open_checkpoint``: one entry point that picks the right reader for a path.
+
+Accepted inputs:
+
+* ``model.safetensors`` -- one safetensors file;
+* ``model.safetensors.index.json`` (or ``pytorch_model.bin.index.json``) -- Hugging Face shards;
+* ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt`` -- a pickled PyTorch checkpoint (weights only);
+* a folder holding one model in any of the above forms (an index wins; several ``.safetensors``
+  files without an index are read as shards). Other files in the folder (``config.json``,
+  tokenizer files) are reported by :meth:`CheckpointReader.extra_files`.
+
+A file with another suffix is recognised by its first bytes (safetensors header or zip/pickle).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wsa_cli.errors import CheckpointError, InputNotFoundError
+from wsa_cli.io.base import CheckpointReader
+from wsa_cli.io.safetensors_reader import SafetensorsReader, ShardedSafetensorsReader, read_index
+from wsa_cli.io.torch_reader import TORCH_SUFFIXES, TorchReader
+
+#: Files that wsa itself writes next to a merged model; never treated as model files.
+WSA_SIDE_FILES = ("wsa-merge-report.json",)
+
+
+def _sniff(path: Path) -> str | None:
+    """Guess a format from the first bytes: 'safetensors', 'torch' or None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return None
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    return None
+
+
+def _open_index(index: Path, extra: list[Path] | None, container_key: str | None, strip_prefix: str | None, shown: Path) -> CheckpointReader:
+    shards, weight_map = read_index(index)
+    if index.name.endswith(".safetensors.index.json") or all(s.suffix == ".safetensors" for s in shards):
+        return ShardedSafetensorsReader(shown, shards, weight_map=weight_map, index_path=index, extra_files=extra)
+    return TorchReader(shown, container_key=container_key, strip_prefix=strip_prefix, shards=shards, extra_files=extra)
+
+
+def _open_folder(folder: Path, container_key: str | None, strip_prefix: str | None) -> CheckpointReader:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    indexes = [p for p in files if p.name.endswith(".index.json")]
+    st_files = [p for p in files if p.suffix == ".safetensors"]
+    pt_files = [p for p in files if p.suffix in TORCH_SUFFIXES]
+    if len(indexes) > 1:
+        # Hugging Face repos often ship both formats; safetensors wins, as in transformers.
+        st_index = [p for p in indexes if p.name.endswith(".safetensors.index.json")]
+        indexes = st_index[:1] if len(st_index) == 1 else indexes
+        if len(indexes) > 1:
+            raise CheckpointError(f"folder holds several index files ({', '.join(p.name for p in indexes)}); pass one", path=folder)
+    if indexes:
+        shards, _ = read_index(indexes[0])
+        extra = [p for p in files if p not in shards and p != indexes[0] and not _is_weight_file(p) and p.name not in WSA_SIDE_FILES]
+        return _open_index(indexes[0], extra, container_key, strip_prefix, folder)
+    extra = [p for p in files if not _is_weight_file(p) and p.name not in WSA_SIDE_FILES]
+    if st_files:
+        if len(st_files) == 1:
+            return SafetensorsReader(st_files[0], extra_files=extra)
+        return ShardedSafetensorsReader(folder, st_files, extra_files=extra)
+    if len(pt_files) == 1:
+        return TorchReader(pt_files[0], container_key=container_key, strip_prefix=strip_prefix, extra_files=extra)
+    if len(pt_files) > 1:
+        names = ", ".join(p.name for p in pt_files)
+        raise CheckpointError(f"folder holds several PyTorch checkpoints ({names}) and no index; pass one file", path=folder)
+    raise CheckpointError("folder holds no .safetensors, .pt, .pth, .bin or .ckpt file", path=folder)
+
+
+def _is_weight_file(p: Path) -> bool:
+    return p.suffix == ".safetensors" or p.suffix in TORCH_SUFFIXES or p.name.endswith(".index.json")
+
+
+def open_checkpoint(
+    path: str | Path, *, container_key: str | None = None, strip_prefix: str | None = None
+) -> CheckpointReader:
+    """Open a checkpoint lazily, whatever its format.
+
+    ``container_key`` picks the dict inside a pickled checkpoint (``state_dict``, ``ema.model``);
+    ``strip_prefix`` removes a prefix shared by every key (``module.`` is always removed).
+
+    Example:
+        >>> with open_checkpoint("model.safetensors") as ckpt:  # doctest: +SKIP
+        ...     print(ckpt.info("fc.weight").shape)
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputNotFoundError("no such file or folder", path=p)
+    if p.is_dir():
+        return _open_folder(p, container_key, strip_prefix)
+    if p.name.endswith(".index.json"):
+        return _open_index(p, None, container_key, strip_prefix, p)
+    if p.suffix == ".safetensors":
+        return SafetensorsReader(p)
+    if p.suffix in TORCH_SUFFIXES:
+        return TorchReader(p, container_key=container_key, strip_prefix=strip_prefix)
+    kind = _sniff(p)
+    if kind == "safetensors":
+        return SafetensorsReader(p)
+    if kind == "torch":
+        return TorchReader(p, container_key=container_key, strip_prefix=strip_prefix)
+    raise CheckpointError(
+        "unknown checkpoint format (expected .safetensors, .safetensors.index.json, .pt, .pth, .bin, .ckpt or a folder)",
+        path=p,
+    )

@@ -1,0 +1,151 @@
+"""Lazy readers for ``.safetensors`` files and Hugging Face sharded folders (index + shards)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from wsa_cli.errors import CheckpointError, InputNotFoundError
+from wsa_cli.io.base import CheckpointReader, TensorInfo
+from wsa_cli.io.dtypes import TAG_TO_DTYPE
+
+
+def _open(path: Path):  # noqa: ANN202 - safetensors' handle type is private
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except FileNotFoundError:
+        raise InputNotFoundError("file not found", path=path) from None
+    except SafetensorError as exc:
+        msg = str(exc).replace("Error while deserializing header: ", "")
+        raise CheckpointError(f"corrupt or truncated safetensors file ({msg})", path=path) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read safetensors file ({exc.strerror or exc})", path=path) from None
+
+
+def _infos_of(handle, path: Path) -> dict[str, TensorInfo]:  # noqa: ANN001
+    infos: dict[str, TensorInfo] = {}
+    for key in handle.keys():
+        sl = handle.get_slice(key)
+        tag = sl.get_dtype()
+        if tag not in TAG_TO_DTYPE:
+            raise CheckpointError(f"dtype {tag} is not supported by this torch build", path=path, key=key)
+        infos[key] = TensorInfo(key, tuple(int(d) for d in sl.get_shape()), TAG_TO_DTYPE[tag])
+    return infos
+
+
+class SafetensorsReader(CheckpointReader):
+    """One ``.safetensors`` file, read through ``safe_open`` (memory-mapped, one tensor at a time).
+
+    Example:
+        >>> with SafetensorsReader("model.safetensors") as r:  # doctest: +SKIP
+        ...     w = r.get("fc.weight")
+    """
+
+    format_name = "safetensors"
+
+    def __init__(self, path: str | Path, *, extra_files: list[Path] | None = None) -> None:
+        super().__init__(path)
+        self._handle = _open(self.path)
+        self._infos = _infos_of(self._handle, self.path)
+        self.metadata = dict(self._handle.metadata() or {})
+        self._extra = list(extra_files or [])
+
+    def _load(self, key: str) -> torch.Tensor:
+        try:
+            return self._handle.get_tensor(key)
+        except SafetensorError as exc:
+            raise CheckpointError(f"cannot read tensor ({exc})", path=self.path, key=key) from None
+
+    def extra_files(self) -> list[Path]:
+        return list(self._extra)
+
+    def close(self) -> None:
+        self._handle = None  # safe_open handles close when collected
+
+
+class ShardedSafetensorsReader(CheckpointReader):
+    """A model split over several ``.safetensors`` shards.
+
+    Built either from a Hugging Face ``*.safetensors.index.json`` (``weight_map``: key -> shard
+    file) or from a folder of shards without an index (keys must then be disjoint).
+    """
+
+    format_name = "safetensors-sharded"
+
+    def __init__(
+        self,
+        path: str | Path,
+        shards: list[Path],
+        *,
+        weight_map: dict[str, str] | None = None,
+        index_path: Path | None = None,
+        extra_files: list[Path] | None = None,
+    ) -> None:
+        super().__init__(path)
+        self._shards = shards
+        self._handles = {shard: _open(shard) for shard in shards}
+        self._owner: dict[str, Path] = {}
+        for shard, handle in self._handles.items():
+            for key, info in _infos_of(handle, shard).items():
+                if key in self._owner:
+                    raise CheckpointError(
+                        f"tensor stored in two shards ({self._owner[key].name} and {shard.name})", path=path, key=key
+                    )
+                self._owner[key] = shard
+                self._infos[key] = info
+            self.metadata.update(handle.metadata() or {})
+        if weight_map is not None:
+            where = index_path or self.path
+            for key, fname in weight_map.items():
+                if key not in self._owner:
+                    raise CheckpointError(f"index lists a tensor that shard {fname!r} does not hold", path=where, key=key)
+                if self._owner[key].name != Path(fname).name:
+                    raise CheckpointError(
+                        f"index says shard {fname!r} but the tensor is in {self._owner[key].name!r}", path=where, key=key
+                    )
+            missing = [k for k in self._owner if k not in weight_map]
+            if missing:
+                raise CheckpointError(f"{len(missing)} tensor(s) missing from the index", path=where, key=missing[0])
+        self._extra = list(extra_files or [])
+
+    def _load(self, key: str) -> torch.Tensor:
+        shard = self._owner[key]
+        try:
+            return self._handles[shard].get_tensor(key)
+        except SafetensorError as exc:
+            raise CheckpointError(f"cannot read tensor ({exc})", path=shard, key=key) from None
+
+    def files(self) -> list[Path]:
+        return list(self._shards)
+
+    def extra_files(self) -> list[Path]:
+        return list(self._extra)
+
+    def close(self) -> None:
+        self._handles = {}
+
+
+def read_index(index_path: Path) -> tuple[list[Path], dict[str, str]]:
+    """Parse a Hugging Face ``*.index.json``; return (shard paths, weight_map)."""
+    try:
+        data = json.loads(index_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputNotFoundError("file not found", path=index_path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"index is not valid JSON ({exc})", path=index_path) from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError("index has no 'weight_map' object", path=index_path)
+    shards: list[Path] = []
+    for key, fname in weight_map.items():
+        if not isinstance(fname, str):
+            raise CheckpointError("weight_map values must be file names", path=index_path, key=key)
+        shard = index_path.parent / fname
+        if not shard.exists():
+            raise InputNotFoundError(f"shard {fname!r} named in the index does not exist", path=index_path, key=key)
+        if shard not in shards:
+            shards.append(shard)
+    return shards, {str(k): str(v) for k, v in weight_map.items()}

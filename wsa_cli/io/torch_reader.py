@@ -1,0 +1,144 @@
+"""Reader for pickled PyTorch checkpoints (``.pt``, ``.pth``, ``.bin``, ``.ckpt``).
+
+Safety: files are opened with ``torch.load(weights_only=True)``, which never runs a pickle's code;
+a file that needs other globals is refused with an error naming them. Memory: ``mmap=True`` maps
+zip-format files so that tensors are paged in when used, not all at once (legacy non-zip files
+cannot be mapped and are loaded whole).
+
+Containers: a plain state dict is used as is. Otherwise the reader looks, in order, for
+``state_dict`` (PyTorch Lightning), ``model_state_dict``, ``model``, ``module``, ``net``,
+``state`` and ``params`` holding a dict of tensors; ``container_key`` picks one explicitly (a dotted
+path such as ``ema.model``). A ``module.`` prefix shared by every key (DDP) is removed;
+``strip_prefix`` removes another (e.g. ``model.`` from Lightning modules).
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsa_cli.errors import CheckpointError, InputNotFoundError
+from wsa_cli.io.base import CheckpointReader, TensorInfo
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "state", "params")
+
+
+def _torch_load(path: Path) -> Any:
+    mmap = zipfile.is_zipfile(path)  # mmap only works on the zip format (torch >= 1.6 default)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise InputNotFoundError("file not found", path=path) from None
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"GLOBAL ([\w.]+)", text)
+        if found or "weights_only" in text.lower() or "Weights only load failed" in text:
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"pickle needs non-tensor globals{what}; refusing to run pickled code "
+                "(re-save the state_dict with torch.save or convert to safetensors)",
+                path=path,
+            ) from None
+        raise CheckpointError(f"corrupt pickle ({text.splitlines()[0] if text else 'unpickling failed'})", path=path) from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"not a readable PyTorch checkpoint ({first})", path=path) from None
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and any(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _pick_container(obj: Any, container_key: str | None, path: Path) -> Mapping[str, Any]:
+    if container_key:
+        node = obj
+        for part in container_key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                have = ", ".join(map(str, node.keys())) if isinstance(node, Mapping) else type(node).__name__
+                raise CheckpointError(f"no entry {container_key!r} in the checkpoint (top-level keys: {have})", path=path)
+            node = node[part]
+        if not _is_tensor_dict(node):
+            raise CheckpointError(f"entry {container_key!r} holds no tensors", path=path)
+        return node
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"expected a dict of tensors, found {type(obj).__name__}", path=path)
+    for key in CONTAINER_KEYS:
+        if key in obj and _is_tensor_dict(obj[key]):
+            return obj[key]
+    if _is_tensor_dict(obj):
+        return obj
+    raise CheckpointError(
+        "no tensors found (empty checkpoint, or tensors nested under a key: pick it with --key); "
+        f"top-level keys: {', '.join(map(str, obj.keys())) or 'none'}",
+        path=path,
+    )
+
+
+def _strip(keys: list[str], prefix: str) -> bool:
+    return bool(keys) and all(k.startswith(prefix) for k in keys)
+
+
+class TorchReader(CheckpointReader):
+    """A pickled PyTorch checkpoint (or a set of ``pytorch_model-*.bin`` shards with an index).
+
+    Example:
+        >>> with TorchReader("lightning.ckpt", strip_prefix="model.") as r:  # doctest: +SKIP
+        ...     r.keys()[:2]
+    """
+
+    format_name = "torch"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        container_key: str | None = None,
+        strip_prefix: str | None = None,
+        shards: list[Path] | None = None,
+        extra_files: list[Path] | None = None,
+    ) -> None:
+        super().__init__(path)
+        self._files = shards or [self.path]
+        self._tensors: dict[str, torch.Tensor] = {}
+        for file in self._files:
+            container = _pick_container(_torch_load(file), container_key, file)
+            for raw_key, value in container.items():
+                key = str(raw_key)
+                if isinstance(value, torch.Tensor):
+                    if key in self._tensors:
+                        raise CheckpointError("tensor stored in two shards", path=file, key=key)
+                    self._tensors[key] = value
+                else:
+                    self.skipped[key] = f"not a tensor ({type(value).__name__})"
+        keys = list(self._tensors)
+        prefixes = [p for p in ("module.", strip_prefix) if p]
+        for prefix in prefixes:
+            if _strip(keys, prefix):
+                self._tensors = {k[len(prefix) :]: v for k, v in self._tensors.items()}
+                keys = list(self._tensors)
+            elif prefix == strip_prefix:
+                bad = next(k for k in keys if not k.startswith(prefix)) if keys else "?"
+                raise CheckpointError(f"--strip-prefix {prefix!r}: key does not start with it", path=self.path, key=bad)
+        if not self._tensors:
+            raise CheckpointError("checkpoint holds no tensors", path=self.path)
+        self._infos = {k: TensorInfo(k, tuple(v.shape), v.dtype) for k, v in self._tensors.items()}
+        self._extra = list(extra_files or [])
+
+    def _load(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+    def files(self) -> list[Path]:
+        return list(self._files)
+
+    def extra_files(self) -> list[Path]:
+        return list(self._extra)
+
+    def close(self) -> None:
+        self._tensors = {}

@@ -1,0 +1,307 @@
+"""Atomic, streaming safetensors output (single file or Hugging Face shards) and output guards.
+
+Why a writer of our own: ``safetensors.torch.save_file`` needs every tensor in memory at once.
+The safetensors format is an 8-byte little-endian header length, a JSON header with each
+tensor's dtype, shape and byte offsets, then the raw bytes. A merge plan knows every output
+shape and dtype before computing anything, so the header is written first and tensors are then
+streamed one at a time: peak memory is one tensor, not one model. Files read back with plain
+``safetensors``.
+
+Atomicity: everything is written under a temporary name in the target's own folder and moved
+into place with ``os.replace`` only when complete; an error or Ctrl-C removes the temporary
+files and leaves no output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import torch
+
+from wsa_cli.errors import OutputError, UsageError
+from wsa_cli.io.base import TensorInfo
+from wsa_cli.io.dtypes import DTYPE_TO_TAG
+
+SINGLE_FILE_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def check_output(out: str | Path, inputs: Iterable[str | Path] = (), *, force: bool = False) -> Path:
+    """Refuse an output that is an input (or contains one) and an existing output without ``force``.
+
+    Example:
+        >>> check_output("merged.safetensors", ["a.safetensors"], force=True)  # doctest: +SKIP
+        PosixPath('merged.safetensors')
+    """
+    out_path = Path(out)
+    target = out_path.resolve()
+    for inp in inputs:
+        src = Path(inp).resolve()
+        # the output may not be an input, nor a folder that holds an input
+        if src == target or target in src.parents:
+            raise OutputError(f"output would overwrite input {inp}; choose another output path", path=out_path)
+    if out_path.exists() and not force:
+        raise OutputError("output exists; pass --force to replace it", path=out_path)
+    if out_path.exists() and out_path.is_dir() != (out_path.suffix == ""):
+        raise OutputError("output exists and is of the other kind (file vs folder)", path=out_path)
+    if not target.parent.exists():
+        raise OutputError(f"folder {out_path.parent} does not exist", path=out_path)
+    return out_path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".wsa-tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text (UTF-8) atomically.
+
+    Example:
+        >>> atomic_write_text("scopes.json", "{}")  # doctest: +SKIP
+    """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def plan_shards(infos: Sequence[TensorInfo], max_shard_bytes: int | None) -> list[list[TensorInfo]]:
+    """Split tensors, in order, into shards of at most ``max_shard_bytes`` (a bigger tensor gets its own).
+
+    Example:
+        >>> infos = [TensorInfo(k, (4,), torch.float32) for k in "abc"]
+        >>> [[i.key for i in s] for s in plan_shards(infos, 32)]
+        [['a', 'b'], ['c']]
+    """
+    if not max_shard_bytes or max_shard_bytes <= 0:
+        return [list(infos)]
+    shards: list[list[TensorInfo]] = [[]]
+    size = 0
+    for info in infos:
+        if shards[-1] and size + info.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(info)
+        size += info.nbytes
+    return shards
+
+
+def _header_bytes(infos: Sequence[TensorInfo], metadata: Mapping[str, str] | None) -> bytes:
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+    offset = 0
+    for info in infos:
+        if info.dtype not in DTYPE_TO_TAG:
+            raise UsageError(f"dtype {info.dtype} cannot be stored in safetensors", key=info.key)
+        header[info.key] = {"dtype": DTYPE_TO_TAG[info.dtype], "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
+        offset += info.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # pad to 8 bytes so tensor data is aligned
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's raw little-endian bytes, without a copy when it is already contiguous on the CPU."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+class _ShardFile:
+    def __init__(self, path: Path, infos: list[TensorInfo], metadata: Mapping[str, str] | None) -> None:
+        self.path = path
+        self.infos = infos
+        self.fh = open(path, "wb")  # noqa: SIM115 - closed by finish()/abort()
+        self.fh.write(_header_bytes(infos, metadata))
+        self.next = 0
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        info = self.infos[self.next]
+        if key != info.key:
+            raise UsageError(f"tensors must be written in plan order: expected {info.key!r}", key=key)
+        if tuple(tensor.shape) != info.shape or tensor.dtype != info.dtype:
+            raise UsageError(
+                f"planned {tuple(info.shape)} {info.dtype}, got {tuple(tensor.shape)} {tensor.dtype}", key=key
+            )
+        self.fh.write(tensor_bytes(tensor))
+        self.next += 1
+
+    @property
+    def done(self) -> bool:
+        return self.next == len(self.infos)
+
+    def close(self) -> None:
+        if not self.fh.closed:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+
+
+class SafetensorsWriter:
+    """Stream tensors into a safetensors file, or a sharded folder, atomically.
+
+    ``out`` ending in ``.safetensors`` gives one file; any other path is a folder holding
+    ``model.safetensors`` or ``model-0000i-of-0000N.safetensors`` shards plus an index when the
+    tensors exceed ``max_shard_bytes``. Tensors must be written in the order of ``infos``.
+    ``add_text`` puts side files (configs, reports) in the folder, or next to a single file.
+    Nothing appears at ``out`` until the ``with`` block exits cleanly.
+
+    Example:
+        >>> infos = [TensorInfo("w", (2, 2), torch.float32)]
+        >>> with SafetensorsWriter("out.safetensors", infos) as w:  # doctest: +SKIP
+        ...     w.write("w", torch.eye(2))
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        infos: Sequence[TensorInfo],
+        *,
+        metadata: Mapping[str, str] | None = None,
+        max_shard_bytes: int | None = None,
+        force: bool = False,
+    ) -> None:
+        self.out = Path(out)
+        self.single_file = self.out.suffix == ".safetensors"
+        self.force = force
+        shards = plan_shards(list(infos), max_shard_bytes)
+        if self.single_file and len(shards) > 1:
+            raise UsageError(
+                f"output {self.out} is a single file but the model needs {len(shards)} shards; give a folder path"
+            )
+        if self.out.exists() and not force:
+            raise OutputError("output exists; pass --force to replace it", path=self.out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".wsa-tmp", dir=self.out.parent))
+        self._side: dict[str, bytes] = {}
+        self._copies: dict[str, Path] = {}
+        n = len(shards)
+        if self.single_file:
+            names = [self.out.name]
+        elif n == 1:
+            names = [SINGLE_FILE_NAME]
+        else:
+            names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.shard_names = names
+        self._files: list[_ShardFile] = []
+        self._plan = shards
+        self._metadata = metadata
+        self._current = 0
+        self._weight_map = {info.key: names[i] for i, shard in enumerate(shards) for info in shard}
+        self._total = sum(info.nbytes for info in infos)
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        """Append the next planned tensor."""
+        while self._current < len(self._files) and self._files[self._current].done:
+            self._files[self._current].close()  # shard complete: move on to the next one
+            self._current += 1
+        if self._current >= len(self._plan):
+            raise UsageError("more tensors written than planned", key=key)
+        if self._current == len(self._files):
+            path = self._stage / self.shard_names[self._current]
+            self._files.append(_ShardFile(path, self._plan[self._current], self._metadata))
+        self._files[self._current].write(key, tensor)
+
+    def add_text(self, name: str, text: str) -> None:
+        """A side file (e.g. a JSON report) committed together with the model."""
+        self._side[name] = text.encode("utf-8")
+
+    def add_copy(self, name: str, source: str | Path) -> None:
+        """Copy a file (config, tokenizer) into the output folder at commit (folder output only)."""
+        if self.single_file:
+            raise UsageError(f"cannot copy {name} next to a single-file output; give a folder path")
+        self._copies[name] = Path(source)
+
+    def commit(self) -> Path:
+        """Check that everything planned was written, then move the output into place."""
+        for i, shard in enumerate(self._plan):
+            if i >= len(self._files) and shard:
+                raise UsageError(f"only {i} of {len(self._plan)} shards written", key=shard[0].key)
+            if shard and not self._files[i].done:
+                raise UsageError("tensor planned but never written", key=shard[self._files[i].next].key)
+        if not self._files:  # a model with zero tensors still gets a valid, empty file
+            self._files.append(_ShardFile(self._stage / self.shard_names[0], [], self._metadata))
+        for f in self._files:
+            f.close()
+        if len(self.shard_names) > 1:
+            index = {"metadata": {"total_size": self._total}, "weight_map": self._weight_map}
+            self._side.setdefault(INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode("utf-8"))
+        for name, src in self._copies.items():
+            shutil.copyfile(src, self._stage / name)
+        if self.single_file:
+            for name, data in self._side.items():
+                atomic_write_bytes(self.out.parent / name, data)
+            if self.out.is_dir():
+                raise OutputError("output exists and is a folder", path=self.out)
+            os.replace(self._stage / self.out.name, self.out)
+            shutil.rmtree(self._stage, ignore_errors=True)
+        else:
+            for name, data in self._side.items():
+                (self._stage / name).write_bytes(data)
+            _swap_in_folder(self._stage, self.out, self.force)
+        return self.out
+
+    def abort(self) -> None:
+        """Remove everything written so far; nothing appears at ``out``."""
+        for f in self._files:
+            f.fh.close()
+        shutil.rmtree(self._stage, ignore_errors=True)
+
+    def __enter__(self) -> SafetensorsWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
+
+
+def _swap_in_folder(stage: Path, out: Path, force: bool) -> None:
+    if out.exists():
+        if not force:
+            raise OutputError("output exists; pass --force to replace it", path=out)
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".wsa-old", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(stage, out)
+
+
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor],
+    out: str | Path,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    max_shard_bytes: int | None = None,
+    force: bool = False,
+) -> Path:
+    """Write an in-memory state dict atomically (single file or shards).
+
+    Example:
+        >>> save_safetensors({"w": torch.zeros(2)}, "w.safetensors")  # doctest: +SKIP
+    """
+    infos = [TensorInfo(k, tuple(v.shape), v.dtype) for k, v in tensors.items()]
+    with SafetensorsWriter(out, infos, metadata=metadata, max_shard_bytes=max_shard_bytes, force=force) as w:
+        for k, v in tensors.items():
+            w.write(k, v)
+    return Path(out)

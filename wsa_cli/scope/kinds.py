@@ -1,0 +1,46 @@
+"""A coarse *kind* for each tensor, from its key, shape and dtype, used in tables and reports.
+
+Kinds: ``integer`` (int/bool), ``buffer`` (BatchNorm running stats, masks, position ids),
+``norm`` (norm scales/shifts), ``embedding``, ``conv`` (ndim >= 3 weight), ``matrix`` (2-D
+weight), ``bias``, ``vector`` (other 1-D floats), ``scalar``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+
+LAYER_KINDS = ("matrix", "conv", "embedding", "bias", "norm", "vector", "scalar", "buffer", "integer")
+
+_BUFFER = re.compile(r"(running_mean|running_var|num_batches_tracked|position_ids|\.masked_bias|attn\.bias$|inv_freq)")
+_NORM = re.compile(r"(^|[._])(norm|ln|bn|layernorm|layer_norm|batchnorm|rmsnorm|ln_f|ln_\d+|bn\d+|norm\d+)([._]|$)", re.I)
+_EMBED = re.compile(r"(embed|wte|wpe|tok_emb|pos_emb|lm_head)", re.I)
+
+
+def layer_kind(key: str, shape: Sequence[int], dtype: torch.dtype) -> str:
+    """Classify one tensor.
+
+    Example:
+        >>> layer_kind("features.0.weight", (16, 3, 3, 3), torch.float32)
+        'conv'
+        >>> layer_kind("bn1.num_batches_tracked", (), torch.int64)
+        'integer'
+    """
+    if not dtype.is_floating_point:
+        return "integer"
+    if _BUFFER.search(key):
+        return "buffer"
+    ndim = len(shape)
+    if _NORM.search(key) and ndim <= 1:
+        return "norm"
+    if _EMBED.search(key) and ndim == 2:
+        return "embedding"
+    if ndim >= 3:
+        return "conv"
+    if ndim == 2:
+        return "matrix"
+    if ndim == 1:
+        return "bias" if key.endswith("bias") else "vector"
+    return "scalar"
