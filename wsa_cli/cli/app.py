@@ -13,7 +13,6 @@ import sys
 import traceback
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -24,18 +23,22 @@ _DEBUG = {"on": False}
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    raise click.exceptions.Exit(code)
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+def _is_cli_signal(exc: BaseException) -> bool:
+    """Exit/Abort and click-style usage errors are handled by the CLI framework itself."""
+    return isinstance(exc, (typer.Exit, typer.Abort)) or hasattr(exc, "format_message")
 
 
 class WsaGroup(TyperGroup):
     """Typer group whose ``invoke`` turns exceptions into one stderr line and an exit code."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
-            raise
         except WsaError as exc:
             if _DEBUG["on"]:
                 traceback.print_exc()
@@ -46,8 +49,10 @@ class WsaGroup(TyperGroup):
             # the reader of our stdout went away (e.g. `| head`); not an error of ours
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-            raise click.exceptions.Exit(int(ExitCode.OK)) from None
+            raise typer.Exit(int(ExitCode.OK)) from None
         except Exception as exc:  # noqa: BLE001 - the single last-resort handler
+            if _is_cli_signal(exc):
+                raise
             if _DEBUG["on"]:
                 traceback.print_exc()
             first = (str(exc).strip().splitlines() or [""])[0]
@@ -57,7 +62,6 @@ class WsaGroup(TyperGroup):
 app = typer.Typer(
     name="wsa",
     cls=WsaGroup,
-    help="Merge neural-network checkpoints with Weight Scope Alignment (Xu et al., 2024).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
