@@ -3,13 +3,16 @@
 from wsa_cli.fusion.gaussian import Scope, gaussian_kl
 from wsa_cli.fusion.fuse import FUSION_METHODS, fuse_scopes, normalize_weights
 from wsa_cli.fusion.rescale import RESCALE_MODES, rescale_tensor
+from wsa_cli.fusion.scopefile import ScopeTable, load_scope_file
 
 __all__ = [
     "FUSION_METHODS",
     "RESCALE_MODES",
     "Scope",
+    "ScopeTable",
     "fuse_scopes",
     "gaussian_kl",
+    "load_scope_file",
     "normalize_weights",
     "rescale_tensor",
 ]
