@@ -1,0 +1,290 @@
+"""Model-level scope reports: one checkpoint's table, several side by side, KL to a target.
+
+This is the library behind ``wsa inspect``; it reads one tensor at a time, so memory stays at
+about one tensor (plus a chunk of scratch) whatever the model size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from wsa_cli.fusion.fuse import fuse_scopes
+from wsa_cli.fusion.gaussian import Scope, gaussian_kl
+from wsa_cli.fusion.scopefile import ScopeTable
+from wsa_cli.io.base import CheckpointReader
+from wsa_cli.scope.kinds import layer_kind
+from wsa_cli.scope.selection import LayerSelector
+from wsa_cli.scope.stats import TensorStats, stats_from_moments, tensor_moments
+
+Progress = Callable[[int, str], None]
+
+
+@dataclass
+class ModelReport:
+    """Statistics of one checkpoint's tensors plus a summary."""
+
+    path: str
+    format: str
+    tensors: list[TensorStats]
+    summary: dict[str, object]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def layers(self) -> list[TensorStats]:
+        return [t for t in self.tensors if t.is_layer]
+
+    def by_key(self) -> dict[str, TensorStats]:
+        return {t.key: t for t in self.tensors}
+
+
+def inspect_checkpoint(
+    reader: CheckpointReader,
+    *,
+    selector: LayerSelector | None = None,
+    all_tensors: bool = False,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+) -> ModelReport:
+    """Compute :class:`TensorStats` for the layers of ``reader`` (every tensor with ``all_tensors``).
+
+    The summary counts every tensor (from headers only), so it is complete even when only layers
+    are measured.
+
+    Example:
+        >>> with open_checkpoint("model.safetensors") as r:  # doctest: +SKIP
+        ...     report = inspect_checkpoint(r)
+        ...     print(report.summary["layers"], report.layers()[0].std)
+    """
+    selector = selector or LayerSelector()
+    out: list[TensorStats] = []
+    infos = reader.infos()
+    kinds: Counter[str] = Counter()
+    dtypes: Counter[str] = Counter()
+    total_params = layer_params = 0
+    for info in infos:
+        is_layer = selector.selects(info.key, info.shape, info.dtype)
+        kind = layer_kind(info.key, info.shape, info.dtype)
+        kinds[kind] += 1
+        dtypes[str(info.dtype).removeprefix("torch.")] += 1
+        total_params += info.numel
+        layer_params += info.numel if is_layer else 0
+        if is_layer or all_tensors:
+            moments = tensor_moments(reader.get(info.key), device)
+            out.append(stats_from_moments(info.key, info.shape, info.dtype, kind, is_layer, moments))
+        if progress:
+            progress(1, info.key)
+    measured = [t for t in out if t.is_layer]
+    summary: dict[str, object] = {
+        "tensors": len(infos),
+        "layers": sum(1 for i in infos if selector.selects(i.key, i.shape, i.dtype)),
+        "parameters": total_params,
+        "layer_parameters": layer_params,
+        "bytes": reader.total_bytes,
+        "dtypes": dict(sorted(dtypes.items())),
+        "kinds": dict(sorted(kinds.items())),
+        "nan_values": sum(t.nan_count for t in out),
+        "inf_values": sum(t.inf_count for t in out),
+        "constant_layers": [t.key for t in measured if t.std == 0.0],
+        "mean_of_layer_std": _mean([t.std for t in measured if t.std is not None]),
+    }
+    return ModelReport(str(reader.path), reader.format_name, out, summary, dict(reader.skipped))
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+@dataclass(frozen=True)
+class LayerComparison:
+    """One layer across K checkpoints: their scopes, the fused scope and mismatch measures.
+
+    * ``std_ratio``: max std / min std (``None`` when a model's layer is constant);
+    * ``mean_shift``: (max mean - min mean) / fused std, i.e. how far apart the means are in stds;
+    * ``kl_to_fused[i]``: KL(N_i || N_fused) per model, and ``max_kl`` its maximum.
+    """
+
+    key: str
+    shape: tuple[int, ...]
+    kind: str
+    scopes: list[Scope]
+    fused: Scope
+    std_ratio: float | None
+    mean_shift: float | None
+    kl_to_fused: list[float]
+    max_kl: float
+    kl_to_target: list[float] | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {
+            "key": self.key,
+            "shape": list(self.shape),
+            "kind": self.kind,
+            "means": [s.mean for s in self.scopes],
+            "stds": [s.std for s in self.scopes],
+            "fused_mean": self.fused.mean,
+            "fused_std": self.fused.std,
+            "std_ratio": self.std_ratio,
+            "mean_shift": self.mean_shift,
+            "kl_to_fused": self.kl_to_fused,
+            "max_kl": self.max_kl,
+        }
+        if self.kl_to_target is not None:
+            d["kl_to_target"] = self.kl_to_target
+        return d
+
+
+@dataclass
+class Comparison:
+    """Result of comparing several checkpoints' layer scopes."""
+
+    paths: list[str]
+    fusion: str
+    weights: list[float] | None
+    layers: list[LayerComparison]
+    mismatches: list[dict[str, str]]
+
+
+def compare_reports(
+    reports: Sequence[ModelReport],
+    *,
+    fusion: str = "moments",
+    weights: Sequence[float] | None = None,
+    target: Scope | ScopeTable | None = None,
+) -> Comparison:
+    """Compare layer scopes across checkpoints; keys/shapes that do not line up become mismatches.
+
+    A layer is compared when every checkpoint has it as a layer with the same shape; anything else
+    is listed in ``mismatches`` (``key``, ``problem``), never silently dropped.
+
+    Example:
+        >>> cmp = compare_reports([report_a, report_b])  # doctest: +SKIP
+        >>> max(cmp.layers, key=lambda c: c.max_kl).key  # doctest: +SKIP
+    """
+    tables = [r.by_key() for r in reports]
+    names = [r.path for r in reports]
+    mismatches: list[dict[str, str]] = []
+    all_keys: list[str] = []
+    seen: set[str] = set()
+    for r in reports:
+        for t in r.tensors:
+            if t.is_layer and t.key not in seen:
+                seen.add(t.key)
+                all_keys.append(t.key)
+    layers: list[LayerComparison] = []
+    for key in all_keys:
+        entries = [tab.get(key) for tab in tables]
+        missing = [names[i] for i, e in enumerate(entries) if e is None or not e.is_layer]
+        if missing:
+            mismatches.append({"key": key, "problem": f"missing in {', '.join(missing)}"})
+            continue
+        present = [e for e in entries if e is not None]
+        shapes = {e.shape for e in present}
+        if len(shapes) > 1:
+            desc = ", ".join(f"{names[i]}: {tuple(e.shape)}" for i, e in enumerate(present))
+            mismatches.append({"key": key, "problem": f"shapes differ ({desc})"})
+            continue
+        dts = {e.dtype for e in present}
+        if len(dts) > 1:
+            mismatches.append({"key": key, "problem": f"dtypes differ ({', '.join(sorted(dts))}); compared anyway"})
+        scopes = [e.scope for e in present]
+        layers.append(_compare_layer(key, present[0].shape, present[0].kind, scopes, fusion, weights, target))
+    return Comparison(names, fusion, list(weights) if weights is not None else None, layers, mismatches)
+
+
+def _compare_layer(
+    key: str,
+    shape: tuple[int, ...],
+    kind: str,
+    scopes: list[Scope],
+    fusion: str,
+    weights: Sequence[float] | None,
+    target: Scope | ScopeTable | None,
+) -> LayerComparison:
+    fused = fuse_scopes(scopes, weights, fusion)
+    stds = [s.std for s in scopes]
+    means = [s.mean for s in scopes]
+    std_ratio = max(stds) / min(stds) if min(stds) > 0 else None
+    mean_shift = (max(means) - min(means)) / fused.std if fused.std > 0 else None
+    kls = [gaussian_kl(s.mean, s.std, fused.mean, fused.std) for s in scopes]
+    tgt = target_scope_for(key, target)
+    kl_t = [gaussian_kl(s.mean, s.std, tgt.mean, tgt.std) for s in scopes] if tgt is not None else None
+    return LayerComparison(key, shape, kind, scopes, fused, std_ratio, mean_shift, kls, max(kls), kl_t)
+
+
+def target_scope_for(key: str, target: Scope | ScopeTable | None) -> Scope | None:
+    """The target scope of one layer: a fixed scope, or the layer's entry in a scope table."""
+    if target is None:
+        return None
+    if isinstance(target, Scope):
+        return target
+    return target.layers.get(key)
+
+
+def kl_to_target(stats: TensorStats, target: Scope | ScopeTable | None) -> float | None:
+    """KL(N(layer) || N(target)) for one measured tensor, or None when the target has no entry."""
+    tgt = target_scope_for(stats.key, target)
+    if tgt is None or stats.mean is None or stats.std is None:
+        return None
+    return gaussian_kl(stats.mean, stats.std, tgt.mean, tgt.std)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A layer's weight histogram and the counts its fitted Gaussian predicts per bin."""
+
+    key: str
+    edges: list[float]
+    counts: list[int]
+    gaussian: list[float]
+    scope: Scope
+    finite: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "edges": self.edges,
+            "counts": self.counts,
+            "gaussian": self.gaussian,
+            "mean": self.scope.mean,
+            "std": self.scope.std,
+            "finite_values": self.finite,
+        }
+
+
+def layer_histogram(tensor: torch.Tensor, key: str, bins: int = 40, device: torch.device | str = "cpu") -> Histogram:
+    """Histogram of the finite values of ``tensor`` with the fitted N(mean, std^2) per bin.
+
+    Example:
+        >>> h = layer_histogram(torch.randn(10_000), "w", bins=10)
+        >>> sum(h.counts)
+        10000
+    """
+    moments = tensor_moments(tensor, device)
+    scope = Scope(moments.mean, math.sqrt(moments.var))
+    n = moments.n
+    if n == 0:
+        return Histogram(key, [], [], [], scope, 0)
+    lo, hi = moments.min, moments.max
+    if lo == hi:  # constant layer: one bin holding everything
+        return Histogram(key, [lo, hi], [n], [float(n)], scope, n)
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+    counts = torch.zeros(bins, dtype=torch.int64)
+    flat = tensor.detach().reshape(-1)
+    for part in flat.split(1 << 22):  # bounded memory for big layers
+        x = part.to(device=device, dtype=torch.float64)
+        x = x[torch.isfinite(x)]
+        idx = torch.clamp(torch.bucketize(x, edges.to(x.device), right=True) - 1, 0, bins - 1)
+        counts += torch.bincount(idx, minlength=bins).cpu()
+    cdf = [_normal_cdf(float(e), scope) for e in edges]
+    expected = [n * (cdf[i + 1] - cdf[i]) for i in range(bins)]
+    return Histogram(key, edges.tolist(), counts.tolist(), expected, scope, n)
+
+
+def _normal_cdf(x: float, scope: Scope) -> float:
+    if scope.std == 0:
+        return 1.0 if x >= scope.mean else 0.0
+    return 0.5 * (1.0 + math.erf((x - scope.mean) / (scope.std * math.sqrt(2.0))))
