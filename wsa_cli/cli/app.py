@@ -94,6 +94,9 @@ def _root(
 def _register() -> None:
     """Attach every command. Each module defines ``command`` (a function) or ``app`` (a sub-group)."""
     # one import and one line per command; keep alphabetical
+    from wsa_cli.cli import inspect_cmd
+
+    app.command("inspect")(inspect_cmd.command)
 
 
 _register()

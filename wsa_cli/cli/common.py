@@ -130,9 +130,13 @@ def fmt_num(value: Any, digits: int = 4) -> str:
 
 
 def stdout_console():  # noqa: ANN201 - rich type imported lazily
+    """Console for tables on stdout; when piped (``--format table | less``) it is wide, not 80 columns."""
+    import shutil
+
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    width = None if sys.stdout.isatty() else max(shutil.get_terminal_size((160, 24)).columns, 160)
+    return Console(highlight=False, soft_wrap=False, width=width)
 
 
 def stderr_console():  # noqa: ANN201
@@ -236,3 +240,23 @@ def check_gates(gates: Sequence[Gate], values: Mapping[str, float | None], *, wh
     if failed:
         prefix = f"{where}: " if where else ""
         raise GateFailed(prefix + "; ".join(failed))
+
+
+def sort_rows(rows: Sequence[Mapping[str, Any]], field: str | None, *, default: str | None) -> list[Mapping[str, Any]]:
+    """Sort table rows by ``field`` (``key`` ascending, numbers descending, missing values last).
+
+    ``None`` for both ``field`` and ``default`` keeps the original (file) order.
+    """
+    field = field or default
+    if field is None:
+        return list(rows)
+    if field == "key":
+        return sorted(rows, key=lambda r: str(r.get("key")))
+
+    def number(r: Mapping[str, Any]) -> float | None:
+        v = r.get(field)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) else None
+
+    present = [r for r in rows if number(r) is not None]
+    missing = [r for r in rows if number(r) is None]
+    return sorted(present, key=lambda r: number(r), reverse=True) + missing  # type: ignore[arg-type, return-value]

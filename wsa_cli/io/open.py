@@ -90,7 +90,14 @@ def open_checkpoint(
         >>> with open_checkpoint("model.safetensors") as ckpt:  # doctest: +SKIP
         ...     print(ckpt.info("fc.weight").shape)
     """
-    p = Path(path)
+    reader = _open_any(Path(path), container_key, strip_prefix)
+    if len(reader) == 0:
+        reader.close()
+        raise CheckpointError("checkpoint holds no tensors (empty)", path=path)
+    return reader
+
+
+def _open_any(p: Path, container_key: str | None, strip_prefix: str | None) -> CheckpointReader:
     if not p.exists():
         raise InputNotFoundError("no such file or folder", path=p)
     if p.is_dir():
