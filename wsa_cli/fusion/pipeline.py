@@ -1,0 +1,212 @@
+"""The Weight Scope Alignment step shared by merge, interpolate, demo and permutation modes (contract C2).
+
+For every *layer* (a tensor the :class:`~wsa_cli.scope.LayerSelector` selects) the pipeline
+
+1. measures each model's scope ``N(mu_i, s_i^2)`` (population std, float64 statistics),
+2. picks the layer's target scope: the fusion of the K scopes (``target="fused"``, default), a
+   fixed :class:`Scope`, the entry of a scope file (``wsa scope fuse`` output), or the scope of
+   one of the models (an ``int`` index),
+3. maps each model's layer onto the target with :func:`~wsa_cli.fusion.rescale_tensor`
+   (``affine`` by default; ``std`` keeps the mean; ``none`` leaves it). A constant layer
+   (``s_i == 0``) is never rescaled and is reported as such by the caller.
+
+Everything here works one tensor at a time: :func:`compute_target_scopes` reads tensor ``k`` of
+every model, measures it, drops it, and moves on, so memory stays at one tensor per model.
+
+Example:
+    >>> import torch
+    >>> a = {"w": torch.tensor([[0.0, 2.0]])}
+    >>> b = {"w": torch.tensor([[4.0, 8.0]])}
+    >>> opts = ScopeOptions()
+    >>> table = compute_target_scopes([a, b], opts, "cpu")
+    >>> per_model, target = table["w"]
+    >>> per_model, target
+    ([Scope(mean=1.0, std=1.0), Scope(mean=6.0, std=2.0)], Scope(mean=3.5, std=2.958039891549808))
+    >>> align_tensor(a["w"], per_model[0], target, opts)[0]
+    tensor([[0.5420, 6.4580]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Union
+
+import torch
+
+from wsa_cli.errors import MismatchError, UsageError
+from wsa_cli.fusion.fuse import FUSION_METHODS, fuse_scopes, normalize_weights
+from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.fusion.rescale import RESCALE_MODES, rescale_tensor
+from wsa_cli.fusion.scopefile import ScopeTable, load_scope_file
+from wsa_cli.io.base import CheckpointReader
+from wsa_cli.scope.selection import LayerSelector
+from wsa_cli.scope.stats import tensor_scope
+
+#: What a target may be: "fused", a fixed scope, a scope file (path or loaded table), a model index.
+Target = Union[str, Scope, ScopeTable, "PathLike[str]", int]
+#: A model as the pipeline sees it: a lazy reader or an in-memory state dict.
+Source = Union[CheckpointReader, Mapping[str, torch.Tensor]]
+ProgressFn = Callable[[int, str], None]
+
+
+@dataclass(frozen=True)
+class ScopeOptions:
+    """How layer scopes are fused and how layers are aligned (every choice documented in docs/scope.md).
+
+    Fields:
+        align: rescale layers onto the target scope (False: tensors pass through unchanged).
+        fusion: ``moments`` (default) | ``precision`` | ``stats-mean`` (see :mod:`wsa_cli.fusion.fuse`).
+        target: ``"fused"`` (default); a :class:`Scope` applied to every layer; a scope-file path
+            or :class:`ScopeTable`; or an ``int`` model index (align everyone onto that model).
+        rescale: ``affine`` (default, lands on mean and std) | ``std`` (scale only) | ``none``.
+        weights: per-model fusion weights (normalised; None = equal), e.g. client data sizes.
+        selector: which tensors are layers (default: floating tensors with ndim >= 2).
+
+    Example:
+        >>> ScopeOptions(fusion="precision", weights=[1, 3]).fusion
+        'precision'
+    """
+
+    align: bool = True
+    fusion: str = "moments"
+    target: Target = "fused"
+    rescale: str = "affine"
+    weights: list[float] | None = None
+    selector: LayerSelector = field(default_factory=LayerSelector)
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSION_METHODS:
+            raise UsageError(f"unknown fusion method {self.fusion!r}; choose from {', '.join(FUSION_METHODS)}")
+        if self.rescale not in RESCALE_MODES:
+            raise UsageError(f"unknown rescale mode {self.rescale!r}; choose from {', '.join(RESCALE_MODES)}")
+        if isinstance(self.target, bool) or not isinstance(self.target, (str, Scope, ScopeTable, PathLike, int)):
+            raise UsageError(f"scope target must be 'fused', a Scope, a scope file or a model index, got {self.target!r}")
+        if isinstance(self.target, Scope) and not self.target.std >= 0:
+            raise UsageError(f"fixed target scope needs std >= 0, got {self.target}")
+        if self.weights is not None:
+            object.__setattr__(self, "weights", [float(w) for w in self.weights])
+
+    def resolved(self) -> ScopeOptions:
+        """A copy whose scope-file target (a path) is loaded once into a :class:`ScopeTable`."""
+        if isinstance(self.target, (PathLike,)) or (isinstance(self.target, str) and self.target != "fused"):
+            table = load_scope_file(Path(self.target))  # type: ignore[arg-type]
+            return ScopeOptions(self.align, self.fusion, table, self.rescale, self.weights, self.selector)
+        return self
+
+
+def source_keys(src: Source) -> list[str]:
+    """Tensor names of a reader or state dict, in storage order."""
+    return list(src.keys())
+
+
+def source_info(src: Source, key: str) -> tuple[tuple[int, ...], torch.dtype]:
+    """``(shape, dtype)`` of one tensor without loading it (readers) or from the tensor (dicts)."""
+    if isinstance(src, CheckpointReader):
+        info = src.info(key)
+        return info.shape, info.dtype
+    t = src[key]
+    return tuple(t.shape), t.dtype
+
+
+def source_get(src: Source, key: str) -> torch.Tensor:
+    """Load one tensor (CPU for readers; as stored for dicts)."""
+    return src.get(key) if isinstance(src, CheckpointReader) else src[key]
+
+
+def source_name(src: Source, index: int) -> str:
+    """A name for error messages: the reader's path, or ``model[i]`` for an in-memory dict."""
+    return str(src.path) if isinstance(src, CheckpointReader) else f"model[{index}]"
+
+
+def resolve_target(key: str, scopes: Sequence[Scope], options: ScopeOptions) -> Scope:
+    """The target scope of one layer, given the K models' scopes of that layer.
+
+    Raises :class:`MismatchError` when a scope file has no entry for the layer, and
+    :class:`UsageError` for a model index out of range.
+
+    Example:
+        >>> resolve_target("w", [Scope(0.0, 1.0), Scope(2.0, 1.0)], ScopeOptions(target=1))
+        Scope(mean=2.0, std=1.0)
+    """
+    target = options.target
+    if isinstance(target, Scope):
+        return target
+    if isinstance(target, int):
+        if not -len(scopes) <= target < len(scopes):
+            raise UsageError(f"scope target model index {target} is out of range for {len(scopes)} models")
+        return scopes[target]
+    if isinstance(target, str) and target == "fused":
+        return fuse_scopes(scopes, options.weights, options.fusion)
+    table = target if isinstance(target, ScopeTable) else load_scope_file(Path(target))  # type: ignore[arg-type]
+    if key not in table.layers:
+        where = "target scope file" if isinstance(target, ScopeTable) else str(target)
+        raise MismatchError("the target scope file has no entry for this layer", path=where, key=key)
+    return table.layers[key]
+
+
+def compute_target_scopes(
+    sources: Sequence[Source],
+    options: ScopeOptions,
+    device: torch.device | str | None = None,
+    *,
+    progress: ProgressFn | None = None,
+) -> dict[str, tuple[list[Scope], Scope]]:
+    """Per-layer scopes of every model and the layer's target scope.
+
+    Only keys that ``options.selector`` selects (judged on the first model's shape and dtype) are
+    returned, in the first model's order. Reads one tensor at a time from each model. Every
+    selected key must exist in every model with the same shape (else :class:`MismatchError`).
+
+    Example:
+        >>> import torch
+        >>> sd = {"w": torch.ones(2, 2), "b": torch.zeros(2)}
+        >>> list(compute_target_scopes([sd, sd], ScopeOptions(), "cpu"))
+        ['w']
+    """
+    if not sources:
+        raise UsageError("need at least one model to compute scopes")
+    opts = options.resolved()
+    normalize_weights(opts.weights, len(sources))  # validate the weights once, up front
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    first = sources[0]
+    keys = [k for k in source_keys(first) if opts.selector.selects(k, *source_info(first, k))]
+    _check_aligned(sources, keys)
+    table: dict[str, tuple[list[Scope], Scope]] = {}
+    for key in keys:
+        scopes = [tensor_scope(source_get(src, key), dev) for src in sources]  # one tensor alive at a time
+        table[key] = (scopes, resolve_target(key, scopes, opts))
+        if progress is not None:
+            progress(1, key)
+    return table
+
+
+def _check_aligned(sources: Sequence[Source], keys: Sequence[str]) -> None:
+    ref_name = source_name(sources[0], 0)
+    for i, src in enumerate(sources[1:], start=1):
+        names = set(source_keys(src))
+        for key in keys:
+            if key not in names:
+                raise MismatchError(f"tensor is missing (present in {ref_name})", path=source_name(src, i), key=key)
+            shape, _ = source_info(src, key)
+            ref_shape, _ = source_info(sources[0], key)
+            if shape != ref_shape:
+                raise MismatchError(f"has shape {shape}, expected {ref_shape} as in {ref_name}", path=source_name(src, i), key=key)
+
+
+def align_tensor(tensor: torch.Tensor, source: Scope, target: Scope, options: ScopeOptions) -> tuple[torch.Tensor, bool]:
+    """Map one model's layer (scope ``source``) onto ``target``; return ``(float32+ tensor, rescaled?)``.
+
+    With ``options.align`` off, or ``rescale="none"``, or a constant layer (``source.std == 0``),
+    the tensor comes back unchanged (as float32, or float64 for float64 input) with ``False``.
+
+    Example:
+        >>> align_tensor(torch.tensor([1.0, 3.0]), Scope(2.0, 1.0), Scope(0.0, 2.0), ScopeOptions())
+        (tensor([-2.,  2.]), True)
+    """
+    if not options.align:
+        compute = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.to(torch.float32)
+        return compute, False
+    return rescale_tensor(tensor, source, target, options.rescale)
