@@ -95,8 +95,10 @@ def _register() -> None:
     """Attach every command. Each module defines ``command`` (a function) or ``app`` (a sub-group)."""
     # one import and one line per command; keep alphabetical
     from wsa_cli.cli import inspect_cmd
+    from wsa_cli.cli import train_cmd
 
     app.command("inspect")(inspect_cmd.command)
+    app.command("train")(train_cmd.command)
 
 
 _register()
