@@ -1,0 +1,243 @@
+"""Checkpoint readers: round trips through plain safetensors / torch.save, shards, containers, errors."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from wsa_cli.errors import CheckpointError, ExitCode, InputNotFoundError
+from wsa_cli.io import SafetensorsReader, ShardedSafetensorsReader, TorchReader, open_checkpoint
+
+
+def _all_dtypes() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 3, generator=g)
+    tensors = {
+        "f32": base,
+        "f64": base.double(),
+        "f16": base.half(),
+        "bf16": base.bfloat16(),
+        "i8": torch.randint(-100, 100, (5,), dtype=torch.int8, generator=g),
+        "i16": torch.randint(-100, 100, (5,), dtype=torch.int16, generator=g),
+        "i32": torch.randint(-100, 100, (5,), dtype=torch.int32, generator=g),
+        "i64": torch.tensor(7),
+        "u8": torch.randint(0, 255, (2, 2), dtype=torch.uint8, generator=g),
+        "bool": torch.tensor([True, False, True]),
+    }
+    for name in ("float8_e4m3fn", "float8_e5m2"):
+        if hasattr(torch, name):
+            tensors[name] = base.to(getattr(torch, name))
+    return tensors
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-exact equality (fp8 has no torch.equal kernel, so compare raw bytes)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+def test_safetensors_round_trip_every_dtype(tmp_path: Path) -> None:
+    tensors = _all_dtypes()
+    save_file(tensors, tmp_path / "m.safetensors", metadata={"origin": "test"})
+    with open_checkpoint(tmp_path / "m.safetensors") as r:
+        assert isinstance(r, SafetensorsReader)
+        assert set(r.keys()) == set(tensors)
+        assert r.metadata == {"origin": "test"}
+        for key, t in tensors.items():
+            info = r.info(key)
+            assert info.shape == tuple(t.shape) and info.dtype == t.dtype
+            assert _same(r.get(key), t), key
+
+
+def test_torch_round_trip_every_dtype(tmp_path: Path) -> None:
+    tensors = _all_dtypes()
+    torch.save(tensors, tmp_path / "m.pt")
+    with open_checkpoint(tmp_path / "m.pt") as r:
+        assert isinstance(r, TorchReader)
+        for key, t in tensors.items():
+            assert _same(r.get(key), t), key
+
+
+def test_legacy_non_zip_pickle_is_read(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(3)}, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    with open_checkpoint(tmp_path / "old.pth") as r:
+        assert torch.equal(r.get("w"), torch.ones(3))
+
+
+def _write_shards(folder: Path, tensors: dict[str, torch.Tensor], per_shard: int = 2) -> Path:
+    keys = list(tensors)
+    chunks = [keys[i : i + per_shard] for i in range(0, len(keys), per_shard)]
+    weight_map = {}
+    for i, chunk in enumerate(chunks):
+        name = f"model-{i + 1:05d}-of-{len(chunks):05d}.safetensors"
+        save_file({k: tensors[k] for k in chunk}, folder / name)
+        weight_map.update({k: name for k in chunk})
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    (folder / "config.json").write_text("{}")
+    return index
+
+
+def test_hf_sharded_folder_and_index(tmp_path: Path) -> None:
+    tensors = {f"layer{i}.weight": torch.randn(3, 2) for i in range(5)}
+    index = _write_shards(tmp_path, tensors)
+    for path in (tmp_path, index):
+        with open_checkpoint(path) as r:
+            assert isinstance(r, ShardedSafetensorsReader)
+            assert r.keys() == list(tensors)
+            assert len(r.files()) == 3
+            for k, t in tensors.items():
+                assert torch.equal(r.get(k), t)
+    with open_checkpoint(tmp_path) as r:
+        assert [p.name for p in r.extra_files()] == ["config.json"]
+
+
+def test_index_naming_a_missing_shard(tmp_path: Path) -> None:
+    index = _write_shards(tmp_path, {"a": torch.ones(1), "b": torch.ones(1), "c": torch.ones(1)}, per_shard=1)
+    (tmp_path / "model-00002-of-00003.safetensors").unlink()
+    with pytest.raises(InputNotFoundError, match="shard 'model-00002-of-00003.safetensors'"):
+        open_checkpoint(index)
+
+
+def test_index_listing_a_key_the_shard_lacks(tmp_path: Path) -> None:
+    index = _write_shards(tmp_path, {"a": torch.ones(1), "b": torch.ones(1)})
+    data = json.loads(index.read_text())
+    data["weight_map"]["ghost"] = data["weight_map"]["a"]
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="ghost"):
+        open_checkpoint(index)
+
+
+def test_folder_of_shards_without_index(tmp_path: Path) -> None:
+    save_file({"a": torch.ones(2)}, tmp_path / "part1.safetensors")
+    save_file({"b": torch.zeros(2)}, tmp_path / "part2.safetensors")
+    with open_checkpoint(tmp_path) as r:
+        assert sorted(r.keys()) == ["a", "b"]
+
+
+def test_folder_with_one_model_file_and_config(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(2, 2)}, tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with open_checkpoint(tmp_path) as r:
+        assert r.keys() == ["w"]
+        assert sorted(p.name for p in r.extra_files()) == ["config.json", "tokenizer.json"]
+
+
+def test_lightning_checkpoint_is_unwrapped(tmp_path: Path) -> None:
+    sd = {"model.fc.weight": torch.randn(2, 2), "model.fc.bias": torch.zeros(2)}
+    ckpt = {
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": sd,
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1}]}],
+        "lr_schedulers": [],
+    }
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    with open_checkpoint(tmp_path / "last.ckpt") as r:
+        assert r.keys() == ["model.fc.weight", "model.fc.bias"]
+    with open_checkpoint(tmp_path / "last.ckpt", strip_prefix="model.") as r:
+        assert r.keys() == ["fc.weight", "fc.bias"]
+        assert torch.equal(r.get("fc.weight"), sd["model.fc.weight"])
+
+
+def test_ddp_prefix_removed_and_explicit_container_key(tmp_path: Path) -> None:
+    sd = {"module.fc.weight": torch.randn(2, 2)}
+    torch.save({"model": {"x": torch.ones(1)}, "ema": {"model": sd}}, tmp_path / "ema.pt")
+    with open_checkpoint(tmp_path / "ema.pt") as r:
+        assert r.keys() == ["x"]  # the 'model' container wins by default
+    with open_checkpoint(tmp_path / "ema.pt", container_key="ema.model") as r:
+        assert r.keys() == ["fc.weight"]
+    with pytest.raises(CheckpointError, match="no entry 'ema.nope'"):
+        open_checkpoint(tmp_path / "ema.pt", container_key="ema.nope")
+
+
+def test_non_tensor_entries_are_reported_not_fatal(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(2), "step": 5, "names": ["a"]}, tmp_path / "m.pt")
+    with open_checkpoint(tmp_path / "m.pt") as r:
+        assert r.keys() == ["w"]
+        assert set(r.skipped) == {"step", "names"}
+
+
+def test_info_does_not_load_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save_file({"w": torch.ones(100, 100)}, tmp_path / "m.safetensors")
+    with open_checkpoint(tmp_path / "m.safetensors") as r:
+        monkeypatch.setattr(r, "_load", lambda key: pytest.fail("info() must not load tensors"))
+        assert r.info("w").nbytes == 40_000
+
+
+def test_unknown_suffix_is_sniffed(tmp_path: Path) -> None:
+    save_file({"w": torch.ones(1)}, tmp_path / "weights.model")
+    torch.save({"w": torch.ones(1)}, tmp_path / "weights.data")
+    assert open_checkpoint(tmp_path / "weights.model").format_name == "safetensors"
+    assert open_checkpoint(tmp_path / "weights.data").format_name == "torch"
+
+
+# -- error cases: each with its class, exit code and a message naming the file -----------------
+
+
+class NotATensor:  # a global that weights_only unpickling must refuse
+    pass
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda p: p / "missing.safetensors", InputNotFoundError, "no such file"),
+        (lambda p: _bytes(p / "notes.txt", b"hello world, not a model"), CheckpointError, "unknown checkpoint format"),
+        (lambda p: _bytes(p / "bad.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage"), CheckpointError, "corrupt or truncated"),
+        (lambda p: _truncated(p), CheckpointError, "corrupt or truncated"),
+        (lambda p: _bytes(p / "tiny.safetensors", b"\x01"), CheckpointError, "corrupt or truncated"),
+        (lambda p: _saved(p / "unsafe.pt", {"w": torch.ones(1), "obj": NotATensor()}), CheckpointError, "non-tensor globals"),
+        (lambda p: _saved(p / "empty.pt", {}), CheckpointError, "no tensors"),
+        (lambda p: _empty_safetensors(p), CheckpointError, "no tensors"),
+        (lambda p: _bytes(p / "junk.pt", b"PK\x03\x04 this is no zip"), CheckpointError, "not a readable PyTorch checkpoint"),
+        (lambda p: _mkdir(p / "emptydir"), CheckpointError, "folder holds no"),
+    ],
+    ids=["missing", "unknown", "corrupt-header", "truncated", "too-short", "unsafe-pickle", "empty-pt", "empty-st", "bad-zip", "empty-folder"],
+)
+def test_reader_errors(tmp_path: Path, make, error, message) -> None:  # noqa: ANN001
+    path = make(tmp_path)
+    with pytest.raises(error, match=message) as info:
+        open_checkpoint(path)
+    assert Path(info.value.path or "").name == path.name
+    assert info.value.exit_code == (ExitCode.NOT_FOUND if error is InputNotFoundError else ExitCode.BAD_CHECKPOINT)
+
+
+def test_pickle_counter_is_plain_data(tmp_path: Path) -> None:
+    # collections types that torch's weights_only loader allows are fine; they are simply skipped
+    torch.save({"w": torch.ones(1), "c": collections.OrderedDict(a=1)}, tmp_path / "m.pt")
+    assert open_checkpoint(tmp_path / "m.pt").keys() == ["w"]
+
+
+def _bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _truncated(tmp: Path) -> Path:
+    save_file({"w": torch.randn(64, 64)}, tmp / "full.safetensors")
+    data = (tmp / "full.safetensors").read_bytes()
+    return _bytes(tmp / "cut.safetensors", data[: len(data) // 2])
+
+
+def _saved(path: Path, obj: object) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def _empty_safetensors(tmp: Path) -> Path:
+    save_file({}, tmp / "empty.safetensors")
+    return tmp / "empty.safetensors"
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path

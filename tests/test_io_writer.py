@@ -1,0 +1,145 @@
+"""The streaming writer: byte-compatible with safetensors, sharded like Hugging Face, atomic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from wsa_cli.errors import ExitCode, OutputError, UsageError
+from wsa_cli.io import SafetensorsWriter, TensorInfo, check_output, open_checkpoint, plan_shards, save_safetensors
+
+
+def _model() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "emb.weight": torch.randn(50, 8, generator=g),
+        "fc.weight": torch.randn(8, 8, generator=g).bfloat16(),
+        "fc.bias": torch.randn(8, generator=g).half(),
+        "bn.num_batches_tracked": torch.tensor(12),
+        "mask": torch.tensor([True, False]),
+        "scalar": torch.tensor(0.5, dtype=torch.float64),
+    }
+
+
+def test_single_file_reloads_with_plain_safetensors(tmp_path: Path) -> None:
+    tensors = _model()
+    out = save_safetensors(tensors, tmp_path / "m.safetensors", metadata={"b": "2", "a": "1"})
+    loaded = load_file(out)
+    assert set(loaded) == set(tensors)
+    for k, t in tensors.items():
+        assert loaded[k].dtype == t.dtype and torch.equal(loaded[k], t), k
+    with safe_open(str(out), "pt") as fh:
+        assert fh.metadata() == {"a": "1", "b": "2"}
+
+
+def test_same_bytes_as_reference_content(tmp_path: Path) -> None:
+    """Our bytes decode to exactly what safetensors' own writer stores for the same tensors."""
+    tensors = _model()
+    save_safetensors(tensors, tmp_path / "ours.safetensors")
+    save_file(tensors, tmp_path / "theirs.safetensors")
+    ours, theirs = load_file(tmp_path / "ours.safetensors"), load_file(tmp_path / "theirs.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in tensors)
+
+
+def test_deterministic_bytes(tmp_path: Path) -> None:
+    tensors = _model()
+    a = save_safetensors(tensors, tmp_path / "a.safetensors", metadata={"x": "1"})
+    b = save_safetensors(tensors, tmp_path / "b.safetensors", metadata={"x": "1"})
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_sharded_folder_with_index(tmp_path: Path) -> None:
+    tensors = _model()
+    out = save_safetensors(tensors, tmp_path / "merged", max_shard_bytes=1024, metadata={"wsa": "1"})
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted({v for v in index["weight_map"].values()})
+    assert len(shards) >= 2 and all((out / s).exists() for s in shards)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in tensors.values())
+    merged: dict[str, torch.Tensor] = {}
+    for s in shards:
+        merged.update(load_file(out / s))
+    assert set(merged) == set(tensors) and all(torch.equal(merged[k], tensors[k]) for k in tensors)
+    with open_checkpoint(out) as r:  # and our own reader sees one model
+        assert set(r.keys()) == set(tensors)
+
+
+def test_plan_shards_keeps_order_and_limits() -> None:
+    infos = [TensorInfo(str(i), (n,), torch.float32) for i, n in enumerate([10, 10, 30, 5, 5])]
+    shards = plan_shards(infos, 80)
+    # 40+40 fills the first shard; the 120-byte tensor is alone (bigger than the limit); 20+20 share
+    assert [[i.key for i in s] for s in shards] == [["0", "1"], ["2"], ["3", "4"]]
+    assert plan_shards(infos, None) == [infos]
+
+
+def test_interrupted_write_leaves_nothing(tmp_path: Path) -> None:
+    infos = [TensorInfo("a", (4,), torch.float32), TensorInfo("b", (4,), torch.float32)]
+    with pytest.raises(KeyboardInterrupt):
+        with SafetensorsWriter(tmp_path / "out.safetensors", infos) as w:
+            w.write("a", torch.ones(4))
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_tensor_at_commit_leaves_nothing(tmp_path: Path) -> None:
+    infos = [TensorInfo("a", (4,), torch.float32), TensorInfo("b", (4,), torch.float32)]
+    with pytest.raises(UsageError, match="'b'"):
+        with SafetensorsWriter(tmp_path / "out", infos, max_shard_bytes=16) as w:
+            w.write("a", torch.ones(4))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_shape_or_order_is_refused(tmp_path: Path) -> None:
+    infos = [TensorInfo("a", (4,), torch.float32)]
+    with pytest.raises(UsageError, match="planned"):
+        with SafetensorsWriter(tmp_path / "o.safetensors", infos) as w:
+            w.write("a", torch.ones(5))
+    with pytest.raises(UsageError, match="plan order"):
+        with SafetensorsWriter(tmp_path / "o.safetensors", infos) as w:
+            w.write("b", torch.ones(4))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_force(tmp_path: Path) -> None:
+    target = tmp_path / "m.safetensors"
+    save_safetensors({"w": torch.zeros(1)}, target)
+    with pytest.raises(OutputError, match="--force") as info:
+        save_safetensors({"w": torch.ones(1)}, target)
+    assert info.value.exit_code == ExitCode.OUTPUT_REFUSED
+    assert torch.equal(load_file(target)["w"], torch.zeros(1))  # untouched
+    save_safetensors({"w": torch.ones(1)}, target, force=True)
+    assert torch.equal(load_file(target)["w"], torch.ones(1))
+
+
+def test_folder_replaced_whole_with_force(tmp_path: Path) -> None:
+    out = tmp_path / "merged"
+    save_safetensors({"a": torch.ones(4), "b": torch.ones(4)}, out, max_shard_bytes=16)
+    save_safetensors({"c": torch.zeros(2)}, out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no temp leftovers
+
+
+def test_check_output_refuses_inputs(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"")
+    with pytest.raises(OutputError, match="overwrite input"):
+        check_output(model / "model.safetensors", [model / "model.safetensors"], force=True)
+    with pytest.raises(OutputError, match="overwrite input"):
+        check_output(model, [model / "model.safetensors"], force=True)
+    assert check_output(tmp_path / "new.safetensors", [model]) == tmp_path / "new.safetensors"
+
+
+def test_side_files_committed_with_model(tmp_path: Path) -> None:
+    src = tmp_path / "config.json"
+    src.write_text('{"hidden": 8}')
+    infos = [TensorInfo("w", (2,), torch.float32)]
+    with SafetensorsWriter(tmp_path / "out", infos) as w:
+        w.write("w", torch.ones(2))
+        w.add_copy("config.json", src)
+        w.add_text("report.json", "{}")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors", "report.json"]
