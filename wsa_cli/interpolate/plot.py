@@ -1,0 +1,67 @@
+"""``--plot FILE.png``: a figure of the curves, drawn with matplotlib (an optional dependency).
+
+matplotlib is not required by wsa; when it is missing, :func:`require_matplotlib` raises a
+UsageError (exit 2) telling the user to ``pip install matplotlib`` -- checked before any work runs.
+The figure is written atomically (temporary file in the target folder, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from wsa_cli.errors import OutputError, UsageError
+from wsa_cli.interpolate.run import InterpolationResult
+
+
+def require_matplotlib() -> Any:
+    """Import matplotlib with the non-interactive Agg backend, or explain how to get it.
+
+    Example:
+        >>> require_matplotlib()  # doctest: +SKIP
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib, which is not installed; run: pip install matplotlib") from None
+    return plt
+
+
+def plot_result(result: InterpolationResult, out: str | Path) -> Path:
+    """Draw one panel per curve metric (loss, accuracy, ...), one line per mode; save to ``out``.
+
+    Example:
+        >>> plot_result(res, "barrier.png")  # doctest: +SKIP
+    """
+    plt = require_matplotlib()
+    out = Path(out)
+    metrics = [m for m in result.metrics if not m.endswith("_layer")][:4]
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.5 * max(len(metrics), 1), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for curve in result.modes:
+            ys = [float("nan") if r.get(metric) is None else r.get(metric) for r in curve.rows]
+            ax.plot(result.alphas, ys, marker="o", markersize=3, label=curve.mode)
+        ax.set_xlabel("alpha  (0 = A, 1 = B)")
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    label = "data-free diagnostics" if result.kind != "evaluation" else f"evaluator {result.evaluator}"
+    fig.suptitle(f"{Path(result.a).name} -> {Path(result.b).name} ({label})")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix or ".png", dir=str(out.parent or Path(".")))
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise OutputError(f"cannot write the plot: {exc.strerror or exc}", path=out) from None
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

@@ -1,0 +1,267 @@
+"""One interpolation run: open both checkpoints, prepare each mode's endpoints, walk the path.
+
+With an evaluator every alpha's model is materialised (an evaluator takes a state dict): each
+mode's two prepared endpoints are held once, the model at each alpha is built from them with one
+new tensor per key (the endpoint tensors themselves at alpha 0 and 1), evaluated, and dropped.
+Peak memory is about three models. Without an evaluator the data-free diagnostics stream one
+tensor at a time.
+
+Example:
+    >>> res = run_interpolation("a.safetensors", "b.safetensors", alphas=[0, 0.5, 1],
+    ...                         modes=["naive"], evaluator=None)  # doctest: +SKIP
+    >>> res.modes[0].summary["std_shrinkage"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsa_cli.interpolate.barrier import BARRIER_METRICS, find_alpha, summarize_curve
+from wsa_cli.interpolate.diagnostics import DIAGNOSTIC_METRICS, path_diagnostics
+from wsa_cli.interpolate.evaluators import Evaluator
+from wsa_cli.interpolate.modes import Mode, ModeOptions, get_mode
+from wsa_cli.interpolate.path import LazyStateDict, check_compatible, interpolate_state
+from wsa_cli.io import open_checkpoint
+
+ProgressFn = Callable[[int, str], None]
+
+#: ``kind`` of a result: measured with an evaluator, or weight statistics only.
+KIND_EVAL = "evaluation"
+KIND_DIAGNOSTICS = "data-free-diagnostics"
+
+#: Format tag and version of the JSON output (pinned by tests/golden/).
+RESULT_FORMAT = "wsa-interpolate"
+RESULT_VERSION = 1
+
+_BN_SUFFIXES = (".running_mean", ".running_var")
+
+
+@dataclass
+class ModeCurve:
+    """The curve and summary of one mode."""
+
+    mode: str
+    description: str
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    #: Per-layer detail (data-free diagnostics only).
+    layers: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"mode": self.mode, "description": self.description, "curve": self.rows, "summary": self.summary}
+        if self.layers is not None:
+            d["layers"] = self.layers
+        return d
+
+
+@dataclass
+class InterpolationResult:
+    """Everything ``wsa interpolate`` reports; ``to_dict()`` is the JSON output."""
+
+    kind: str
+    a: str
+    b: str
+    alphas: list[float]
+    evaluator: str | None
+    device: str
+    modes: list[ModeCurve]
+    #: Curve columns after ``alpha``, in display order.
+    metrics: list[str]
+    scope: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def summary_metrics(self) -> tuple[str, ...]:
+        return BARRIER_METRICS if self.kind == KIND_EVAL else DIAGNOSTIC_METRICS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": RESULT_FORMAT,
+            "version": RESULT_VERSION,
+            "kind": self.kind,
+            "a": self.a,
+            "b": self.b,
+            "evaluator": self.evaluator,
+            "device": self.device,
+            "alphas": self.alphas,
+            "metrics": self.metrics,
+            "scope": self.scope,
+            "warnings": self.warnings,
+            "modes": [m.to_dict() for m in self.modes],
+        }
+
+    def gate_values(self) -> dict[str, dict[str, Any]]:
+        """Summary metrics per mode name (what ``--fail-above`` compares)."""
+        return {m.mode: {k: m.summary.get(k) for k in self.summary_metrics} for m in self.modes}
+
+
+def bn_stat_keys(keys: Sequence[str]) -> list[str]:
+    """BatchNorm running-statistics keys (``*.running_mean`` / ``*.running_var``).
+
+    Example:
+        >>> bn_stat_keys(["bn1.weight", "bn1.running_mean", "bn1.running_var"])
+        ['bn1.running_mean', 'bn1.running_var']
+    """
+    return [k for k in keys if k.endswith(_BN_SUFFIXES)]
+
+
+def scope_summary(opts: ModeOptions) -> dict[str, Any]:
+    """The scope options as plain JSON values (for the report)."""
+    s = opts.scope
+    target = s.target
+    if not isinstance(target, (str, int)):
+        target = str(target) if isinstance(target, Path) else getattr(target, "to_dict", lambda: str(target))()
+    return {
+        "fusion": s.fusion,
+        "target": target,
+        "rescale": s.rescale,
+        "include": list(s.selector.include),
+        "exclude": list(s.selector.exclude),
+    }
+
+
+def _materialize(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return sd if isinstance(sd, dict) else {k: sd[k] for k in sd}
+
+
+def _metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for row in rows:
+        for k in row:
+            if k != "alpha" and k not in cols:
+                cols.append(k)
+    first = [c for c in ("loss", "accuracy") if c in cols]
+    return first + [c for c in cols if c not in first]
+
+
+def run_interpolation(
+    a_path: str | Path,
+    b_path: str | Path,
+    *,
+    alphas: Sequence[float],
+    modes: Sequence[str | Mode],
+    options: ModeOptions | None = None,
+    evaluator: Evaluator | None = None,
+    progress: ProgressFn | None = None,
+    container_key: str | None = None,
+    strip_prefix: str | None = None,
+) -> InterpolationResult:
+    """Interpolate between two checkpoints under each mode and summarise the barriers.
+
+    ``alphas`` must contain 0 and 1 (see :func:`~wsa_cli.interpolate.alphas.parse_alphas`).
+    ``progress(n, label)`` is called after each evaluation (or each tensor, data-free).
+    """
+    opts = options or ModeOptions()
+    mode_objs = [m if isinstance(m, Mode) else get_mode(m) for m in modes]
+    alpha_list = [float(x) for x in alphas]
+    summarize_curve(alpha_list, None, None)  # validates that 0 and 1 are on the grid
+    ra = open_checkpoint(a_path, container_key=container_key, strip_prefix=strip_prefix)
+    try:
+        rb = open_checkpoint(b_path, container_key=container_key, strip_prefix=strip_prefix)
+    except BaseException:
+        ra.close()
+        raise
+    with ra, rb:
+        check_compatible(ra, rb)
+        warnings: list[str] = []
+        bn_keys = bn_stat_keys(ra.keys())
+        recal = evaluator is not None and evaluator.recalibrate_bn
+        if bn_keys and not recal:
+            how = "pass --recalibrate-bn to re-estimate them" if evaluator is not None else "an evaluator with --recalibrate-bn can re-estimate them"
+            warnings.append(
+                f"the checkpoints hold BatchNorm running statistics ({len(bn_keys)} tensors, e.g. {bn_keys[0]}); "
+                f"interpolated running statistics may overstate the barrier; {how}"
+            )
+        curves: list[ModeCurve] = []
+        if evaluator is None:
+            for mode in mode_objs:
+                pa, pb = mode.prepare(LazyStateDict(ra), LazyStateDict(rb), opts)
+                diag = path_diagnostics(pa, pb, alpha_list, opts.scope, opts.device, progress=progress)
+                curves.append(ModeCurve(mode.name, mode.description, diag.rows, diag.summary, [lp.to_dict() for lp in diag.layers]))
+            metrics = _metric_columns(curves[0].rows) if curves else []
+            kind = KIND_DIAGNOSTICS
+        else:
+            raw: dict[str, list[dict[str, float]]] = {}
+            for mode in mode_objs:
+                pa, pb = mode.prepare(LazyStateDict(ra), LazyStateDict(rb), opts)
+                ea, eb = _materialize(pa), _materialize(pb)  # each mode's endpoints, held once
+                del pa, pb
+                raw[mode.name] = []
+                for alpha in alpha_list:
+                    state = interpolate_state(ea, eb, alpha)
+                    metrics_at = evaluator(state, opts.device, where=f"mode {mode.name}, alpha {alpha:g}")
+                    del state  # free this alpha's model before building the next
+                    raw[mode.name].append(metrics_at)
+                    if progress is not None:
+                        progress(1, f"{mode.name} alpha={alpha:g}")
+                del ea, eb
+            inputs = _input_losses(raw, alpha_list, ra, rb, evaluator, opts, progress)
+            for mode in mode_objs:
+                rows = [{"alpha": a, **m} for a, m in zip(alpha_list, raw[mode.name])]
+                loss = [m.get("loss") for m in raw[mode.name]]
+                acc = [m.get("accuracy") for m in raw[mode.name]]
+                has_loss, has_acc = any(v is not None for v in loss), any(v is not None for v in acc)
+                summary = summarize_curve(alpha_list, loss if has_loss else None, acc if has_acc else None, input_losses=inputs).to_dict()
+                curves.append(ModeCurve(mode.name, mode.description, rows, summary))
+            metrics = _metric_columns([r for c in curves for r in c.rows])
+            for c in curves:  # every row has every column (None where an evaluator skipped one)
+                c.rows = [{"alpha": r["alpha"], **{k: r.get(k) for k in metrics}} for r in c.rows]
+            kind = KIND_EVAL
+        return InterpolationResult(
+            kind=kind,
+            a=str(a_path),
+            b=str(b_path),
+            alphas=alpha_list,
+            evaluator=None if evaluator is None else evaluator.name,
+            device=str(opts.device),
+            modes=curves,
+            metrics=metrics,
+            scope=scope_summary(opts),
+            warnings=warnings,
+        )
+
+
+def _input_losses(
+    raw: Mapping[str, list[dict[str, float]]],
+    alphas: list[float],
+    ra: Any,
+    rb: Any,
+    evaluator: Evaluator,
+    opts: ModeOptions,
+    progress: ProgressFn | None,
+) -> tuple[float | None, float | None]:
+    """Losses of the unmodified inputs (for ``loss_barrier_inputs``): from ``naive`` if it ran."""
+    i0, i1 = find_alpha(alphas, 0.0), find_alpha(alphas, 1.0)
+    if "naive" in raw:
+        return raw["naive"][i0].get("loss"), raw["naive"][i1].get("loss")  # type: ignore[index]
+    out = []
+    for reader, name in ((ra, "A"), (rb, "B")):
+        state = reader.state_dict()
+        out.append(evaluator(state, opts.device, where=f"input {name}").get("loss"))
+        del state
+        if progress is not None:
+            progress(1, f"input {name}")
+    return out[0], out[1]
+
+
+def count_steps(
+    a_path: str | Path,
+    *,
+    modes: Sequence[str | Mode],
+    n_alphas: int,
+    with_evaluator: bool,
+    container_key: str | None = None,
+    strip_prefix: str | None = None,
+) -> int:
+    """How many ``progress`` calls :func:`run_interpolation` will make (for a progress bar)."""
+    names = [m.name if isinstance(m, Mode) else m for m in modes]
+    if with_evaluator:
+        return len(names) * n_alphas + (0 if "naive" in names else 2)
+    with open_checkpoint(a_path, container_key=container_key, strip_prefix=strip_prefix) as r:
+        floating = sum(1 for i in r.infos() if i.dtype.is_floating_point)
+    return len(names) * floating
