@@ -94,10 +94,12 @@ def _root(
 def _register() -> None:
     """Attach every command. Each module defines ``command`` (a function) or ``app`` (a sub-group)."""
     # one import and one line per command; keep alphabetical
+    from wsa_cli.cli import fedsim_cmd
     from wsa_cli.cli import inspect_cmd
     from wsa_cli.cli import interpolate_cmd
     from wsa_cli.cli import train_cmd
 
+    app.command("fedsim")(fedsim_cmd.command)
     app.command("inspect")(inspect_cmd.command)
     app.command("interpolate")(interpolate_cmd.command)
     app.command("train")(train_cmd.command)

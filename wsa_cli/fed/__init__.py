@@ -1,0 +1,13 @@
+"""Federated simulation: FedAvg over label-skewed clients, with WSA scope regularization as an option.
+
+Example:
+    >>> from wsa_cli.fed import FedConfig, run_fedsim
+    >>> res = run_fedsim(FedConfig(rounds=1, clients=2, local_epochs=1, width=8))
+    >>> len(res.rounds)
+    1
+"""
+
+from wsa_cli.fed.fedavg import align_states, fedavg, fuse_client_scopes
+from wsa_cli.fed.simulation import FedConfig, FedResult, RoundResult, run_fedsim
+
+__all__ = ["FedConfig", "FedResult", "RoundResult", "align_states", "fedavg", "fuse_client_scopes", "run_fedsim"]
