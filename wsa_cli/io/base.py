@@ -76,10 +76,24 @@ class CheckpointReader(abc.ABC):
     def infos(self) -> list[TensorInfo]:
         return list(self._infos.values())
 
-    def get(self, key: str) -> torch.Tensor:
-        """Load one tensor onto the CPU, with its stored dtype."""
-        self.info(key)  # raises a clear error for unknown keys
+    def get(self, key: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Load one tensor onto the CPU, with its stored dtype.
+
+        ``out``: an optional ``uint8`` buffer of at least ``info(key).nbytes`` bytes. Readers that
+        copy from disk fill it instead of allocating (a scan reusing two buffers avoids a page
+        fault per 4 KiB of every tensor); the result then aliases ``out``. Readers that already
+        hold the tensor (pickles) ignore it.
+        """
+        info = self.info(key)  # raises a clear error for unknown keys
+        if out is not None:
+            if out.dtype != torch.uint8 or out.numel() < info.nbytes or out.device.type != "cpu":
+                raise ValueError(f"out must be a CPU uint8 buffer of >= {info.nbytes} bytes")
+            return self._load_into(info, out)
         return self._load(key)
+
+    def _load_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
+        """Hook for readers that can read into a caller's buffer; default: plain load."""
+        return self._load(info.key)
 
     def files(self) -> list[Path]:
         """The files that hold this checkpoint's tensors (used for provenance and overwrite checks)."""

@@ -1,8 +1,16 @@
-"""Lazy readers for ``.safetensors`` files and Hugging Face sharded folders (index + shards)."""
+"""Lazy readers for ``.safetensors`` files and Hugging Face sharded folders (index + shards).
+
+``safe_open`` validates each file's header (dtypes, shapes, offsets that cover the file). Tensor
+data is then read with ``os.preadv`` straight into a fresh tensor, instead of through
+``safe_open``'s memory map: the map would keep every page read so far resident in the process, so
+the memory of a full pass over a model would grow with the model, while a read keeps it at one
+tensor.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -23,6 +31,47 @@ def _open(path: Path):  # noqa: ANN202 - safetensors' handle type is private
         raise CheckpointError(f"corrupt or truncated safetensors file ({msg})", path=path) from None
     except OSError as exc:
         raise CheckpointError(f"cannot read safetensors file ({exc.strerror or exc})", path=path) from None
+
+
+class _DataFile:
+    """Byte offsets of every tensor in one safetensors file, and positioned reads of them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))  # already validated by safe_open
+        base = 8 + n
+        self.offsets = {k: (base + v["data_offsets"][0], base + v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"}
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def read(self, info: TensorInfo, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """Read one tensor, into ``buffer`` (a uint8 tensor of >= nbytes) when given."""
+        start, end = self.offsets[info.key]
+        if buffer is None:
+            out = torch.empty(info.shape, dtype=info.dtype)
+            raw = out.reshape(-1).view(torch.uint8)
+        else:
+            raw = buffer[: info.nbytes]
+            out = raw.view(info.dtype).reshape(info.shape) if info.nbytes else torch.empty(info.shape, dtype=info.dtype)
+        view = memoryview(raw.numpy())  # (nbytes,) aliasing `out`
+        if len(view) != end - start:
+            raise CheckpointError(f"header says {end - start} bytes, shape/dtype need {len(view)}", path=self.path, key=info.key)
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], start + done)
+            if got <= 0:
+                raise CheckpointError("file ended inside tensor data (truncated?)", path=self.path, key=info.key)
+            done += got
+        return out
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:  # a reader used without `with` still releases its descriptor
+        self.close()
 
 
 def _infos_of(handle, path: Path) -> dict[str, TensorInfo]:  # noqa: ANN001
@@ -48,22 +97,24 @@ class SafetensorsReader(CheckpointReader):
 
     def __init__(self, path: str | Path, *, extra_files: list[Path] | None = None) -> None:
         super().__init__(path)
-        self._handle = _open(self.path)
-        self._infos = _infos_of(self._handle, self.path)
-        self.metadata = dict(self._handle.metadata() or {})
+        handle = _open(self.path)  # validates the header; dropped right away (see module docstring)
+        self._infos = _infos_of(handle, self.path)
+        self.metadata = dict(handle.metadata() or {})
+        del handle
+        self._data = _DataFile(self.path)
         self._extra = list(extra_files or [])
 
     def _load(self, key: str) -> torch.Tensor:
-        try:
-            return self._handle.get_tensor(key)
-        except SafetensorError as exc:
-            raise CheckpointError(f"cannot read tensor ({exc})", path=self.path, key=key) from None
+        return self._data.read(self._infos[key])
+
+    def _load_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
+        return self._data.read(info, out)
 
     def extra_files(self) -> list[Path]:
         return list(self._extra)
 
     def close(self) -> None:
-        self._handle = None  # safe_open handles close when collected
+        self._data.close()
 
 
 class ShardedSafetensorsReader(CheckpointReader):
@@ -86,9 +137,11 @@ class ShardedSafetensorsReader(CheckpointReader):
     ) -> None:
         super().__init__(path)
         self._shards = shards
-        self._handles = {shard: _open(shard) for shard in shards}
+        self._data: dict[Path, _DataFile] = {}
         self._owner: dict[str, Path] = {}
-        for shard, handle in self._handles.items():
+        for shard in shards:
+            handle = _open(shard)
+            self._data[shard] = _DataFile(shard)
             for key, info in _infos_of(handle, shard).items():
                 if key in self._owner:
                     raise CheckpointError(
@@ -112,11 +165,10 @@ class ShardedSafetensorsReader(CheckpointReader):
         self._extra = list(extra_files or [])
 
     def _load(self, key: str) -> torch.Tensor:
-        shard = self._owner[key]
-        try:
-            return self._handles[shard].get_tensor(key)
-        except SafetensorError as exc:
-            raise CheckpointError(f"cannot read tensor ({exc})", path=shard, key=key) from None
+        return self._data[self._owner[key]].read(self._infos[key])
+
+    def _load_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
+        return self._data[self._owner[info.key]].read(info, out)
 
     def files(self) -> list[Path]:
         return list(self._shards)
@@ -125,7 +177,8 @@ class ShardedSafetensorsReader(CheckpointReader):
         return list(self._extra)
 
     def close(self) -> None:
-        self._handles = {}
+        for data in self._data.values():
+            data.close()
 
 
 def read_index(index_path: Path) -> tuple[list[Path], dict[str, str]]:

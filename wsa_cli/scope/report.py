@@ -17,6 +17,7 @@ from wsa_cli.fusion.fuse import fuse_scopes
 from wsa_cli.fusion.gaussian import Scope, gaussian_kl
 from wsa_cli.fusion.scopefile import ScopeTable
 from wsa_cli.io.base import CheckpointReader
+from wsa_cli.io.prefetch import prefetch
 from wsa_cli.scope.kinds import layer_kind
 from wsa_cli.scope.selection import LayerSelector
 from wsa_cli.scope.stats import TensorStats, stats_from_moments, tensor_moments
@@ -65,18 +66,30 @@ def inspect_checkpoint(
     kinds: Counter[str] = Counter()
     dtypes: Counter[str] = Counter()
     total_params = layer_params = 0
+    measure: list[str] = []
     for info in infos:
         is_layer = selector.selects(info.key, info.shape, info.dtype)
-        kind = layer_kind(info.key, info.shape, info.dtype)
-        kinds[kind] += 1
+        kinds[layer_kind(info.key, info.shape, info.dtype)] += 1
         dtypes[str(info.dtype).removeprefix("torch.")] += 1
         total_params += info.numel
         layer_params += info.numel if is_layer else 0
         if is_layer or all_tensors:
-            moments = tensor_moments(reader.get(info.key), device)
-            out.append(stats_from_moments(info.key, info.shape, info.dtype, kind, is_layer, moments))
-        if progress:
+            measure.append(info.key)
+        elif progress:
             progress(1, info.key)
+    # Two rotating read buffers: the thread fills one while tensor k, in the other, is measured;
+    # tensor k's buffer is refilled only after the loop has moved past k.
+    largest = max((reader.info(k).nbytes for k in measure), default=0)
+    buffers = [torch.empty(largest, dtype=torch.uint8) for _ in range(2)]
+    slot = {key: i % 2 for i, key in enumerate(measure)}
+    for key, tensor in prefetch(lambda k: reader.get(k, out=buffers[slot[k]]), measure, depth=1):
+        info = reader.info(key)
+        kind = layer_kind(key, info.shape, info.dtype)
+        moments = tensor_moments(tensor, device)
+        out.append(stats_from_moments(key, info.shape, info.dtype, kind, selector.selects(key, info.shape, info.dtype), moments))
+        del tensor
+        if progress:
+            progress(1, key)
     measured = [t for t in out if t.is_layer]
     summary: dict[str, object] = {
         "tensors": len(infos),

@@ -81,30 +81,46 @@ def _with_counts(m: Moments, other: Moments) -> Moments:
                    m.zeros + other.zeros, m.nan + other.nan, m.inf + other.inf)  # fmt: skip
 
 
-def _chunk_moments(x: torch.Tensor, compute: torch.dtype) -> tuple[float, float, float, float, float] | None:
-    """(n, mean, M2, M3, M4) of finite values; None if float32 overflowed."""
+class _Scratch:
+    """Reusable chunk-sized buffers, so the per-chunk temporaries allocate (and page-fault) once."""
+
+    def __init__(self, size: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.bufs = [torch.empty(size, dtype=dtype, device=device) for _ in range(4)]
+
+    def take(self, n: int, dtype: torch.dtype) -> list[torch.Tensor]:
+        if self.bufs[0].dtype != dtype or self.bufs[0].numel() < n:
+            self.bufs = [torch.empty(n, dtype=dtype, device=self.bufs[0].device) for _ in range(4)]
+        return [b[:n] for b in self.bufs]
+
+
+def _chunk_moments(x: torch.Tensor, compute: torch.dtype, scratch: _Scratch) -> tuple[float, float, float, float, float] | None:
+    """(n, mean, M2, M3, M4) of a flat chunk of finite values; None if float32 overflowed."""
     n = x.numel()
+    d, d2, t, up = scratch.take(n, compute)  # (n,) each
+    if x.dtype != compute:  # bf16/fp16 -> float32 exactly, so the centring below rounds in float32
+        x = up.copy_(x)
     mean = float(torch.sum(x, dtype=torch.float64)) / n
-    d = x.to(compute) - mean  # (n,) centred on the chunk mean
-    d2 = d * d
+    torch.sub(x, mean, out=d)  # centred on the chunk mean
+    torch.mul(d, d, out=d2)
     m2 = float(torch.sum(d2, dtype=torch.float64))
-    m3 = float(torch.sum(d2 * d, dtype=torch.float64))
-    m4 = float(torch.sum(d2 * d2, dtype=torch.float64))
+    m3 = float(torch.sum(torch.mul(d2, d, out=t), dtype=torch.float64))
+    m4 = float(torch.sum(torch.mul(d2, d2, out=t), dtype=torch.float64))
     if not math.isfinite(m4) or not math.isfinite(mean):
         return None
     return float(n), mean, m2, m3, m4
 
 
-def chunk_moments(chunk: torch.Tensor) -> Moments:
+def chunk_moments(chunk: torch.Tensor, scratch: _Scratch | None = None) -> Moments:
     """Moments of one flat chunk (any dtype; bool/int as numbers)."""
     x = chunk if chunk.dtype.is_floating_point else chunk.to(torch.float64)
     numel = x.numel()
     if numel == 0:
         return Moments()
-    zeros = numel - int(torch.count_nonzero(x))
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    scratch = scratch or _Scratch(numel, compute, x.device)
+    zeros = numel - int(torch.count_nonzero(x))
     nan = inf = 0
-    res = _chunk_moments(x, compute)
+    res = _chunk_moments(x, compute, scratch)
     if res is None:  # non-finite values, or float32 overflow of the 4th power
         finite = torch.isfinite(x)
         nan = int(torch.isnan(x).sum())
@@ -112,7 +128,7 @@ def chunk_moments(chunk: torch.Tensor) -> Moments:
         x = x[finite]
         if x.numel() == 0:
             return Moments(zeros=zeros, nan=nan, inf=inf)
-        res = _chunk_moments(x, torch.float64)
+        res = _chunk_moments(x, torch.float64, scratch)
         assert res is not None, "finite float64 moments overflowed"
     lo, hi = torch.aminmax(x)
     n, mean, m2, m3, m4 = res
@@ -130,9 +146,11 @@ def tensor_moments(tensor: torch.Tensor, device: torch.device | str | None = Non
     dev = torch.device(device) if device is not None else tensor.device
     step = chunk or (CUDA_CHUNK if dev.type == "cuda" else CPU_CHUNK)
     flat = tensor.detach().reshape(-1)
+    compute = torch.float64 if flat.dtype == torch.float64 or not flat.dtype.is_floating_point else torch.float32
+    scratch = _Scratch(min(step, max(flat.numel(), 1)), compute, dev)
     total = Moments()
     for part in flat.split(step):
-        total = total.merge(chunk_moments(part.to(dev, non_blocking=True)))
+        total = total.merge(chunk_moments(part.to(dev, non_blocking=True), scratch))
     return total
 
 

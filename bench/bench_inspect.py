@@ -1,0 +1,124 @@
+"""Benchmark `wsa inspect` against a plain sequential read of the same checkpoint.
+
+Writes a synthetic float32 safetensors checkpoint of --size-gb GB (tensors of --tensor-mb MB each,
+streamed to disk, never all in memory), then measures, side by side in one run:
+
+* plain read: the file read start to end in 64 MiB blocks (no parsing, no math);
+* `wsa inspect --all --format json`, as a user runs it (subprocess);
+* peak resident memory of that subprocess (os.wait4's ru_maxrss), the same for a process that
+  only imports wsa/torch (the baseline), and their difference as a multiple of the largest tensor.
+
+Both reads see the same page-cache state: the file is read once before timing. With --sizes A,B the
+peak memory is measured at two model sizes to show it does not grow with the model.
+
+    python bench/bench_inspect.py --size-gb 2            # issue target: throughput >= 0.5x plain read
+    python bench/bench_inspect.py --sizes 1,3 --tensor-mb 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from wsa_cli.io import SafetensorsWriter, TensorInfo  # noqa: E402
+
+
+def write_checkpoint(path: Path, size_gb: float, tensor_mb: int) -> tuple[int, int]:
+    """Stream a float32 checkpoint of about size_gb to path; return (bytes, largest tensor bytes)."""
+    per = tensor_mb * (1 << 20) // 4
+    cols = 1024
+    rows = max(1, per // cols)
+    count = max(1, int(size_gb * (1 << 30)) // (rows * cols * 4))
+    infos = [TensorInfo(f"layers.{i}.weight", (rows, cols), torch.float32) for i in range(count)]
+    g = torch.Generator().manual_seed(0)
+    with SafetensorsWriter(path, infos, force=True) as w:
+        for i, info in enumerate(infos):
+            w.write(info.key, torch.randn(info.shape, generator=g) * (0.01 + 0.001 * i))
+    return path.stat().st_size, rows * cols * 4
+
+
+def plain_read(path: Path) -> float:
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as fh:
+        buf = bytearray(64 << 20)
+        view = memoryview(buf)
+        while fh.readinto(view):
+            pass
+    return time.perf_counter() - start
+
+
+def run_measured(cmd: list[str]) -> tuple[float, int, bytes]:
+    """Wall time, peak RSS in bytes, stdout of one subprocess."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, env={**os.environ, "WSA_NO_PROGRESS": "1"})
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        stderr = proc.stderr.read() if proc.stderr else b""
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"command failed: {' '.join(cmd)}\n{stderr.decode()}")
+        out.seek(0)
+        return elapsed, usage.ru_maxrss * 1024, out.read()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-gb", type=float, default=2.0)
+    ap.add_argument("--sizes", help="comma-separated sizes in GB to compare peak memory across (overrides --size-gb)")
+    ap.add_argument("--tensor-mb", type=int, default=64, help="size of each tensor (the largest tensor)")
+    ap.add_argument("--dir", type=Path, default=None, help="where to write the checkpoint (default: a temp dir)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed repetitions; the best is reported")
+    args = ap.parse_args()
+    sizes = [float(s) for s in args.sizes.split(",")] if args.sizes else [args.size_gb]
+
+    workdir = Path(tempfile.mkdtemp(prefix="wsa-bench-", dir=args.dir))
+    baseline_cmd = [sys.executable, "-c", "import torch, wsa_cli.cli.app, wsa_cli.scope.report, wsa_cli.io"]
+    _, base_rss, _ = run_measured(baseline_cmd)
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"baseline process (python + torch + wsa imported): peak RSS {base_rss / 2**20:.0f} MiB\n")
+    header = f"{'model':>9} {'tensors':>7} {'plain read':>11} {'wsa inspect':>12} {'throughput':>11} {'peak RSS':>9} {'(peak-base)/largest':>20}"
+    print(header)
+    print("-" * len(header))
+    results = []
+    try:
+        for size in sizes:
+            path = workdir / f"model-{size:g}gb.safetensors"
+            nbytes, largest = write_checkpoint(path, size, args.tensor_mb)
+            plain_read(path)  # warm the page cache so both sides read from the same state
+            t_plain = min(plain_read(path) for _ in range(args.repeats))
+            cmd = [sys.executable, "-m", "wsa_cli", "inspect", str(path), "--all", "--format", "json", "--device", "cpu"]
+            runs = [run_measured(cmd) for _ in range(args.repeats)]
+            t_inspect = min(r[0] for r in runs)
+            peak = max(r[1] for r in runs)
+            data = json.loads(runs[0][2])
+            n_tensors = data["checkpoints"][0]["summary"]["tensors"]
+            ratio = t_plain / t_inspect
+            mem_ratio = (peak - base_rss) / largest
+            results.append({"size_gb": nbytes / 2**30, "plain_s": t_plain, "inspect_s": t_inspect, "throughput_ratio": ratio,
+                            "peak_rss_mib": peak / 2**20, "extra_over_largest_tensor": mem_ratio})
+            print(f"{nbytes / 2**30:7.2f}GB {n_tensors:7d} {t_plain:9.2f} s {t_inspect:10.2f} s {ratio:10.2f}x "
+                  f"{peak / 2**20:6.0f}MiB {mem_ratio:19.2f}x")
+            path.unlink()
+    finally:
+        for p in workdir.glob("*"):
+            p.unlink()
+        workdir.rmdir()
+    print("\nthroughput = plain read time / wsa inspect time (target >= 0.5x; inspect also starts python+torch)")
+    print("(peak-base)/largest = memory beyond the baseline process, in multiples of the largest tensor "
+          "(target: the same at every model size)")
+    print(json.dumps({"results": results}))
+
+
+if __name__ == "__main__":
+    main()
