@@ -210,3 +210,35 @@ def align_tensor(tensor: torch.Tensor, source: Scope, target: Scope, options: Sc
         compute = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.to(torch.float32)
         return compute, False
     return rescale_tensor(tensor, source, target, options.rescale)
+
+
+def fused_scope_table(
+    sources: Sequence[Source],
+    options: ScopeOptions,
+    device: torch.device | str | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    progress: ProgressFn | None = None,
+) -> ScopeTable:
+    """The unified scope of every layer as a :class:`ScopeTable` (what ``wsa scope fuse`` writes).
+
+    Example:
+        >>> sd = {"w": torch.tensor([[1.0, 3.0]])}
+        >>> fused_scope_table([sd], ScopeOptions(), "cpu").layers["w"]
+        Scope(mean=2.0, std=1.0)
+    """
+    table = compute_target_scopes(sources, options, device, progress=progress)
+    numel = {}
+    for key in table:
+        shape, _ = source_info(sources[0], key)
+        n = 1
+        for d in shape:
+            n *= int(d)
+        numel[key] = n
+    return ScopeTable(
+        layers={k: target for k, (_, target) in table.items()},
+        fusion=options.fusion,
+        weights=normalize_weights(options.weights, len(sources)),
+        sources=list(names) if names is not None else [source_name(s, i) for i, s in enumerate(sources)],
+        numel=numel,
+    )

@@ -1,0 +1,11 @@
+"""Merging checkpoints: the method registry, the streaming merge plan and its executor.
+
+Example:
+    >>> from wsa_cli.merge import get_method
+    >>> get_method("linear").summary.split(";")[0]
+    'Weighted average sum(w_i theta_i) / sum(w_i)'
+"""
+
+from wsa_cli.merge.registry import METHODS, MergeMethod, MethodContext, Param, all_methods, get_method, register_method
+
+__all__ = ["METHODS", "MergeMethod", "MethodContext", "Param", "all_methods", "get_method", "register_method"]

@@ -1,0 +1,314 @@
+"""Run a merge plan, streaming tensor by tensor.
+
+For each key, in the order of the first model: read that tensor from every model (a background
+thread reads the next keys meanwhile, see :mod:`wsa_cli.merge.prefetch`), move the K tensors to
+the device, measure their scopes, fuse them into the target scope and rescale each model's
+tensor onto it (layers only), combine them with the method, cast to the output dtype, move the
+result back and write it. Then everything for that key is dropped. Peak memory is therefore a
+few tensors per input model, never a whole model.
+
+A layer's target scope depends only on that layer's K scopes (or a fixed scope / scope file), so
+scopes are measured in the same pass as the merge: every input is read exactly once.
+
+Output goes through :class:`~wsa_cli.io.SafetensorsWriter`: atomic (temp + rename), sharded with
+a Hugging Face index when asked, provenance in the metadata, and a JSON merge report committed with
+the model (per-layer scopes before and after, what was copied and why, constant layers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsa_cli import __version__
+from wsa_cli.device import resolve_device
+from wsa_cli.errors import WsaError
+from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_tensor, resolve_target, source_get
+from wsa_cli.io import CheckpointReader, SafetensorsWriter, open_checkpoint
+from wsa_cli.merge.plan import StagePlan, TensorPlan, plan_recipe
+from wsa_cli.merge.prefetch import Prefetcher
+from wsa_cli.merge.provenance import input_fingerprint, merge_metadata
+from wsa_cli.merge.registry import MethodContext, get_method
+from wsa_cli.recipe.schema import Recipe, load_recipe
+from wsa_cli.scope.stats import tensor_scope
+
+ProgressFn = Callable[[int, str], None]
+REPORT_FORMAT = "wsa-merge-report"
+
+
+def _compute(t: torch.Tensor) -> torch.Tensor:
+    """float32 for every float dtype except float64 (math in float32 or better)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float32)
+
+
+def _scope_dict(s: Scope) -> dict[str, float]:
+    return {"mean": s.mean, "std": s.std}
+
+
+@dataclasses.dataclass
+class TensorResult:
+    """A merged tensor (on the CPU, output dtype) and its report record."""
+
+    tensor: torch.Tensor
+    record: dict[str, Any]
+
+
+def merge_tensor(
+    entry: TensorPlan,
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None,
+    *,
+    scope: ScopeOptions,
+    weights: Sequence[float],
+    seed: int,
+    device: torch.device,
+    align_base: bool = True,
+) -> TensorResult:
+    """Merge one key: align (if planned), combine with the method, cast; return tensor and report record.
+
+    ``tensors`` are the K models' tensors for ``entry.key`` (any device); the result is on the CPU.
+
+    Example:
+        >>> from wsa_cli.merge.plan import TensorPlan
+        >>> e = TensorPlan("w", (2,), torch.float32, torch.float32, "merge", "linear", {"normalize": True}, False, False, "affine")
+        >>> merge_tensor(e, [torch.tensor([0.0, 2.0]), torch.tensor([2.0, 4.0])], None,
+        ...              scope=ScopeOptions(), weights=[1, 1], seed=0, device=torch.device("cpu")).tensor
+        tensor([1., 3.])
+    """
+    record: dict[str, Any] = {"key": entry.key, "action": entry.action}
+    if entry.action == "copy":
+        record["reason"] = entry.reason
+        return TensorResult(tensors[0].to("cpu"), record)
+    xs = [_compute(t.to(device, non_blocking=True)) for t in tensors]  # K x (shape,) float32+
+    b = _compute(base.to(device, non_blocking=True)) if base is not None else None
+    if any(x.dtype == torch.float64 for x in xs):  # mixed float dtypes: do the math in the widest
+        xs = [x.to(torch.float64) for x in xs]
+        b = b.to(torch.float64) if b is not None else None
+    record.update({"method": entry.method, "aligned": entry.align, "override": entry.rule})
+    if entry.layer or entry.align:
+        scopes = [tensor_scope(x, device) for x in xs]
+        record["before"] = [_scope_dict(s) for s in scopes]
+        if entry.align:
+            opts = scope if entry.rescale == scope.rescale else dataclasses.replace(scope, rescale=entry.rescale)
+            target = resolve_target(entry.key, scopes, opts)
+            record["target"] = _scope_dict(target)
+            constant = []
+            aligned = []
+            for i, (x, s) in enumerate(zip(xs, scopes)):
+                y, done = align_tensor(x, s, target, opts)
+                if not done and s.std == 0.0 and opts.rescale != "none":
+                    constant.append(i)
+                aligned.append(y)
+            xs = aligned
+            if constant:
+                record["constant_not_rescaled"] = constant
+            if b is not None and align_base:
+                b, _ = align_tensor(b, tensor_scope(b, device), target, opts)
+    method = get_method(entry.method or "linear")
+    ctx = MethodContext(entry.key, seed, device)
+    out = method.fn(xs, b, list(weights), entry.params, ctx)  # (shape,) float32+
+    if entry.layer or entry.align:
+        record["after"] = _scope_dict(tensor_scope(out, device))
+    return TensorResult(out.to(entry.out_dtype).to("cpu"), record)
+
+
+def _open_sources(plan: StagePlan) -> tuple[list[CheckpointReader], CheckpointReader | None]:
+    readers: list[CheckpointReader] = []
+    try:
+        for m in plan.models:
+            readers.append(open_checkpoint(m.path))
+        base = open_checkpoint(plan.base.path) if plan.base is not None else None
+    except BaseException:
+        for r in readers:
+            r.close()
+        raise
+    return readers, base
+
+
+def _permute(plan: StagePlan, readers: Sequence[CheckpointReader], device: torch.device) -> list[Source]:
+    """Apply the recipe's ``permutation:`` block (contract C5); needs the models in memory."""
+    perm = plan.spec.permutation
+    assert perm is not None
+    module = importlib.import_module("wsa_cli.permute.recipe")
+    states = [r.state_dict() for r in readers]
+    return list(module.permute_inputs(states, perm.spec, perm.reference, perm.seed, device))
+
+
+def _fingerprints(plan: StagePlan) -> list[dict[str, Any]]:
+    mode = plan.spec.output.provenance if plan.spec.output else "fast"
+    out = []
+    for m in [*plan.models, *([plan.base] if plan.base else [])]:
+        if m.ref.stage is not None:
+            with open_checkpoint(m.path) as r:
+                files = r.files()
+            out.append(input_fingerprint(m.label, files, mode, from_stage=True))
+        else:
+            out.append(input_fingerprint(m.label, m.files or [m.path], mode))
+    return out
+
+
+def run_stage(
+    plan: StagePlan,
+    recipe: Recipe,
+    *,
+    device: torch.device | str = "cpu",
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    prefetch: int = 2,
+) -> dict[str, Any]:
+    """Execute one planned stage and return its summary (what the CLI prints).
+
+    Writes ``plan.output`` atomically, with the merge report next to it (or inside the folder).
+    """
+    dev = resolve_device(device)
+    readers, base_reader = _open_sources(plan)
+    try:
+        sources: list[Source] = list(readers)
+        if plan.spec.permutation is not None:
+            sources = _permute(plan, readers, dev)
+        fingerprints = _fingerprints(plan)
+        mode = plan.spec.output.provenance if plan.spec.output else "fast"
+        metadata = merge_metadata(recipe_sha256=recipe.sha256, stage=plan.spec.name, method=plan.spec.method, inputs=fingerprints, mode=mode)
+        pin = dev.type == "cuda"
+        entries = {t.key: t for t in plan.tensors}
+
+        def load(key: str) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+            # runs in the prefetch thread: only reading (and pinning for an async host->device copy)
+            entry = entries[key]
+            srcs = sources[:1] if entry.action == "copy" else sources
+            ts = [source_get(s, key) for s in srcs]
+            b = base_reader.get(key) if base_reader is not None and entry.action != "copy" else None
+            if pin:
+                ts = [t.pin_memory() for t in ts]
+                b = b.pin_memory() if b is not None else None
+            return ts, b
+
+        records = []
+        with SafetensorsWriter(plan.output, plan.out_infos, metadata=metadata, max_shard_bytes=plan.max_shard_bytes,
+                               force=force or plan.temporary) as writer:  # fmt: skip
+            with Prefetcher([t.key for t in plan.tensors], load, depth=prefetch) as items:
+                for key, (ts, b) in items:
+                    res = merge_tensor(entries[key], ts, b, scope=plan.scope, weights=plan.weights, seed=plan.spec.seed,
+                                       device=dev, align_base=plan.spec.scope.align_base)  # fmt: skip
+                    writer.write(key, res.tensor)
+                    records.append(res.record)
+                    del ts, b, res
+                    if progress is not None:
+                        progress(1, key)
+            for f in plan.copy_files:
+                writer.add_copy(f.name, f)
+            summary = _summary(plan, records, writer.shard_names)
+            if plan.spec.output is not None and plan.spec.output.report:
+                report = _report(plan, recipe, records, fingerprints, summary, writer.shard_names)
+                name = plan.report_path.name
+                writer.add_text(name, json.dumps(report, indent=2, allow_nan=False) + "\n")
+                summary["report"] = str(plan.report_path)
+        return summary
+    finally:
+        for r in readers:
+            r.close()
+        if base_reader is not None:
+            base_reader.close()
+
+
+def _summary(plan: StagePlan, records: list[dict[str, Any]], shards: list[str]) -> dict[str, Any]:
+    constant = [r["key"] for r in records if r.get("constant_not_rescaled")]
+    return {
+        "name": plan.spec.name,
+        "output": str(plan.output),
+        "temporary": plan.temporary,
+        "method": plan.spec.method,
+        "files": list(shards),
+        "tensors": len(records),
+        "merged": sum(r["action"] == "merge" for r in records),
+        "copied": sum(r["action"] == "copy" for r in records),
+        "aligned": sum(bool(r.get("aligned")) for r in records),
+        "constant_not_rescaled": constant,
+        "copied_files": [p.name for p in plan.copy_files],
+        "report": None,
+    }
+
+
+def _report(plan: StagePlan, recipe: Recipe, records: list[dict[str, Any]], fingerprints: list[dict[str, Any]],
+            summary: dict[str, Any], shards: list[str]) -> dict[str, Any]:  # fmt: skip
+    planned = plan.to_dict()
+    skipped = [{"key": r["key"], "why": r["reason"]} for r in records if r["action"] == "copy"]
+    not_rescaled = [{"key": r["key"], "models": r["constant_not_rescaled"], "why": "constant layer (std 0) cannot be rescaled"}
+                    for r in records if r.get("constant_not_rescaled")]  # fmt: skip
+    return {
+        "format": REPORT_FORMAT,
+        "version": 1,
+        "wsa_version": __version__,
+        "recipe": recipe.path.name,
+        "recipe_sha256": recipe.sha256,
+        "stage": plan.spec.name,
+        "method": planned["method"],
+        "parameters": planned["parameters"],
+        "seed": plan.spec.seed,
+        "scope": planned["scope"],
+        "permutation": planned["permutation"],
+        "inputs": [{**fp, "weight": m.ref.weight} for fp, m in zip(fingerprints, plan.models)]
+        + ([{**fingerprints[-1], "role": "base"}] if plan.base is not None else []),
+        "output": {"name": plan.output.name, "files": list(shards), "copied_files": summary["copied_files"]},
+        "counts": {k: summary[k] for k in ("tensors", "merged", "copied", "aligned")},
+        "copied_not_merged": skipped,
+        "constant_not_rescaled": not_rescaled,
+        "tensors": records,
+    }
+
+
+def run_plans(
+    recipe: Recipe,
+    plans: Sequence[StagePlan],
+    *,
+    device: torch.device | str = "cpu",
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> list[dict[str, Any]]:
+    """Run every stage in order; intermediate outputs without ``output:`` are removed at the end."""
+    summaries = []
+    try:
+        for plan in plans:
+            summaries.append(run_stage(plan, recipe, device=device, force=force, progress=progress))
+    finally:
+        for plan in plans:
+            if plan.temporary:
+                plan.output.unlink(missing_ok=True)
+    return summaries
+
+
+def merge_recipe(
+    recipe: str | Path | Recipe,
+    *,
+    device: torch.device | str = "cpu",
+    force: bool = False,
+    dry_run: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Load, validate, plan and (unless ``dry_run``) run a recipe. The library entry point of ``wsa merge``.
+
+    Returns ``{"recipe", "recipe_sha256", "dry_run", "stages": [...]}`` where each stage is its
+    plan (dry run) or its summary (run).
+
+    Example:
+        >>> merge_recipe("recipes/average.yaml", force=True)["stages"][-1]["output"]  # doctest: +SKIP
+        'recipes/out/average.safetensors'
+    """
+    r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    plans = plan_recipe(r, force=force)
+    resolve_device(device)  # fail on a missing device before writing anything
+    if dry_run:
+        stages = [p.to_dict() for p in plans]
+    else:
+        stages = run_plans(r, plans, device=device, force=force, progress=progress)
+    return {"recipe": str(r.path), "recipe_sha256": r.sha256, "dry_run": dry_run, "stages": stages}
+
+
+__all__ = ["TensorResult", "WsaError", "merge_recipe", "merge_tensor", "run_plans", "run_stage"]

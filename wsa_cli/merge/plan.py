@@ -1,0 +1,361 @@
+"""The merge plan: every decision made, and every check passed, before any tensor is read.
+
+:func:`plan_recipe` opens each input's *header* only (shapes and dtypes), checks that the models
+line up (same keys, shapes and dtypes -- naming the key and the file when not), that the base
+model fits, that methods get the model count and parameters they need, that override patterns
+match something, and that the output may be written. Its result, a list of :class:`StagePlan`,
+is what ``wsa merge --dry-run`` prints and what :mod:`wsa_cli.merge.executor` runs.
+
+A later stage that merges an earlier stage's output is planned from that stage's *planned*
+output (keys, shapes, dtypes), so a multi-stage recipe is validated end to end up front.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsa_cli.errors import ConfigError, MismatchError, OutputError, UsageError
+from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.fusion.pipeline import ScopeOptions
+from wsa_cli.fusion.scopefile import load_scope_file
+from wsa_cli.io import TensorInfo, check_output, dtype_name, open_checkpoint
+from wsa_cli.merge.registry import MergeMethod, get_method
+from wsa_cli.recipe.schema import ModelRef, Recipe, StageSpec
+from wsa_cli.scope.selection import matches_any
+
+#: Name of the JSON report inside a folder output (the readers skip it).
+REPORT_NAME = "wsa-merge-report.json"
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """What happens to one tensor key.
+
+    ``action``: ``merge`` (the method combines the K tensors) or ``copy`` (integer/bool tensors:
+    the first model's tensor is copied, never averaged). ``layer``: the scope selector picks it.
+    ``align``: it is rescaled onto its target scope before the method runs.
+    """
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype  # stored dtype of the inputs
+    out_dtype: torch.dtype
+    action: str
+    method: str | None
+    params: dict[str, Any]
+    layer: bool
+    align: bool
+    rescale: str
+    rule: int | None = None  # index of the matching override
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "shape": list(self.shape),
+            "dtype": dtype_name(self.dtype),
+            "out_dtype": dtype_name(self.out_dtype),
+            "action": self.action,
+            "method": self.method,
+            "params": dict(self.params),
+            "layer": self.layer,
+            "align": self.align,
+            "rescale": self.rescale if self.align else None,
+            "override": self.rule,
+            "reason": self.reason or None,
+        }
+
+
+@dataclass
+class InputPlan:
+    """One input model of a stage: a checkpoint on disk, or an earlier stage's output."""
+
+    ref: ModelRef
+    infos: dict[str, TensorInfo]
+    path: Path  # file or folder to open (for a stage input: that stage's output path)
+    extra_files: list[Path] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.ref.label
+
+
+@dataclass
+class StagePlan:
+    """A fully validated stage: inputs, per-tensor plan, output layout."""
+
+    spec: StageSpec
+    models: list[InputPlan]
+    base: InputPlan | None
+    tensors: list[TensorPlan]
+    output: Path
+    temporary: bool  # an intermediate stage without 'output:' (removed after the run)
+    scope: ScopeOptions
+    weights: list[float]
+    copy_files: list[Path]
+    max_shard_bytes: int | None
+
+    @property
+    def out_infos(self) -> list[TensorInfo]:
+        return [TensorInfo(t.key, t.shape, t.out_dtype) for t in self.tensors]
+
+    @property
+    def report_path(self) -> Path:
+        if self.output.suffix == ".safetensors":
+            return self.output.with_name(self.output.stem + ".wsa-merge-report.json")
+        return self.output / REPORT_NAME
+
+    def to_dict(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for t in self.tensors:
+            counts[t.action] = counts.get(t.action, 0) + 1
+        return {
+            "name": self.spec.name,
+            "output": str(self.output),
+            "temporary": self.temporary,
+            "models": [{"input": m.label, "path": str(m.path), "weight": m.ref.weight} for m in self.models],
+            "base": None if self.base is None else {"input": self.base.label, "path": str(self.base.path)},
+            "method": self.spec.method,
+            "parameters": get_method(self.spec.method).resolve_params(self.spec.parameters),
+            "seed": self.spec.seed,
+            "scope": {
+                "align": self.scope.align,
+                "fusion": self.scope.fusion,
+                "target": _target_repr(self.scope.target),
+                "rescale": self.scope.rescale,
+                "weights": self.scope.weights,
+                "include": list(self.scope.selector.include),
+                "exclude": list(self.scope.selector.exclude),
+                "align_base": self.spec.scope.align_base,
+            },
+            "permutation": None if self.spec.permutation is None else {
+                "spec": str(self.spec.permutation.spec), "reference": self.spec.permutation.reference, "seed": self.spec.permutation.seed,
+            },
+            "copy_files": [p.name for p in self.copy_files],
+            "max_shard_bytes": self.max_shard_bytes,
+            "counts": {"tensors": len(self.tensors), **counts, "aligned": sum(t.align for t in self.tensors)},
+            "tensors": [t.to_dict() for t in self.tensors],
+        }  # fmt: skip
+
+
+def _target_repr(target: object) -> Any:
+    if isinstance(target, Scope):
+        return target.to_dict()
+    if isinstance(target, int):
+        return {"model": target}
+    return str(target)
+
+
+def _cfg(recipe: Recipe, line: int | None, message: str) -> ConfigError:
+    return ConfigError(message, path=recipe.path, line=line)
+
+
+def _load_input(recipe: Recipe, ref: ModelRef, done: dict[str, StagePlan]) -> InputPlan:
+    if ref.stage is not None:
+        prev = done[ref.stage]
+        return InputPlan(ref, {i.key: i for i in prev.out_infos}, prev.output)
+    assert ref.path is not None
+    with open_checkpoint(ref.path) as reader:  # headers only: no tensor data is read here
+        infos = {i.key: i for i in reader.infos()}
+        return InputPlan(ref, infos, ref.path, extra_files=reader.extra_files(), files=reader.files())
+
+
+def _check_fit(ref: InputPlan, other: InputPlan, what: str, dtype_free: bool) -> None:
+    """``other`` must hold exactly ``ref``'s keys with the same shapes (and dtypes unless ``dtype_free``)."""
+    where = str(other.path)
+    for key, info in ref.infos.items():
+        o = other.infos.get(key)
+        if o is None:
+            raise MismatchError(f"{what}: tensor is missing (present in {ref.path})", path=where, key=key)
+        if o.shape != info.shape:
+            raise MismatchError(f"{what}: has shape {o.shape}, expected {info.shape} as in {ref.path}", path=where, key=key)
+        if o.dtype != info.dtype:
+            both_float = o.dtype.is_floating_point and info.dtype.is_floating_point
+            if not (dtype_free and both_float):
+                hint = " (set output.dtype to merge mixed float dtypes)" if both_float else ""
+                raise MismatchError(
+                    f"{what}: has dtype {dtype_name(o.dtype)}, expected {dtype_name(info.dtype)} as in {ref.path}{hint}",
+                    path=where, key=key,
+                )  # fmt: skip
+    extra = [k for k in other.infos if k not in ref.infos]
+    if extra:
+        raise MismatchError(f"{what}: tensor is not in {ref.path} ({len(extra)} extra tensor(s))", path=where, key=extra[0])
+
+
+def _method_at(recipe: Recipe, name: str, line: int | None) -> MergeMethod:
+    try:
+        return get_method(name)
+    except UsageError as exc:
+        raise _cfg(recipe, line, exc.message) from None
+
+
+def _params_at(recipe: Recipe, method: MergeMethod, given: dict[str, Any], line: int | None) -> dict[str, Any]:
+    try:
+        return method.resolve_params(given)
+    except UsageError as exc:
+        raise _cfg(recipe, line, exc.message) from None
+
+
+def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], final_out: Path, force: bool) -> StagePlan:
+    L = stage.lines
+    models = [_load_input(recipe, ref, done) for ref in stage.models]
+    base = _load_input(recipe, stage.base, done) if stage.base is not None else None
+    out_spec = stage.output
+    dtype_free = out_spec is not None and out_spec.dtype is not None
+    ref = models[0]
+    for i, m in enumerate(models[1:], start=1):
+        _check_fit(ref, m, f"models[{i}] does not line up with models[0]", dtype_free)
+    if base is not None:
+        _check_fit(ref, base, "base model does not fit the models", dtype_free)
+
+    # methods: the stage's and every override's; model count, base, parameters
+    k = len(models)
+    method = _method_at(recipe, stage.method, L.get("method", stage.line))
+    params = _params_at(recipe, method, stage.parameters, L.get("parameters", L.get("method", stage.line)))
+    rules: list[tuple[MergeMethod, dict[str, Any]]] = []
+    for rule in stage.overrides:
+        rm = _method_at(recipe, rule.method, rule.lines.get("method", rule.line)) if rule.method else method
+        given = {**stage.parameters, **rule.parameters} if rm is method else dict(rule.parameters)
+        rules.append((rm, _params_at(recipe, rm, given, rule.lines.get("parameters", rule.line))))
+    used = {method.name: L.get("method", stage.line)}
+    for rule, (rm, _) in zip(stage.overrides, rules):
+        used.setdefault(rm.name, rule.lines.get("method", rule.line))
+    for name, line in used.items():
+        m = get_method(name)
+        try:
+            m.check_model_count(k)
+        except UsageError as exc:
+            raise _cfg(recipe, line, exc.message) from None
+        if m.needs_base and base is None:
+            raise _cfg(recipe, line, f"method {name!r} needs a base model: add 'base: PATH' to stage {stage.name!r}")
+    needs_base = any(get_method(n).needs_base for n in used) or any(p.get("model") == -1 for _, p in rules) or params.get("model") == -1
+    if base is not None and not needs_base:
+        raise _cfg(recipe, L.get("base"), f"a base model is given but no method of stage {stage.name!r} uses one")
+
+    # scope options
+    sspec = stage.scope
+    weights = [m.ref.weight for m in models]
+    if sum(weights) <= 0:
+        raise _cfg(recipe, L.get("models"), "model weights must not all be zero")
+    fusion_weights = sspec.weights if sspec.weights is not None else weights
+    if len(fusion_weights) != k:
+        raise _cfg(recipe, sspec.lines.get("weights"), f"scope.weights has {len(fusion_weights)} entries for {k} models")
+    target = sspec.target
+    if isinstance(target, int) and not -k <= target < k:
+        raise _cfg(recipe, sspec.lines.get("target"), f"scope.target model {target} is out of range for {k} models")
+    scope = ScopeOptions(
+        align=sspec.align, fusion=sspec.fusion, target=target, rescale=sspec.rescale, weights=list(fusion_weights),
+        selector=sspec.selector(),
+    )  # fmt: skip
+    table = load_scope_file(target) if isinstance(target, Path) else None
+
+    # per-tensor plan
+    out_dtype = out_spec.dtype if out_spec is not None else None
+    tensors: list[TensorPlan] = []
+    rule_hits = [0] * len(stage.overrides)
+    for key, info in ref.infos.items():
+        if not info.dtype.is_floating_point:
+            tensors.append(TensorPlan(key, info.shape, info.dtype, info.dtype, "copy", None, {}, False, False, sspec.rescale,
+                                      reason=f"{dtype_name(info.dtype)} tensor: copied from models[0], not averaged"))  # fmt: skip
+            continue
+        layer = scope.selector.selects(key, info.shape, info.dtype)
+        m, p, align, rescale, rule_index = method, params, sspec.align and layer, sspec.rescale, None
+        for i, rule in enumerate(stage.overrides):
+            if matches_any(key, rule.match):
+                rule_hits[i] += 1
+                m, p = rules[i]
+                align = rule.align if rule.align is not None else align
+                rescale = rule.rescale or rescale
+                rule_index = i
+                break
+        if align and table is not None and key not in table.layers:
+            raise MismatchError("the target scope file has no entry for this layer", path=target, key=key)  # type: ignore[arg-type]
+        tensors.append(TensorPlan(key, info.shape, info.dtype, out_dtype or info.dtype, "merge", m.name, p, layer, align,
+                                  rescale, rule=rule_index))  # fmt: skip
+    for i, hits in enumerate(rule_hits):
+        if hits == 0:
+            rule = stage.overrides[i]
+            raise _cfg(recipe, rule.line, f"overrides[{i}] matches no floating-point tensor ({', '.join(rule.match)})")
+
+    # output, extra files, permutation
+    temporary = out_spec is None
+    if out_spec is not None:
+        output = out_spec.path
+        inputs = [f for m in [*models, *([base] if base else [])] for f in (m.files or [m.path])]
+        check_output(output, inputs, force=force)
+    else:
+        output = final_out.parent / f".wsa-stage-{stage.name}.safetensors"
+    copy_files = _copy_files(recipe, stage, models, output)
+    if stage.permutation is not None:
+        _check_permutation(recipe, stage, k)
+    return StagePlan(
+        spec=stage, models=models, base=base, tensors=tensors, output=output, temporary=temporary, scope=scope,
+        weights=weights, copy_files=copy_files, max_shard_bytes=out_spec.shard_size if out_spec else None,
+    )  # fmt: skip
+
+
+def _copy_files(recipe: Recipe, stage: StageSpec, models: Sequence[InputPlan], output: Path) -> list[Path]:
+    out = stage.output
+    if out is None or out.copy_files_from is False or output.suffix == ".safetensors":
+        return []
+    source = out.copy_files_from
+    line = out.lines.get("copy_files_from")
+    if source is None:
+        return list(models[0].extra_files)
+    if isinstance(source, int) and not isinstance(source, bool):
+        if not 0 <= source < len(models):
+            raise _cfg(recipe, line, f"output.copy_files_from {source} is out of range for {len(models)} models")
+        files = models[source].extra_files
+        if not files:
+            raise _cfg(recipe, line, f"models[{source}] ({models[source].label}) has no config/tokenizer files to copy")
+        return list(files)
+    assert isinstance(source, Path)
+    with open_checkpoint(source) as reader:
+        return reader.extra_files()
+
+
+def _check_permutation(recipe: Recipe, stage: StageSpec, k: int) -> None:
+    perm = stage.permutation
+    assert perm is not None
+    if not 0 <= perm.reference < k:
+        raise _cfg(recipe, perm.lines.get("reference", perm.line), f"permutation.reference {perm.reference} is out of range for {k} models")
+    try:
+        module = importlib.import_module("wsa_cli.permute.recipe")
+        getattr(module, "permute_inputs")
+    except (ImportError, AttributeError):
+        raise _cfg(recipe, perm.line, "permutation: is not available in this build (wsa_cli.permute.recipe.permute_inputs is missing)") from None
+
+
+def plan_recipe(recipe: Recipe, *, force: bool = False) -> list[StagePlan]:
+    """Validate every stage of ``recipe`` against the models' headers and plan every tensor.
+
+    Raises :class:`ConfigError` (recipe line), :class:`MismatchError` (key and file),
+    :class:`InputNotFoundError`, :class:`CheckpointError` or :class:`OutputError`; reads no tensor.
+
+    Example:
+        >>> from wsa_cli.recipe import load_recipe
+        >>> plans = plan_recipe(load_recipe("recipes/average.yaml"))  # doctest: +SKIP
+        >>> plans[-1].tensors[0].action  # doctest: +SKIP
+        'merge'
+    """
+    final = recipe.stages[-1].output
+    assert final is not None  # enforced by the schema
+    done: dict[str, StagePlan] = {}
+    plans = []
+    for stage in recipe.stages:
+        plan = _plan_stage(recipe, stage, done, final.path, force)
+        done[stage.name] = plan
+        plans.append(plan)
+    outs = {p.output.resolve() for p in plans}
+    for p in plans:  # no stage may write over a file another stage reads
+        for m in [*p.models, *([p.base] if p.base else [])]:
+            if m.ref.stage is None and m.path.resolve() in outs:
+                raise OutputError(f"a stage output would overwrite the input of stage {p.spec.name!r}", path=m.path)
+    return plans

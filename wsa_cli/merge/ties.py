@@ -1,0 +1,35 @@
+"""``ties``: TIES-Merging -- trim, elect sign, disjoint merge.
+
+1. trim: keep the top ``density`` fraction of each task vector by magnitude (per tensor);
+2. elect: ``gamma = sgn(sum_i w_i tau_i_hat)``;
+3. disjoint mean over the task vectors that agree with ``gamma``; ``theta = base + scale * tau_m``.
+
+Reference: Yadav et al., "TIES-Merging: Resolving Interference When Merging Models", NeurIPS 2023
+(k = 20% and lambda = 1 are the paper's usual values; the paper trims over the whole model).
+"""
+
+from __future__ import annotations
+
+from wsa_cli.merge.registry import MergeMethod, Param, register_method
+from wsa_cli.merge.task_vectors import combine_task_vectors
+
+
+def _ties(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
+    return combine_task_vectors(
+        tensors, base, weights, ctx, scale=params["scale"], sparsify="magnitude", density=params["density"], consensus=True
+    )
+
+
+TIES = register_method(
+    MergeMethod(
+        name="ties",
+        fn=_ties,
+        summary="TIES: trim task vectors to top-k% magnitude, elect sign, disjoint mean.",
+        reference="Yadav et al. 2023, TIES-Merging (NeurIPS)",
+        params=(
+            Param("density", float, 0.2, "fraction k of each task vector kept by magnitude", lo=0.0, hi=1.0),
+            Param("scale", float, 1.0, "lambda, scaling of the merged task vector"),
+        ),
+        needs_base=True,
+    )
+)

@@ -1,0 +1,537 @@
+"""The recipe schema: typed dataclasses, defaults documented once, parsed with line numbers.
+
+A recipe is either one stage (the keys below at the top level) or ``stages:``, a list of named
+stages where a later stage can use an earlier one's output as a model (``- stage: NAME``).
+Every field, its type and default (also in docs/recipes.md)::
+
+    version: 1                      # optional; only 1 exists
+    name: merged                    # stage name (default "merge"; required in a stages: list)
+    models:                         # >= 1 input models, paths relative to the recipe file
+      - path: a.safetensors         #   or just "- a.safetensors"; or "- stage: NAME"
+        weight: 1.0                 #   default 1.0 (FedAvg weights, task-vector weights)
+    base: base.safetensors          # optional base model (task_arithmetic, ties, dare_*)
+    method: linear                  # see `wsa methods`; default linear
+    parameters: {}                  # the method's parameters (defaults in `wsa methods`)
+    seed: 0                         # for seeded methods (dare_*)
+    scope:                          # Weight Scope Alignment, applied before the method
+      align: true                   #   rescale layers onto the target scope
+      fusion: moments               #   moments | precision | stats-mean
+      target: fused                 #   fused | {model: N} | {mean: M, std: S} | scopes.json
+      rescale: affine               #   affine | std | none
+      include: []                   #   extra layers (globs or re:REGEX), e.g. "*.bias"
+      exclude: []                   #   never layers
+      weights: null                 #   fusion weights; default: the models' weights
+      align_base: true              #   also rescale the base model onto the target
+    overrides:                      # first matching rule wins, per tensor key
+      - match: ["*.bias", "fc3.*"]  #   glob(s) or re:REGEX
+        method: linear              #   optional: another method for these tensors
+        parameters: {}              #   optional: its parameters (merged over the stage's
+                                    #   when the method is the same)
+        align: false                #   optional: turn alignment off (or on) for them
+        rescale: std                #   optional: another rescale mode
+    output:
+      path: merged.safetensors      # a .safetensors file, or a folder (HF layout)
+      dtype: null                   # float32|float16|bfloat16|float64; default: the inputs'
+      shard_size: null              # bytes or "2GB"/"500MB"; folder output only
+      copy_files_from: null         # model index or folder whose config/tokenizer files are
+                                    # copied (default: the first model, if it is a folder);
+                                    # false: copy nothing
+      provenance: fast              # fast (size + mtime per input file) | sha256 (full hash)
+      report: true                  # write the JSON merge report next to the output
+    permutation:                    # optional: align neurons first (contract C5)
+      spec: spec.yaml
+      reference: 0
+      seed: 0
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from wsa_cli.errors import ConfigError, InputNotFoundError, UsageError
+from wsa_cli.fusion.fuse import FUSION_METHODS
+from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.fusion.rescale import RESCALE_MODES
+from wsa_cli.io.dtypes import DTYPE_NAMES
+from wsa_cli.recipe.yamlnodes import YList, YMap, YNode, YScalar, load_yaml_file
+from wsa_cli.scope.selection import LayerSelector
+
+DEFAULT_METHOD = "linear"
+PROVENANCE_MODES = ("fast", "sha256")
+
+
+@dataclass
+class ModelRef:
+    """One input: a checkpoint path, or the output of an earlier stage."""
+
+    path: Path | None  # resolved against the recipe's folder
+    stage: str | None  # name of an earlier stage whose output is this input
+    weight: float = 1.0
+    line: int = 0
+    text: str = ""  # as written in the recipe (used in provenance, stable across machines)
+
+    @property
+    def label(self) -> str:
+        return f"stage:{self.stage}" if self.stage else self.text
+
+
+@dataclass
+class ScopeSpec:
+    """The ``scope:`` block (see module docstring for defaults)."""
+
+    align: bool = True
+    fusion: str = "moments"
+    target: Union[str, Scope, Path, int] = "fused"  # noqa: UP007
+    rescale: str = "affine"
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    weights: list[float] | None = None
+    align_base: bool = True
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def selector(self) -> LayerSelector:
+        return LayerSelector(include=tuple(self.include), exclude=tuple(self.exclude))
+
+
+@dataclass
+class OverrideSpec:
+    """One ``overrides:`` rule."""
+
+    match: list[str]
+    method: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    align: bool | None = None
+    rescale: str | None = None
+    line: int = 0
+    lines: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class OutputSpec:
+    """The ``output:`` block."""
+
+    path: Path
+    dtype: torch.dtype | None = None
+    shard_size: int | None = None
+    copy_files_from: Union[int, Path, bool, None] = None  # noqa: UP007
+    provenance: str = "fast"
+    report: bool = True
+    lines: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def is_folder(self) -> bool:
+        return self.path.suffix != ".safetensors"
+
+
+@dataclass
+class PermutationRef:
+    """The ``permutation:`` block (contract C5)."""
+
+    spec: Path
+    reference: int = 0
+    seed: int = 0
+    line: int = 0
+    lines: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class StageSpec:
+    """One merge: inputs, method, scope options, overrides, output."""
+
+    name: str
+    models: list[ModelRef]
+    base: ModelRef | None = None
+    method: str = DEFAULT_METHOD
+    parameters: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    scope: ScopeSpec = field(default_factory=ScopeSpec)
+    overrides: list[OverrideSpec] = field(default_factory=list)
+    output: OutputSpec | None = None
+    permutation: PermutationRef | None = None
+    line: int = 1
+    lines: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    """A parsed, validated recipe (file-level checks only; models are checked by the merge plan)."""
+
+    path: Path
+    sha256: str
+    stages: list[StageSpec]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+# -- parsing helpers ------------------------------------------------------------------------------
+
+STAGE_KEYS = ("name", "models", "base", "method", "parameters", "seed", "scope", "overrides", "output", "permutation")
+TOP_KEYS = ("version", "stages", *STAGE_KEYS)
+SCOPE_KEYS = ("align", "fusion", "target", "rescale", "include", "exclude", "weights", "align_base")
+OVERRIDE_KEYS = ("match", "method", "parameters", "align", "rescale")
+OUTPUT_KEYS = ("path", "dtype", "shard_size", "copy_files_from", "provenance", "report")
+MODEL_KEYS = ("path", "stage", "weight")
+PERMUTATION_KEYS = ("spec", "reference", "seed")
+
+
+class _Ctx:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def err(self, node: YNode | int, message: str) -> ConfigError:
+        line = node if isinstance(node, int) else node.line
+        return ConfigError(message, path=self.path, line=line)
+
+    def mapping(self, node: YNode, what: str, allowed: Sequence[str]) -> YMap:
+        if not isinstance(node, YMap):
+            raise self.err(node, f"{what} must be a mapping (key: value)")
+        for key in node.entries:
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+                extra = f"; did you mean {hint[0]!r}?" if hint else f"; allowed: {', '.join(allowed)}"
+                raise self.err(node.key_lines[key], f"unknown key {key!r} in {what}{extra}")
+        return node
+
+    def scalar(self, node: YNode, what: str, types: tuple[type, ...], tname: str) -> Any:
+        if not isinstance(node, YScalar) or isinstance(node.value, bool) and bool not in types:
+            raise self.err(node, f"{what} must be {tname}")
+        if not isinstance(node.value, types):
+            raise self.err(node, f"{what} must be {tname}, got {node.value!r}")
+        return node.value
+
+    def string(self, node: YNode, what: str) -> str:
+        value = self.scalar(node, what, (str,), "a string")
+        if not value.strip():
+            raise self.err(node, f"{what} must not be empty")
+        return value
+
+    def boolean(self, node: YNode, what: str) -> bool:
+        return self.scalar(node, what, (bool,), "true or false")
+
+    def integer(self, node: YNode, what: str) -> int:
+        return self.scalar(node, what, (int,), "an integer")
+
+    def number(self, node: YNode, what: str) -> float:
+        return float(self.scalar(node, what, (int, float), "a number"))
+
+    def strings(self, node: YNode, what: str) -> list[str]:
+        if isinstance(node, YScalar) and isinstance(node.value, str):
+            return [node.value]
+        if not isinstance(node, YList):
+            raise self.err(node, f"{what} must be a string or a list of strings")
+        return [self.string(item, f"{what} entry") for item in node.items]
+
+    def choice(self, node: YNode, what: str, choices: Sequence[str]) -> str:
+        value = self.string(node, what)
+        if value not in choices:
+            hint = difflib.get_close_matches(value, list(choices), n=1)
+            extra = f"did you mean {hint[0]!r}? " if hint else ""
+            raise self.err(node, f"{what} {value!r} is not known; {extra}choose from {', '.join(choices)}")
+        return value
+
+    def file(self, node: YNode, what: str, base_dir: Path, *, must_exist: bool = True) -> tuple[Path, str]:
+        text = self.string(node, what)
+        p = Path(text).expanduser()
+        resolved = p if p.is_absolute() else base_dir / p
+        if must_exist and not resolved.exists():
+            raise InputNotFoundError(f"{what} {text!r} does not exist ({resolved})", path=self.path, line=node.line)
+        return resolved, text
+
+
+def _lines(node: YMap) -> dict[str, int]:
+    return dict(node.key_lines)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.I)
+
+
+def parse_size(text: str) -> int | None:
+    """``"2GB"`` -> 2_000_000_000, ``"500MiB"`` -> 524_288_000, ``"123"`` -> 123; None if malformed.
+
+    Example:
+        >>> parse_size("1.5GB"), parse_size("4KiB")
+        (1500000000, 4096)
+    """
+    m = _SIZE.match(text)
+    if not m:
+        return None
+    num, unit, suffix = float(m.group(1)), m.group(2).upper(), (m.group(3) or "")
+    base = 1024 if suffix.lower() == "ib" else 1000
+    power = " KMGT".index(unit) if unit else 0
+    return int(num * base**power)
+
+
+def _parse_model(ctx: _Ctx, node: YNode, base_dir: Path, what: str) -> ModelRef:
+    if isinstance(node, YScalar):
+        path, text = ctx.file(node, what, base_dir)
+        return ModelRef(path=path, stage=None, line=node.line, text=text)
+    m = ctx.mapping(node, what, MODEL_KEYS)
+    if ("path" in m) == ("stage" in m):
+        raise ctx.err(m, f"{what} needs exactly one of 'path' or 'stage'")
+    weight = ctx.number(m.entries["weight"], f"{what} weight") if "weight" in m else 1.0
+    if not weight >= 0 or weight != weight or weight == float("inf"):
+        raise ctx.err(m.entries["weight"], f"{what} weight must be finite and >= 0, got {weight}")
+    if "path" in m:
+        path, text = ctx.file(m.entries["path"], f"{what} path", base_dir)
+        return ModelRef(path=path, stage=None, weight=weight, line=m.entries["path"].line, text=text)
+    stage = ctx.string(m.entries["stage"], f"{what} stage")
+    return ModelRef(path=None, stage=stage, weight=weight, line=m.entries["stage"].line, text=f"stage:{stage}")
+
+
+def _parse_params(ctx: _Ctx, node: YNode, what: str) -> dict[str, Any]:
+    if isinstance(node, YScalar) and node.value is None:
+        return {}
+    m = ctx.mapping(node, what, tuple(node.entries) if isinstance(node, YMap) else ())
+    out: dict[str, Any] = {}
+    for key, value in m.entries.items():
+        if not isinstance(value, YScalar):
+            raise ctx.err(value, f"{what}: {key} must be a number, string or true/false")
+        out[key] = value.value
+    return out
+
+
+def _parse_scope(ctx: _Ctx, node: YNode, base_dir: Path) -> ScopeSpec:
+    if isinstance(node, YScalar) and isinstance(node.value, bool):  # "scope: false" shorthand
+        return ScopeSpec(align=node.value)
+    m = ctx.mapping(node, "scope", SCOPE_KEYS)
+    s = ScopeSpec(lines=_lines(m))
+    e = m.entries
+    if "align" in e:
+        s.align = ctx.boolean(e["align"], "scope.align")
+    if "fusion" in e:
+        s.fusion = ctx.choice(e["fusion"], "scope.fusion", list(FUSION_METHODS))
+    if "rescale" in e:
+        s.rescale = ctx.choice(e["rescale"], "scope.rescale", RESCALE_MODES)
+    if "align_base" in e:
+        s.align_base = ctx.boolean(e["align_base"], "scope.align_base")
+    for name in ("include", "exclude"):
+        if name in e:
+            patterns = ctx.strings(e[name], f"scope.{name}")
+            try:
+                LayerSelector(include=tuple(patterns))
+            except UsageError as exc:
+                raise ctx.err(e[name], f"scope.{name}: {exc.message}") from None
+            setattr(s, name, patterns)
+    if "weights" in e:
+        w = e["weights"]
+        if isinstance(w, YScalar) and w.value is None:
+            s.weights = None
+        elif not isinstance(w, YList) or not w.items:
+            raise ctx.err(w, "scope.weights must be a list of numbers")
+        else:
+            s.weights = [ctx.number(i, "scope.weights entry") for i in w.items]
+            if any(x < 0 for x in s.weights) or sum(s.weights) <= 0:
+                raise ctx.err(w, "scope.weights must be >= 0 and not all zero")
+    if "target" in e:
+        s.target = _parse_target(ctx, e["target"], base_dir)
+    return s
+
+
+def _parse_target(ctx: _Ctx, node: YNode, base_dir: Path) -> str | Scope | Path | int:
+    if isinstance(node, YScalar) and node.value == "fused":
+        return "fused"
+    if isinstance(node, YMap):
+        if "model" in node:
+            ctx.mapping(node, "scope.target", ("model",))
+            return ctx.integer(node.entries["model"], "scope.target.model")
+        m = ctx.mapping(node, "scope.target", ("mean", "std"))
+        if "mean" not in m or "std" not in m:
+            raise ctx.err(m, "a fixed scope.target needs both 'mean' and 'std'")
+        mean = ctx.number(m.entries["mean"], "scope.target.mean")
+        std = ctx.number(m.entries["std"], "scope.target.std")
+        if not std >= 0 or std == float("inf") or mean != mean or abs(mean) == float("inf"):
+            raise ctx.err(m, f"scope.target needs a finite mean and std >= 0, got mean={mean} std={std}")
+        return Scope(mean, std)
+    if isinstance(node, YScalar) and isinstance(node.value, str):
+        path, _ = ctx.file(node, "scope.target scope file", base_dir)
+        from wsa_cli.fusion.scopefile import load_scope_file
+
+        load_scope_file(path)  # validate now: a broken scope file fails before any tensor is read
+        return path
+    raise ctx.err(node, "scope.target must be 'fused', {model: N}, {mean: M, std: S} or a scope-file path")
+
+
+def _parse_overrides(ctx: _Ctx, node: YNode) -> list[OverrideSpec]:
+    if not isinstance(node, YList):
+        raise ctx.err(node, "overrides must be a list of rules (- match: PATTERN ...)")
+    rules = []
+    for i, item in enumerate(node.items):
+        what = f"overrides[{i}]"
+        m = ctx.mapping(item, what, OVERRIDE_KEYS)
+        if "match" not in m:
+            raise ctx.err(m, f"{what} needs 'match' (a glob, re:REGEX or a list of them)")
+        rule = OverrideSpec(match=ctx.strings(m.entries["match"], f"{what}.match"), line=m.line, lines=_lines(m))
+        try:
+            LayerSelector(include=tuple(rule.match))
+        except UsageError as exc:
+            raise ctx.err(m.entries["match"], f"{what}.match: {exc.message}") from None
+        if "method" in m:
+            rule.method = ctx.string(m.entries["method"], f"{what}.method")
+        if "parameters" in m:
+            rule.parameters = _parse_params(ctx, m.entries["parameters"], f"{what}.parameters")
+        if "align" in m:
+            rule.align = ctx.boolean(m.entries["align"], f"{what}.align")
+        if "rescale" in m:
+            rule.rescale = ctx.choice(m.entries["rescale"], f"{what}.rescale", RESCALE_MODES)
+        rules.append(rule)
+    return rules
+
+
+def _parse_output(ctx: _Ctx, node: YNode, base_dir: Path) -> OutputSpec:
+    if isinstance(node, YScalar):  # "output: merged.safetensors" shorthand
+        path, _ = ctx.file(node, "output", base_dir, must_exist=False)
+        return OutputSpec(path=path, lines={"path": node.line})
+    m = ctx.mapping(node, "output", OUTPUT_KEYS)
+    if "path" not in m:
+        raise ctx.err(m, "output needs 'path'")
+    path, _ = ctx.file(m.entries["path"], "output.path", base_dir, must_exist=False)
+    out = OutputSpec(path=path, lines=_lines(m))
+    e = m.entries
+    if "dtype" in e and not (isinstance(e["dtype"], YScalar) and e["dtype"].value is None):
+        out.dtype = DTYPE_NAMES[ctx.choice(e["dtype"], "output.dtype", list(DTYPE_NAMES))]
+    if "shard_size" in e and not (isinstance(e["shard_size"], YScalar) and e["shard_size"].value is None):
+        raw = e["shard_size"]
+        value = raw.value if isinstance(raw, YScalar) else None
+        size = value if isinstance(value, int) and not isinstance(value, bool) else parse_size(value) if isinstance(value, str) else None
+        if size is None or size <= 0:
+            raise ctx.err(raw, f"output.shard_size must be a positive byte count or a size like '2GB', got {value!r}")
+        if not out.is_folder:
+            raise ctx.err(raw, "output.shard_size needs a folder output path (not *.safetensors)")
+        out.shard_size = size
+    if "copy_files_from" in e:
+        c = e["copy_files_from"]
+        if isinstance(c, YScalar) and (c.value is None or c.value is True):
+            out.copy_files_from = None
+        elif isinstance(c, YScalar) and c.value is False:
+            out.copy_files_from = False
+        elif isinstance(c, YScalar) and isinstance(c.value, int):
+            out.copy_files_from = c.value
+        else:
+            folder, text = ctx.file(c, "output.copy_files_from", base_dir)
+            if not folder.is_dir():
+                raise ctx.err(c, f"output.copy_files_from {text!r} must be a model folder or a model index")
+            out.copy_files_from = folder
+        if out.copy_files_from not in (None, False) and not out.is_folder:
+            raise ctx.err(c, "output.copy_files_from needs a folder output path (config files cannot sit in a .safetensors file)")
+    if "provenance" in e:
+        out.provenance = ctx.choice(e["provenance"], "output.provenance", PROVENANCE_MODES)
+    if "report" in e:
+        out.report = ctx.boolean(e["report"], "output.report")
+    return out
+
+
+def _parse_permutation(ctx: _Ctx, node: YNode, base_dir: Path) -> PermutationRef:
+    m = ctx.mapping(node, "permutation", PERMUTATION_KEYS)
+    if "spec" not in m:
+        raise ctx.err(m, "permutation needs 'spec' (a permutation spec file or a built-in template name)")
+    spec_node = m.entries["spec"]
+    text = ctx.string(spec_node, "permutation.spec")
+    candidate = Path(text) if Path(text).is_absolute() else base_dir / text
+    # a spec is a file next to the recipe, or a built-in template name (e.g. digits-mlp)
+    spec = candidate if candidate.exists() or Path(text).suffix else Path(text)
+    if Path(text).suffix and not candidate.exists():
+        raise InputNotFoundError(f"permutation.spec {text!r} does not exist ({candidate})", path=ctx.path, line=spec_node.line)
+    ref = PermutationRef(spec=spec, line=m.line, lines=_lines(m))
+    if "reference" in m:
+        ref.reference = ctx.integer(m.entries["reference"], "permutation.reference")
+    if "seed" in m:
+        ref.seed = ctx.integer(m.entries["seed"], "permutation.seed")
+    return ref
+
+
+def _parse_stage(ctx: _Ctx, m: YMap, base_dir: Path, default_name: str) -> StageSpec:
+    e = m.entries
+    name = ctx.string(e["name"], "name") if "name" in e else default_name
+    if "models" not in e:
+        raise ctx.err(m, f"stage {name!r} needs 'models' (a list of checkpoint paths)")
+    mnode = e["models"]
+    if not isinstance(mnode, YList) or not mnode.items:
+        raise ctx.err(mnode, "models must be a non-empty list of checkpoint paths")
+    models = [_parse_model(ctx, item, base_dir, f"models[{i}]") for i, item in enumerate(mnode.items)]
+    stage = StageSpec(name=name, models=models, line=m.line, lines=_lines(m))
+    if "base" in e and not (isinstance(e["base"], YScalar) and e["base"].value is None):
+        stage.base = _parse_model(ctx, e["base"], base_dir, "base")
+    if "method" in e:
+        stage.method = ctx.string(e["method"], "method")
+    if "parameters" in e:
+        stage.parameters = _parse_params(ctx, e["parameters"], "parameters")
+    if "seed" in e:
+        stage.seed = ctx.integer(e["seed"], "seed")
+    if "scope" in e:
+        stage.scope = _parse_scope(ctx, e["scope"], base_dir)
+    if "overrides" in e:
+        stage.overrides = _parse_overrides(ctx, e["overrides"])
+    if "output" in e:
+        stage.output = _parse_output(ctx, e["output"], base_dir)
+    if "permutation" in e and not (isinstance(e["permutation"], YScalar) and e["permutation"].value is None):
+        stage.permutation = _parse_permutation(ctx, e["permutation"], base_dir)
+    return stage
+
+
+def parse_recipe(node: YNode, path: Path, text: str) -> Recipe:
+    """Turn parsed YAML into a :class:`Recipe`, raising :class:`ConfigError` at the offending line."""
+    ctx = _Ctx(path)
+    base_dir = path.parent
+    top = ctx.mapping(node, "the recipe", TOP_KEYS)
+    if "version" in top and ctx.integer(top.entries["version"], "version") != 1:
+        raise ctx.err(top.entries["version"], "only recipe version 1 exists")
+    if "stages" in top:
+        stray = [k for k in top.entries if k not in ("version", "stages")]
+        if stray:
+            raise ctx.err(top.key_lines[stray[0]], f"{stray[0]!r} must go inside a stage when 'stages' is used")
+        snode = top.entries["stages"]
+        if not isinstance(snode, YList) or not snode.items:
+            raise ctx.err(snode, "stages must be a non-empty list of stages")
+        stages = []
+        for i, item in enumerate(snode.items):
+            m = ctx.mapping(item, f"stages[{i}]", STAGE_KEYS)
+            if "name" not in m:
+                raise ctx.err(m, f"stages[{i}] needs a 'name' (later stages refer to it)")
+            stages.append(_parse_stage(ctx, m, base_dir, f"stage{i}"))
+    else:
+        stages = [_parse_stage(ctx, top, base_dir, "merge")]
+    _check_stage_graph(ctx, stages)
+    return Recipe(path=path, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), stages=stages)
+
+
+def _check_stage_graph(ctx: _Ctx, stages: list[StageSpec]) -> None:
+    seen: dict[str, StageSpec] = {}
+    outputs: dict[Path, str] = {}
+    for stage in stages:
+        if stage.name in seen:
+            raise ctx.err(stage.lines.get("name", stage.line), f"stage name {stage.name!r} is used twice")
+        for ref in [*stage.models, *([stage.base] if stage.base else [])]:
+            if ref.stage is not None and ref.stage not in seen:
+                later = ref.stage in {s.name for s in stages}
+                why = "a stage can only use stages listed before it" if later else "no stage has that name"
+                raise ctx.err(ref.line, f"stage {ref.stage!r} is not available here ({why})")
+        if stage.output is not None:
+            resolved = stage.output.path.resolve()
+            if resolved in outputs:
+                raise ctx.err(stage.output.lines.get("path", stage.line), f"output path is also the output of stage {outputs[resolved]!r}")
+            outputs[resolved] = stage.name
+        seen[stage.name] = stage
+    if stages[-1].output is None:
+        raise ctx.err(stages[-1].line, f"stage {stages[-1].name!r} needs 'output' (the final stage must write a file)")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read, parse and check a recipe file (no checkpoint is opened here).
+
+    Example:
+        >>> load_recipe("recipes/average.yaml").stages[0].method  # doctest: +SKIP
+        'linear'
+    """
+    p = Path(path)
+    node, text = load_yaml_file(p)
+    return parse_recipe(node, p, text)
