@@ -97,11 +97,17 @@ def _register() -> None:
     from wsa_cli.cli import fedsim_cmd
     from wsa_cli.cli import inspect_cmd
     from wsa_cli.cli import interpolate_cmd
+    from wsa_cli.cli import merge_cmd
+    from wsa_cli.cli import methods_cmd
+    from wsa_cli.cli import scope_cmd
     from wsa_cli.cli import train_cmd
 
     app.command("fedsim")(fedsim_cmd.command)
     app.command("inspect")(inspect_cmd.command)
     app.command("interpolate")(interpolate_cmd.command)
+    app.command("merge")(merge_cmd.command)
+    app.command("methods")(methods_cmd.command)
+    app.add_typer(scope_cmd.app, name="scope")
     app.command("train")(train_cmd.command)
 
 
