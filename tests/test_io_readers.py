@@ -241,3 +241,39 @@ def _empty_safetensors(tmp: Path) -> Path:
 def _mkdir(path: Path) -> Path:
     path.mkdir()
     return path
+
+
+def test_get_into_buffer_matches_plain_get(tmp_path: Path) -> None:
+    tensors = _all_dtypes()
+    save_file(tensors, tmp_path / "m.safetensors")
+    (tmp_path / "sh").mkdir()
+    _write_shards(tmp_path / "sh", tensors, per_shard=3)
+    for path in (tmp_path / "m.safetensors", tmp_path / "sh"):
+        with open_checkpoint(path) as r:
+            buf = torch.empty(max(i.nbytes for i in r.infos()) + 5, dtype=torch.uint8)
+            for key in r.keys():
+                assert _same(r.get(key, out=buf), tensors[key]), key
+            with pytest.raises(ValueError, match="uint8 buffer"):
+                r.get(r.keys()[0], out=torch.empty(1, dtype=torch.uint8))
+
+
+def test_prefetch_keeps_order_and_raises_at_the_failing_key() -> None:
+    from wsa_cli.io.prefetch import prefetch
+
+    seen = []
+
+    def load(key: str) -> torch.Tensor:
+        if key == "bad":
+            raise CheckpointError("cannot read", key=key)
+        return torch.tensor(float(len(key)))
+
+    gen = prefetch(load, ["a", "bb", "bad", "dddd"], depth=2)
+    for key, value in gen:
+        seen.append((key, float(value)))
+        if key == "bb":
+            break
+    gen.close()
+    assert seen == [("a", 1.0), ("bb", 2.0)]
+    with pytest.raises(CheckpointError, match="'bad'"):
+        list(prefetch(load, ["a", "bad", "c"], depth=1))
+    assert [k for k, _ in prefetch(load, ["x", "yy", "zzz"], depth=0)] == ["x", "yy", "zzz"]
