@@ -116,7 +116,7 @@ def path_diagnostics(
                 w = lerp_tensor(ta, tb, alpha)  # the weights the model at alpha would really hold
                 s = tensor_scope(w, device)
                 del w
-                line = (1.0 - alpha) * sa.std + alpha * sb.std
+                line = sa.std + alpha * (sb.std - sa.std)  # exact when the endpoints agree
                 ratios.append(s.std / line if line > 0 else None)
                 kls.append(float(gaussian_kl(s.mean, s.std, target.mean, target.std)))
             layers.append(LayerPath(key, sa.std, sb.std, math.sqrt(d2), _cosine(ab, aa, bb), ratios, kls))

@@ -1,7 +1,7 @@
 """The straight path between two checkpoints, ``(1 - alpha) * A + alpha * B``, tensor by tensor.
 
-Numerics: the blend is computed in float32 (float64 for float64 inputs) and cast back to the
-endpoints' dtype, so bf16/fp16 checkpoints lose nothing in the arithmetic. At ``alpha == 0`` and
+Numerics: the blend is computed with ``torch.lerp`` in float32 (float64 for float64 inputs) and
+cast back to the endpoints' dtype, so bf16/fp16 checkpoints lose nothing in the arithmetic. At ``alpha == 0`` and
 ``alpha == 1`` the endpoint tensor itself is returned (no recomputation): the path starts and ends
 at the inputs bit for bit. Non-floating tensors (integer buffers such as BatchNorm's
 ``num_batches_tracked``) cannot be blended; they are taken from the nearer endpoint (A for
@@ -38,10 +38,9 @@ def lerp_tensor(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     if not a.dtype.is_floating_point:
         return a if alpha <= 0.5 else b
     compute = torch.float64 if a.dtype == torch.float64 else torch.float32
-    # (1 - alpha) * a + alpha * b, written as a + alpha * (b - a) would lose the exact endpoint
-    # symmetry; two scaled terms keep L(alpha) on A->B and B->A identical up to rounding.
-    out = a.to(compute) * (1.0 - alpha)
-    out.add_(b.to(device=out.device, dtype=compute), alpha=alpha)
+    # torch.lerp computes a + alpha * (b - a) (b - (b - a) * (1 - alpha) for alpha >= 0.5): exact
+    # where a == b, so identical endpoints give bit-identical models at every alpha.
+    out = torch.lerp(a.to(compute), b.to(device=a.device, dtype=compute), alpha)
     return out.to(a.dtype)
 
 

@@ -1,0 +1,412 @@
+"""wsa interpolate end to end: plug-in contract, built-in evaluators, outputs, gates, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from wsa_cli.cli.app import app
+from wsa_cli.errors import ExitCode
+
+TESTS = Path(__file__).parent
+GOLDEN = TESTS / "golden"
+PLUGIN = "interpolate_plugin_eval"
+runner = CliRunner()
+
+
+def invoke(*args: str):  # noqa: ANN201
+    return runner.invoke(app, ["interpolate", *map(str, args)])
+
+
+@pytest.fixture
+def plugin(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    monkeypatch.syspath_prepend(str(TESTS))
+    import importlib
+
+    mod = importlib.import_module(PLUGIN)
+    mod.CALLS.clear()
+    return mod
+
+
+@pytest.fixture
+def pm_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A: +-1 values (mean 0, std 1) and an int buffer; B = -A. With ``bump``: loss 4 a (1 - a)."""
+    signs = torch.tensor([1.0, -1.0]).repeat(6).reshape(4, 3)  # (4, 3), alternating signs
+    a = {"layer.weight": signs, "layer.bias": torch.tensor([1.0, -1.0, 1.0, -1.0]), "steps": torch.tensor(3)}
+    b = {"layer.weight": -signs, "layer.bias": -a["layer.bias"], "steps": torch.tensor(7)}
+    pa, pb = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file(a, str(pa))
+    save_file(b, str(pb))
+    return pa, pb
+
+
+def _normalize(data: dict, *paths: Path) -> dict:
+    text = json.dumps(data)
+    for p in paths:
+        text = text.replace(json.dumps(str(p))[1:-1], p.name)
+    return json.loads(text)
+
+
+def _same(actual, expected, where="$"):  # noqa: ANN001, ANN202
+    """Structure (keys, order, types) exactly; numbers to 1e-9 relative."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and list(actual) == list(expected), f"{where}: keys {list(actual)} != {list(expected)}"
+        for k in expected:
+            _same(actual[k], expected[k], f"{where}.{k}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), f"{where}: length differs"
+        for i, (x, y) in enumerate(zip(actual, expected)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(expected, float) or isinstance(actual, float):
+        assert isinstance(actual, (int, float)) and actual == pytest.approx(expected, rel=1e-9, abs=1e-12), f"{where}: {actual} != {expected}"
+    else:
+        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
+
+
+def _golden(name: str, actual):  # noqa: ANN001, ANN202
+    path = GOLDEN / name
+    if os.environ.get("WSA_UPDATE_GOLDEN"):
+        path.write_text(actual if isinstance(actual, str) else json.dumps(actual, indent=2) + "\n")
+    return path.read_text() if name.endswith(".csv") else json.loads(path.read_text())
+
+
+# -- the plug-in contract, end to end --------------------------------------------------------------
+
+
+def test_plugin_end_to_end(pm_pair, plugin) -> None:  # noqa: ANN001
+    a, b = pm_pair
+    res = invoke(a, b, "--eval", f"{PLUGIN}:bump", "--alphas", "0:1:5", "--modes", "naive", "--format", "json", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    curve = data["modes"][0]["curve"]
+    assert [r["alpha"] for r in curve] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert [r["loss"] for r in curve] == [0.0, 0.75, 1.0, 0.75, 0.0]  # 4 a (1 - a), exact
+    assert list(curve[0]) == ["alpha", "loss", "accuracy", "norm"]
+    s = data["modes"][0]["summary"]
+    assert s["loss_barrier"] == 1.0 and s["loss_barrier_alpha"] == 0.5 and s["loss_barrier_mid"] == 1.0
+    assert s["acc_barrier"] == 0.5 and s["loss_barrier_inputs"] == 1.0
+    # the evaluator saw: plain dicts with every key, a torch.device, endpoints bit-exact
+    assert len(plugin.CALLS) == 5
+    first, device = plugin.CALLS[0]
+    assert device == torch.device("cpu")
+    stored = load_file(str(a))
+    assert set(first) == set(stored)
+    for k, v in stored.items():
+        assert torch.equal(first[k], v) and first[k].dtype == v.dtype
+    last = plugin.CALLS[-1][0]
+    for k, v in load_file(str(b)).items():
+        assert torch.equal(last[k], v)
+    assert int(plugin.CALLS[2][0]["steps"]) == 3  # integer buffers come from the nearer endpoint
+
+
+def test_plugin_from_a_file_path(pm_pair, tmp_path) -> None:  # noqa: ANN001
+    a, b = pm_pair
+    res = invoke(a, b, "--eval", f"{TESTS / (PLUGIN + '.py')}:loss_only", "--alphas", "0,1", "--modes", "naive", "--json")
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)["modes"][0]["summary"]
+    assert s["loss_barrier"] == 0.0 and s["acc_barrier"] is None  # no accuracy: undefined, not 0
+
+
+def test_json_and_csv_are_pinned(pm_pair, plugin) -> None:  # noqa: ANN001
+    a, b = pm_pair
+    args = (a, b, "--eval", f"{PLUGIN}:bump", "--alphas", "0:1:5", "--device", "cpu")
+    res = invoke(*args, "--format", "json")
+    assert res.exit_code == 0, res.output
+    data = _normalize(json.loads(res.stdout), a, b)
+    _same(data, _golden("interpolate_eval.json", data))
+    res = invoke(*args, "--format", "csv")
+    assert res.exit_code == 0, res.output
+    assert res.stdout == _golden("interpolate_eval.csv", res.stdout)
+
+
+def test_data_free_diagnostics_are_labelled_and_pinned(pm_pair) -> None:  # noqa: ANN001
+    a, b = pm_pair
+    res = invoke(a, b, "--alphas", "0:1:5", "--json", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "DATA-FREE DIAGNOSTICS" in res.stderr
+    data = _normalize(json.loads(res.stdout), a, b)
+    assert data["kind"] == "data-free-diagnostics" and data["evaluator"] is None
+    naive = data["modes"][0]
+    assert naive["summary"]["std_shrinkage"] == pytest.approx(1.0)  # B = -A collapses to zero at 0.5
+    assert naive["summary"]["cosine"] == pytest.approx(-1.0)
+    _same(data, _golden("interpolate_diagnostics.json", data))
+    table = invoke(a, b, "--alphas", "0:1:5", "--format", "table")
+    assert table.exit_code == 0 and "DATA-FREE DIAGNOSTICS" in table.stdout
+
+
+def test_table_has_summary_and_inline_chart(pm_pair, plugin) -> None:  # noqa: ANN001
+    a, b = pm_pair
+    res = invoke(a, b, "--eval", f"{PLUGIN}:bump", "--alphas", "0:1:5", "--format", "table")
+    assert res.exit_code == 0, res.output
+    assert "summary" in res.stdout and "▁▆█▆▁" in res.stdout
+
+
+# -- built-in evaluators on real (tiny) classifiers ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    from wsa_cli.tasks import train_model
+
+    folder = tmp_path_factory.mktemp("digits")
+    paths = []
+    for seed in (0, 1):
+        sd, _ = train_model("digits-mlp", seed=seed, epochs=4, width=24)
+        paths.append(folder / f"m{seed}.safetensors")
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(paths[-1]))
+        if seed == 1:
+            c = 4.0  # fc1 up by c, fc2 down by c: the same function (ReLU is positively homogeneous)
+            scaled = dict(sd, **{"fc1.weight": sd["fc1.weight"] * c, "fc1.bias": sd["fc1.bias"] * c,
+                                 "fc2.weight": sd["fc2.weight"] / c})  # fmt: skip
+            paths.append(folder / "m1_scaled.safetensors")
+            save_file({k: v.contiguous() for k, v in scaled.items()}, str(paths[-1]))
+    return paths[0], paths[1], paths[2]
+
+
+def test_identical_endpoints_have_zero_barrier(digits_pair) -> None:  # noqa: ANN001
+    a = digits_pair[0]
+    res = invoke(a, a, "--eval", "digits-mlp", "--alphas", "0:1:7", "--json", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    for mode in json.loads(res.stdout)["modes"]:
+        s = mode["summary"]
+        assert s["loss_barrier"] == 0.0 and s["acc_barrier"] == 0.0 and s["loss_barrier_mid"] == 0.0
+        assert s["loss_barrier_mean"] == 0.0
+    diag = invoke(a, a, "--alphas", "0:1:7", "--json")
+    assert json.loads(diag.stdout)["modes"][0]["summary"]["std_shrinkage"] == 0.0
+
+
+def test_scaled_pair_raises_naive_barrier_and_wsa_lowers_it(digits_pair) -> None:  # noqa: ANN001
+    a, b, b_scaled = digits_pair
+    from wsa_cli.tasks import evaluate
+
+    same = evaluate("digits-mlp", load_file(str(b)))["loss"], evaluate("digits-mlp", load_file(str(b_scaled)))["loss"]
+    assert same[0] == pytest.approx(same[1], rel=1e-4)  # the rescale preserved the function
+    plain = json.loads(invoke(a, b, "--eval", "digits-mlp", "--alphas", "0:1:11", "--json").stdout)
+    scaled = json.loads(invoke(a, b_scaled, "--eval", "digits-mlp", "--alphas", "0:1:11", "--json").stdout)
+    naive_plain = plain["modes"][0]["summary"]["loss_barrier"]
+    naive_scaled, wsa_scaled = (m["summary"]["loss_barrier"] for m in scaled["modes"])
+    assert naive_scaled > naive_plain
+    assert wsa_scaled < naive_scaled
+
+
+def test_builtin_task_evaluator_and_gates(digits_pair) -> None:  # noqa: ANN001
+    a, b, _ = digits_pair
+    ok = invoke(a, b, "--eval", "digits-mlp", "--alphas", "0:1:5", "--json", "--fail-above", "loss_barrier=1000")
+    assert ok.exit_code == 0, ok.output
+    data = json.loads(ok.stdout)
+    assert data["evaluator"] == "digits-mlp" and [m["mode"] for m in data["modes"]] == ["naive", "wsa"]
+    assert 0.0 <= data["modes"][0]["curve"][0]["accuracy"] <= 1.0
+    bad = invoke(a, b, "--eval", "digits-mlp", "--alphas", "0:1:5", "--json", "--fail-above", "loss_barrier=-1")
+    assert bad.exit_code == ExitCode.GATE_FAILED
+    assert "mode naive: loss_barrier = " in bad.stderr and "mode wsa: loss_barrier = " in bad.stderr
+    assert json.loads(bad.stdout)["modes"]  # the data is still printed
+    one = invoke(a, b, "--eval", "digits-mlp", "--alphas", "0:1:5", "--json", "--fail-above", "wsa.acc_barrier=-1")
+    assert one.exit_code == ExitCode.GATE_FAILED and "mode wsa: acc_barrier" in one.stderr and "mode naive" not in one.stderr
+
+
+def test_gate_errors(pm_pair, plugin) -> None:  # noqa: ANN001
+    a, b = pm_pair
+    typo = invoke(a, b, "--eval", f"{PLUGIN}:bump", "--fail-above", "los_barrier=1")
+    assert typo.exit_code == ExitCode.USAGE and "unknown metric 'los_barrier'" in typo.stderr
+    no_eval = invoke(a, b, "--fail-above", "loss_barrier=1")
+    assert no_eval.exit_code == ExitCode.USAGE and "barrier metrics need --eval" in no_eval.stderr
+    diag = invoke(a, b, "--alphas", "0:1:5", "--json", "--fail-above", "std_shrinkage=0.5")
+    assert diag.exit_code == ExitCode.GATE_FAILED and "std_shrinkage = 1 > 0.5" in diag.stderr
+
+
+# -- BatchNorm -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cnn_pair(tmp_path: Path) -> tuple[Path, Path]:
+    from wsa_cli.tasks import get_task
+
+    paths = []
+    for seed in (0, 1):
+        sd = get_task("digits-cnn").build_model(4, seed=seed).state_dict()
+        paths.append(tmp_path / f"cnn{seed}.safetensors")
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(paths[-1]))
+    return paths[0], paths[1]
+
+
+def test_batchnorm_warning_and_recalibration(cnn_pair, plugin) -> None:  # noqa: ANN001
+    a, b = cnn_pair
+    plain = invoke(a, b, "--eval", "digits-cnn", "--alphas", "0,0.5,1", "--modes", "naive", "--json")
+    assert plain.exit_code == 0, plain.output
+    assert "may overstate the barrier" in plain.stderr and "--recalibrate-bn" in plain.stderr
+    recal = invoke(a, b, "--eval", "digits-cnn", "--alphas", "0,0.5,1", "--modes", "naive", "--json", "--recalibrate-bn")
+    assert recal.exit_code == 0, recal.output
+    assert "overstate" not in recal.stderr
+    data_free = invoke(a, b, "--alphas", "0,0.5,1", "--json")
+    assert data_free.exit_code == 0 and "may overstate the barrier" in data_free.stderr
+    assert sum("overstate" in line for line in data_free.stderr.splitlines()) == 1  # one line
+    needs_eval = invoke(a, b, "--recalibrate-bn")
+    assert needs_eval.exit_code == ExitCode.USAGE and "--recalibrate-bn needs --eval" in needs_eval.stderr
+    kw = invoke(a, b, "--eval", f"{PLUGIN}:with_bn", "--alphas", "0,1", "--modes", "naive", "--json", "--recalibrate-bn")
+    assert kw.exit_code == 0 and json.loads(kw.stdout)["modes"][0]["curve"][0]["loss"] == 1.0
+    no_kw = invoke(a, b, "--eval", f"{PLUGIN}:bump", "--recalibrate-bn")
+    assert no_kw.exit_code == ExitCode.USAGE and "does not accept a 'recalibrate_bn' keyword" in no_kw.stderr
+
+
+# -- errors: messages and exit codes ---------------------------------------------------------------
+
+
+def test_mismatched_checkpoints(tmp_path: Path, pm_pair) -> None:  # noqa: ANN001
+    a, _ = pm_pair
+    other = tmp_path / "other.safetensors"
+    save_file({"layer.weight": torch.zeros(3, 4), "layer.bias": torch.zeros(4), "steps": torch.tensor(1)}, str(other))
+    res = invoke(a, other, "--alphas", "0,1")
+    assert res.exit_code == ExitCode.MISMATCH
+    assert res.stderr.strip() == f"error: {other}: key 'layer.weight': has shape (3, 4), but {a} has (4, 3)"
+    missing = tmp_path / "missing.safetensors"
+    save_file({"layer.weight": torch.zeros(4, 3), "steps": torch.tensor(1)}, str(missing))
+    res = invoke(a, missing, "--alphas", "0,1")
+    assert res.exit_code == ExitCode.MISMATCH
+    assert res.stderr.strip() == f"error: {missing}: key 'layer.bias': is missing (present in {a})"
+    half = tmp_path / "half.safetensors"
+    save_file({"layer.weight": torch.zeros(4, 3, dtype=torch.float16), "layer.bias": torch.zeros(4), "steps": torch.tensor(1)}, str(half))
+    res = invoke(a, half, "--alphas", "0,1")
+    assert res.exit_code == ExitCode.MISMATCH and "key 'layer.weight': has dtype float16, but" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_such_module_xyz:fn", "error: cannot import evaluator 'no_such_module_xyz:fn': no module named 'no_such_module_xyz'"),
+        (f"{PLUGIN}:nope", f"error: cannot import evaluator '{PLUGIN}:nope': module '{PLUGIN}' has no attribute 'nope'"),
+        (f"{PLUGIN}:NOT_CALLABLE", f"error: evaluator '{PLUGIN}:NOT_CALLABLE' is not callable (it is a int)"),
+        (f"{PLUGIN}:explode", f"error: evaluator '{PLUGIN}:explode' raised ZeroDivisionError at mode naive, alpha 0: division by zero in user code"),
+        (f"{PLUGIN}:not_a_dict", f"error: evaluator '{PLUGIN}:not_a_dict' returned float at mode naive, alpha 0; expected a dict of metrics such as {{'loss': 0.3, 'accuracy': 0.9}}"),
+        ("missing_file_xyz.py:fn", "error: cannot import evaluator: no such file 'missing_file_xyz.py'"),
+    ],
+)
+def test_evaluator_failures_are_plugin_errors(pm_pair, plugin, spec: str, message: str) -> None:  # noqa: ANN001
+    a, b = pm_pair
+    res = invoke(a, b, "--eval", spec, "--alphas", "0,1", "--modes", "naive")
+    assert res.exit_code == ExitCode.PLUGIN, res.output
+    assert res.stderr.strip() == message
+    assert res.stdout == ""  # nothing half-printed
+
+
+def test_evaluator_that_fails_to_import(tmp_path: Path, pm_pair, monkeypatch) -> None:  # noqa: ANN001
+    (tmp_path / "broken_eval_mod.py").write_text("import math\nraise RuntimeError('bad config at import')\n")
+    monkeypatch.chdir(tmp_path)  # the current directory is on the import path
+    a, b = pm_pair
+    res = invoke(a, b, "--eval", "broken_eval_mod:fn", "--alphas", "0,1")
+    assert res.exit_code == ExitCode.PLUGIN
+    assert res.stderr.strip() == "error: cannot import evaluator 'broken_eval_mod:fn': RuntimeError: bad config at import"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--alphas", "0:1:1"), ExitCode.USAGE, "error: --alphas '0:1:1': COUNT must be at least 2, got 1"),
+        (("--alphas", "0.5,1"), ExitCode.USAGE, "must contain the endpoints 0 and 1 (missing 0)"),
+        (("--alphas", "0,x,1"), ExitCode.USAGE, "error: --alphas '0,x,1': 'x' is not a number"),
+        (("--modes", "naive,bogus"), ExitCode.USAGE, "unknown interpolation mode 'bogus'"),
+        (("--eval", "digits-nope"), ExitCode.USAGE, "digits-mlp"),
+        (("--target", "5"), ExitCode.USAGE, "model index must be 0 (A) or 1 (B)"),
+        (("--weights", "1,2,3"), ExitCode.USAGE, "interpolation has 2 checkpoints, got 3 weights"),
+        (("--fusion", "median"), ExitCode.USAGE, "unknown fusion method 'median'"),
+        (("--device", "tpu"), ExitCode.DEVICE, "--device 'tpu'"),
+    ],
+)
+def test_usage_errors(pm_pair, args, code, message) -> None:  # noqa: ANN001
+    a, b = pm_pair
+    res = invoke(a, b, *args)
+    assert res.exit_code == code, res.output
+    assert message in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_missing_input(pm_pair, tmp_path) -> None:  # noqa: ANN001
+    res = invoke(pm_pair[0], tmp_path / "nope.safetensors")
+    assert res.exit_code == ExitCode.NOT_FOUND and "nope.safetensors: no such file or folder" in res.stderr
+
+
+# -- options that shape the wsa mode ---------------------------------------------------------------
+
+
+def test_scope_options_reach_the_wsa_mode(digits_pair, plugin) -> None:  # noqa: ANN001
+    a, b, _ = digits_pair
+    base = (a, b, "--eval", f"{PLUGIN}:bump", "--alphas", "0,1", "--modes", "wsa", "--json")
+    onto_a = json.loads(invoke(*base, "--target", "0").stdout)
+    assert onto_a["scope"]["target"] == 0
+    # target = model 0: A's layers are already on target, so the wsa endpoint at alpha 0 is A itself
+    first = plugin.CALLS[0][0]
+    for k, v in load_file(str(a)).items():
+        torch.testing.assert_close(first[k], v, rtol=1e-6, atol=1e-6)
+    none = json.loads(invoke(*base, "--rescale", "none").stdout)
+    assert none["scope"]["rescale"] == "none"
+    fixed = json.loads(invoke(*base, "--target", "0,0.05", "--include", "*.bias").stdout)
+    assert fixed["scope"]["target"] == {"mean": 0.0, "std": 0.05} and fixed["scope"]["include"] == ["*.bias"]
+
+
+# -- --plot ----------------------------------------------------------------------------------------
+
+
+def test_plot_without_matplotlib_is_a_clear_usage_error(pm_pair, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if it were not installed
+    a, b = pm_pair
+    res = invoke(a, b, "--plot", tmp_path / "p.png")
+    assert res.exit_code == ExitCode.USAGE
+    assert res.stderr.strip() == "error: --plot needs matplotlib, which is not installed; run: pip install matplotlib"
+    assert not (tmp_path / "p.png").exists()
+
+
+def _fake_matplotlib(monkeypatch: pytest.MonkeyPatch) -> list:
+    """A stand-in for matplotlib that records what is drawn and writes a file on savefig."""
+    drawn: list = []
+
+    class Ax:
+        def plot(self, xs, ys, **kw):  # noqa: ANN001, ANN202
+            drawn.append((kw.get("label"), list(xs), list(ys)))
+
+        def __getattr__(self, name):  # noqa: ANN001, ANN204
+            return lambda *a, **k: None
+
+    class Fig:
+        def suptitle(self, *a, **k):  # noqa: ANN002, ANN003, ANN202
+            pass
+
+        def tight_layout(self):  # noqa: ANN202
+            pass
+
+        def savefig(self, path, **kw):  # noqa: ANN001, ANN003, ANN202
+            Path(path).write_bytes(b"\x89PNG fake")
+
+    pyplot = types.ModuleType("matplotlib.pyplot")
+    pyplot.subplots = lambda r, c, **k: (Fig(), [[Ax() for _ in range(c)]])  # type: ignore[attr-defined]
+    pyplot.close = lambda fig: None  # type: ignore[attr-defined]
+    mpl = types.ModuleType("matplotlib")
+    mpl.use = lambda backend: None  # type: ignore[attr-defined]
+    mpl.pyplot = pyplot  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "matplotlib", mpl)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", pyplot)
+    return drawn
+
+
+def test_plot_draws_every_mode_and_refuses_overwrite(pm_pair, plugin, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    drawn = _fake_matplotlib(monkeypatch)
+    a, b = pm_pair
+    out = tmp_path / "curve.png"
+    res = invoke(a, b, "--eval", f"{PLUGIN}:bump", "--alphas", "0:1:5", "--plot", out, "--json")
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert ("naive", [0.0, 0.25, 0.5, 0.75, 1.0], [0.0, 0.75, 1.0, 0.75, 0.0]) in drawn
+    assert {d[0] for d in drawn} == {"naive", "wsa"}
+    again = invoke(a, b, "--eval", f"{PLUGIN}:bump", "--plot", out)
+    assert again.exit_code == ExitCode.OUTPUT_REFUSED and "pass --force" in again.stderr
+    assert invoke(a, b, "--eval", f"{PLUGIN}:bump", "--plot", out, "--force", "--json").exit_code == 0
+
+
+def test_help() -> None:
+    res = invoke("--help")
+    assert res.exit_code == 0 and "--alphas" in res.stdout and "--fail-above" in res.stdout
