@@ -94,20 +94,24 @@ def _root(
 def _register() -> None:
     """Attach every command. Each module defines ``command`` (a function) or ``app`` (a sub-group)."""
     # one import and one line per command; keep alphabetical
+    from wsa_cli.cli import align_cmd
     from wsa_cli.cli import fedsim_cmd
     from wsa_cli.cli import inspect_cmd
     from wsa_cli.cli import interpolate_cmd
     from wsa_cli.cli import merge_cmd
     from wsa_cli.cli import methods_cmd
     from wsa_cli.cli import scope_cmd
+    from wsa_cli.cli import spec_cmd
     from wsa_cli.cli import train_cmd
 
+    app.command("align")(align_cmd.command)
     app.command("fedsim")(fedsim_cmd.command)
     app.command("inspect")(inspect_cmd.command)
     app.command("interpolate")(interpolate_cmd.command)
     app.command("merge")(merge_cmd.command)
     app.command("methods")(methods_cmd.command)
     app.add_typer(scope_cmd.app, name="scope")
+    app.add_typer(spec_cmd.app, name="spec")
     app.command("train")(train_cmd.command)
 
 

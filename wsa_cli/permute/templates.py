@@ -197,15 +197,17 @@ def resnet_spec(shapes: Shapes) -> PermutationSpec:
         if not convs:
             raise ConfigError(f"block {block} has no convK.weight tensors", key=f"{block}.conv1.weight")
         out = stream
-        if f"{block}.downsample.0.weight" in shapes:
+        downsample = f"{block}.downsample.0.weight" in shapes
+        if downsample:
             out = f"S{n_streams}"
             n_streams += 1
-            conv(f"{block}.downsample.0", out, stream, f"{block}.downsample.1")
         prev = stream
         for i, c in enumerate(convs):
             g = out if i == len(convs) - 1 else f"P_{block}.conv{c}"
             conv(f"{block}.conv{c}", g, prev, f"{block}.bn{c}")
             prev = g
+        if downsample:  # the shortcut writes into the block's new stream too
+            conv(f"{block}.downsample.0", out, stream, f"{block}.downsample.1")
         stream = out
     axes["fc.weight"] = (None, _g(stream))
     if "fc.bias" in shapes:

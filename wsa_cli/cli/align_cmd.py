@@ -1,0 +1,113 @@
+"""``wsa align``: permute models into a reference's unit order (Git Re-Basin weight matching)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from wsa_cli.cli.common import (
+    DeviceOpt,
+    ForceOpt,
+    FormatOpt,
+    JsonOpt,
+    OutputFormat,
+    QuietOpt,
+    note,
+    print_table,
+    progress,
+    resolve_format,
+    to_csv,
+    to_json,
+    write_stdout,
+)
+
+CSV_COLUMNS = ("source", "output", "sweeps", "objective_start", "objective_end", "seconds", "max_abs_diff")
+
+
+def command(
+    checkpoints: Annotated[list[str], typer.Argument(help="REFERENCE then the models to align to it (A B [C ...]).")],
+    spec: Annotated[str, typer.Option("--spec", "-s", help="Permutation spec YAML, or a built-in template (digits-mlp, digits-cnn, mlp, vgg, resnet).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Aligned checkpoint (one model) or a new folder (several models).")],
+    model: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--model", help="Model factory package.module:factory (or a task name) to verify the aligned models compute the same outputs."),
+    ] = None,
+    input_shape: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--input-shape", help="Input shape for --model without the batch axis, e.g. 3,32,32."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random group order in each sweep.")] = 0,
+    max_sweeps: Annotated[int, typer.Option("--max-sweeps", min=1, help="Stop after this many sweeps even if still improving.")] = 100,
+    perms_out: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--perms-out", help="Where to write the permutations JSON (default: OUT.perms.json, or OUT/perms.json for a folder)."),
+    ] = None,
+    perms: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--perms", help="Reuse permutations from an earlier run's JSON instead of matching."),
+    ] = None,
+    force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+    fmt: FormatOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Align models to the first one by permuting hidden units (weight matching, Ainsworth et al. 2023).
+
+    Each model after the reference is permuted into the reference's unit order, group by group as
+    the spec says; the objective (sum of inner products with the reference) is reported per sweep.
+    The permutations are written to a JSON file so a run can be reused with --perms. With --model,
+    each aligned model must compute what the original computed (max abs difference reported).
+    """
+    from wsa_cli.device import resolve_device
+    from wsa_cli.errors import UsageError
+    from wsa_cli.permute.align import AlignOptions, run_align
+    from wsa_cli.permute.factory import parse_input_shape
+
+    out_fmt = resolve_format(fmt, as_json)
+    if len(checkpoints) < 2:
+        raise UsageError("give a reference and at least one model to align: wsa align A B [C ...] --spec S -o OUT")
+    opts = AlignOptions(
+        reference=checkpoints[0],
+        others=checkpoints[1:],
+        spec=spec,
+        out=out,
+        seed=seed,
+        max_sweeps=max_sweeps,
+        device=resolve_device(device),
+        perms_in=perms,
+        perms_out=perms_out,
+        model=model,
+        input_shape=parse_input_shape(input_shape),
+        force=force,
+    )
+    with progress(max_sweeps * (len(checkpoints) - 1), "align", quiet=quiet) as advance:
+        report = run_align(opts, progress=advance)
+    note(f"wrote {', '.join(report.outputs)} and {report.perms_file}", quiet=quiet)
+    if out_fmt is OutputFormat.json:
+        write_stdout(to_json(report.to_dict()))
+        return
+    rows = [
+        {
+            "source": m["source"],
+            "output": m.get("output"),
+            "sweeps": m["sweeps"],
+            "objective_start": m["objective"][0] if m["objective"] else None,
+            "objective_end": m["objective"][-1] if m["objective"] else None,
+            "seconds": m["seconds"],
+            "max_abs_diff": m.get("max_abs_diff"),
+        }
+        for m in report.models
+    ]
+    if out_fmt is OutputFormat.csv:
+        write_stdout(to_csv(rows, CSV_COLUMNS))
+        return
+    print_table(
+        f"aligned to {report.reference} ({len(report.groups)} groups)",
+        CSV_COLUMNS,
+        [[r[c] for c in CSV_COLUMNS] for r in rows],
+    )
+    for m in report.models:
+        if m["objective"]:
+            note("objective per sweep for " + m["source"] + ": " + " -> ".join(f"{v:.6g}" for v in m["objective"]), quiet=quiet)

@@ -1,0 +1,130 @@
+"""Load the user's model factory (``package.module:factory``, ``file.py:factory``, or a task name).
+
+``wsa spec infer|check`` and ``wsa align --model`` need the architecture, not just the weights.
+A factory is any callable taking no arguments and returning an ``nn.Module``; a built-in task
+name (``digits-mlp``) builds that task's model at the checkpoint's width.
+
+Example:
+    >>> src = load_model_source("digits-mlp")
+    >>> src.input_shape
+    (64,)
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wsa_cli.errors import MismatchError, PluginError, UsageError
+
+
+@dataclass
+class ModelSource:
+    """Builds the architecture; ``build(state)`` returns it loaded with ``state`` in eval mode."""
+
+    name: str
+    factory: Callable[[Mapping[str, torch.Tensor] | None], nn.Module]
+    input_shape: tuple[int, ...] | None = None
+
+    def fresh(self, state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+        try:
+            model = self.factory(state)
+        except Exception as exc:  # noqa: BLE001 - user code may raise anything
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise PluginError(f"model factory {self.name!r} raised {type(exc).__name__}: {first}") from exc
+        if not isinstance(model, nn.Module):
+            raise PluginError(f"model factory {self.name!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    def build(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
+        model = self.fresh(state)
+        own = model.state_dict()
+        for k in own:
+            if k not in state:
+                raise MismatchError(f"the checkpoint lacks a tensor the model {self.name!r} has", key=k)
+        for k in state:
+            if k not in own:
+                raise MismatchError(f"the model {self.name!r} has no such tensor", key=k)
+            if tuple(state[k].shape) != tuple(own[k].shape):
+                raise MismatchError(f"has shape {tuple(state[k].shape)}, the model {self.name!r} expects {tuple(own[k].shape)}", key=k)
+        model.load_state_dict({k: state[k].detach().to(own[k].dtype) for k in own})
+        return model.eval()
+
+
+def _import(spec: str) -> Any:
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"--model {spec!r}: expected a built-in task name or package.module:factory")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise PluginError(f"cannot import model factory {spec!r}: no such file")
+            mspec = importlib.util.spec_from_file_location(f"wsa_model_{path.stem}", path)
+            if mspec is None or mspec.loader is None:
+                raise PluginError(f"cannot import model factory {spec!r}: not a Python file")
+            module = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_name)
+    except PluginError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise PluginError(f"cannot import model factory {spec!r}: no module named {exc.name!r}") from exc
+    except Exception as exc:  # noqa: BLE001
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise PluginError(f"cannot import model factory {spec!r}: {type(exc).__name__}: {first}") from exc
+    fn: Any = module
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise PluginError(f"cannot import model factory {spec!r}: {module_name!r} has no attribute {attr!r}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise PluginError(f"model factory {spec!r} is not callable")
+    return fn
+
+
+def load_model_source(spec: str, input_shape: Sequence[int] | None = None) -> ModelSource:
+    """Resolve ``--model``: a built-in task name, or ``package.module:factory`` (no arguments)."""
+    from wsa_cli.tasks import TASKS
+
+    if spec in TASKS:
+        task = TASKS[spec]
+
+        def build_task(state: Mapping[str, torch.Tensor] | None) -> nn.Module:
+            width = None if state is None else task.width_of(state)
+            return task.build_model(width, seed=0)
+
+        return ModelSource(spec, build_task, tuple(input_shape) if input_shape else tuple(task.input_shape))
+    fn = _import(spec)
+    return ModelSource(spec, lambda _state: fn(), tuple(input_shape) if input_shape else None)
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """``"3,32,32"`` or ``"3x32x32"`` -> ``(3, 32, 32)`` (one sample, without the batch axis).
+
+    Example:
+        >>> parse_input_shape("3x8x8")
+        (3, 8, 8)
+    """
+    if text is None:
+        return None
+    parts = [p for p in text.replace("x", ",").replace(" ", "").split(",") if p]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r}: expected sizes like 3,32,32 (without the batch axis)") from None
+    if not shape or any(d < 1 for d in shape):
+        raise UsageError(f"--input-shape {text!r}: sizes must be positive")
+    return shape
