@@ -410,3 +410,27 @@ def test_plot_draws_every_mode_and_refuses_overwrite(pm_pair, plugin, tmp_path, 
 def test_help() -> None:
     res = invoke("--help")
     assert res.exit_code == 0 and "--alphas" in res.stdout and "--fail-above" in res.stdout
+
+
+# -- --recipe ----------------------------------------------------------------------------------------
+
+
+def test_recipe_supplies_scope_options(pm_pair, plugin, tmp_path) -> None:  # noqa: ANN001
+    a, b = pm_pair
+    recipe = tmp_path / "merge.yaml"
+    recipe.write_text(
+        f"models:\n  - {a}\n  - path: {b}\n    weight: 3\nmethod: linear\n"
+        "scope:\n  fusion: precision\n  rescale: std\n  target: {model: 1}\n  include: ['*.bias']\n"
+        f"output:\n  path: {tmp_path / 'merged.safetensors'}\n"
+    )
+    res = invoke(a, b, "--recipe", recipe, "--eval", f"{PLUGIN}:bump", "--alphas", "0,1", "--json")
+    assert res.exit_code == 0, res.output
+    scope = json.loads(res.stdout)["scope"]
+    assert scope == {"fusion": "precision", "target": 1, "rescale": "std", "weights": [1.0, 3.0], "include": ["*.bias"], "exclude": []}
+    # a command-line option wins over the recipe
+    over = invoke(a, b, "--recipe", recipe, "--rescale", "affine", "--eval", f"{PLUGIN}:bump", "--alphas", "0,1", "--json")
+    assert json.loads(over.stdout)["scope"]["rescale"] == "affine"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"models: [{a}, {b}]\nscope:\n  fusion: median\noutput: {{path: {tmp_path / 'o.safetensors'}}}\n")
+    res = invoke(a, b, "--recipe", bad)
+    assert res.exit_code == ExitCode.BAD_CONFIG and f"{bad}:3" in res.stderr

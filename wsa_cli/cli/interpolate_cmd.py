@@ -69,7 +69,7 @@ def command(
         Optional[Path],  # noqa: UP007
         typer.Option("--spec", help="Permutation spec for the permutation modes."),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for modes with randomness.")] = 0,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for modes with randomness (default 0).")] = None,  # noqa: UP007
     recalibrate_bn: Annotated[
         bool, typer.Option("--recalibrate-bn", help="Re-estimate BatchNorm running statistics at every alpha (needs --eval).")
     ] = False,
@@ -105,6 +105,7 @@ def command(
     from wsa_cli.device import resolve_device
     from wsa_cli.interpolate import ModeOptions, parse_alphas, parse_modes, resolve_evaluator, run_interpolation
     from wsa_cli.interpolate.plot import require_matplotlib
+    from wsa_cli.interpolate.recipe_options import options_from_recipe
     from wsa_cli.interpolate.run import count_steps
 
     out_fmt = resolve_format(fmt, as_json)
@@ -119,9 +120,13 @@ def command(
         require_matplotlib()  # fail before the (long) run, not after it
         _check_plot_path(plot, [a, b], force)
     dev = resolve_device(device)
-    scope = _scope_options(recipe, fusion, target, rescale, weights, include, exclude)
+    from_recipe = options_from_recipe(recipe) if recipe is not None else None
+    scope = _scope_options(from_recipe, fusion, target, rescale, weights, include, exclude)
     ev = resolve_evaluator(evaluator, recalibrate_bn=recalibrate_bn, split=split) if evaluator is not None else None
-    opts = ModeOptions(scope=scope, spec=spec, seed=seed, device=dev)
+    if from_recipe is not None:  # the recipe's permutation block, unless given on the command line
+        spec = spec if spec is not None else from_recipe.spec
+        seed = seed if seed is not None else from_recipe.seed
+    opts = ModeOptions(scope=scope, spec=spec, seed=seed if seed is not None else 0, device=dev)
 
     total = count_steps(a, modes=mode_list, n_alphas=len(grid), with_evaluator=ev is not None, container_key=key, strip_prefix=strip_prefix)
     with progress(total, "interpolate", quiet=quiet) as advance:
@@ -190,7 +195,7 @@ def _check_plot_path(plot: Path, inputs: list[str], force: bool) -> None:
 
 
 def _scope_options(
-    recipe: Path | None,
+    recipe: Any,
     fusion: str | None,
     target: str | None,
     rescale: str | None,
@@ -202,7 +207,7 @@ def _scope_options(
     from wsa_cli.fusion.pipeline import ScopeOptions
     from wsa_cli.scope.selection import LayerSelector
 
-    base = _recipe_scope(recipe) if recipe is not None else ScopeOptions()
+    base = recipe.scope if recipe is not None else ScopeOptions()
     parsed_target: Any = base.target if target is None else _parse_target(target)
     sel = base.selector
     if include or exclude:
@@ -239,15 +244,6 @@ def _parse_weights(text: str) -> list[float]:
     if len(values) != 2:
         raise UsageError(f"--weights {text!r}: interpolation has 2 checkpoints, got {len(values)} weights")
     return values
-
-
-def _recipe_scope(path: Path) -> Any:
-    """The scope options of a merge recipe, through the recipe loader (H3's ``wsa_cli.recipe``)."""
-    try:
-        from wsa_cli.recipe import scope_options_from_recipe  # type: ignore[attr-defined]
-    except ImportError:
-        raise UsageError("--recipe is not available in this build (no recipe loader); pass --fusion/--target/--rescale instead") from None
-    return scope_options_from_recipe(path)
 
 
 def _emit(result: Any, out_fmt: OutputFormat) -> None:

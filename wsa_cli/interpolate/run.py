@@ -120,6 +120,7 @@ def scope_summary(opts: ModeOptions) -> dict[str, Any]:
         "fusion": s.fusion,
         "target": target,
         "rescale": s.rescale,
+        "weights": s.weights,
         "include": list(s.selector.include),
         "exclude": list(s.selector.exclude),
     }

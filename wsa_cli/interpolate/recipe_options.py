@@ -1,0 +1,53 @@
+"""``wsa interpolate --recipe R``: take the scope options of a merge recipe (H3's loader).
+
+The recipe is parsed by :func:`wsa_cli.recipe.load_recipe` (so errors point at its lines) and
+the scope block of its *last* stage (the one that writes the output) becomes the ``wsa`` mode's
+options: ``align``, ``fusion``, ``target``, ``rescale``, ``include``/``exclude``. Fusion weights:
+``scope.weights`` when given, else the stage's model weights when it lists exactly two models,
+else equal. A ``permutation:`` block supplies the permutation spec and seed for permutation modes.
+The recipe's models and output are not used: the two checkpoints come from the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsa_cli.errors import ConfigError
+from wsa_cli.fusion.pipeline import ScopeOptions
+
+
+@dataclass(frozen=True)
+class RecipeScope:
+    """What an interpolation takes from a merge recipe."""
+
+    scope: ScopeOptions
+    spec: Path | None = None
+    seed: int | None = None
+    stage: str = ""
+
+
+def options_from_recipe(path: str | Path) -> RecipeScope:
+    """Load a merge recipe and return its last stage's scope options.
+
+    Example:
+        >>> options_from_recipe("recipes/wsa.yaml").scope.fusion  # doctest: +SKIP
+        'moments'
+    """
+    from wsa_cli.recipe import load_recipe
+
+    recipe = load_recipe(path)
+    stage = recipe.stages[-1]
+    s = stage.scope
+    weights = s.weights
+    if weights is None and len(stage.models) == 2:
+        weights = [m.weight for m in stage.models]
+    if weights is not None and len(weights) != 2:
+        raise ConfigError(f"scope.weights has {len(weights)} entries; interpolation fuses 2 checkpoints",
+                          path=path, line=s.lines.get("weights"))  # fmt: skip
+    if isinstance(s.target, int) and not -2 <= s.target < 2:
+        raise ConfigError(f"scope.target model {s.target} is out of range for 2 checkpoints (use 0 or 1)",
+                          path=path, line=s.lines.get("target"))  # fmt: skip
+    scope = ScopeOptions(align=s.align, fusion=s.fusion, target=s.target, rescale=s.rescale, weights=weights, selector=s.selector())
+    perm = stage.permutation
+    return RecipeScope(scope=scope, spec=perm.spec if perm else None, seed=perm.seed if perm else None, stage=stage.name)
