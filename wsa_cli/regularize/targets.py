@@ -87,7 +87,7 @@ def resolve_target(target: TargetLike, selector: LayerSelector | None = None) ->
     raise UsageError(f"cannot use {type(target).__name__} as a regularizer target")
 
 
-def parse_target(text: str) -> str | Scope | ScopeTable | Path:
+def parse_target(text: str) -> str | Scope | Path:
     """Parse ``--wsa-target``: ``init``, ``MEAN,STD``, a scope ``.json`` file, or a checkpoint path.
 
     ``MEAN,STD`` and scope files are parsed by :func:`wsa_cli.fusion.scopefile.parse_target`, the
@@ -107,7 +107,8 @@ def parse_target(text: str) -> str | Scope | ScopeTable | Path:
         return p  # a checkpoint: its layer scopes are the targets
     if "," not in raw and not p.exists():
         raise InputNotFoundError("--wsa-target file not found (expected 'init', MEAN,STD or a file)", path=p)
-    return _parse_scope_target(raw)
+    parsed = _parse_scope_target(raw)  # validates a scope file now, before any training
+    return p if isinstance(parsed, ScopeTable) else parsed
 
 
 def check_table_covers(table: Mapping[str, Scope], keys: list[str], *, source: str | None = None) -> None:
