@@ -1,0 +1,75 @@
+"""Interpolation modes that undo permutations first (registered into ``wsa interpolate``, contract C4).
+
+* ``permuted`` -- B's hidden units put into A's order by weight matching (``--spec``, ``--seed``),
+  then the plain line between A and the permuted B.
+* ``permuted+wsa`` -- permuted as above, then both endpoints rescaled onto their fused layer scopes
+  exactly as mode ``wsa`` does (same ``--fusion/--target/--rescale`` options).
+* ``permuted+fp`` -- permuted, then both endpoints moved toward the fused scopes only by
+  function-preserving scales (each endpoint still computes what it computed; only where the spec's
+  ``scaling:`` rules allow it).
+
+Weight matching runs once per (A, B, spec, seed) even when several of these modes are asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from wsa_cli.errors import UsageError
+from wsa_cli.interpolate.modes import ModeOptions, prepare_wsa, register_mode
+from wsa_cli.permute.apply import apply_permutation
+from wsa_cli.permute.matching import weight_matching
+from wsa_cli.permute.rescale import function_preserving_rescale
+from wsa_cli.permute.spec import load_spec, shapes_of
+
+StateDict = Mapping[str, torch.Tensor]
+_CACHE: dict[tuple[Any, ...], tuple[StateDict, StateDict, dict[str, torch.Tensor]]] = {}
+
+
+def _permuted_b(name: str, a: StateDict, b: StateDict, opts: ModeOptions) -> dict[str, torch.Tensor]:
+    if opts.spec is None:
+        raise UsageError(f"mode '{name}' needs --spec (a permutation spec file or a built-in template such as digits-mlp)")
+    key = (id(a), id(b), str(opts.spec), opts.seed)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is a and hit[1] is b:
+        return hit[2]
+    ref = dict(a.items())
+    spec = load_spec(str(opts.spec), shapes=shapes_of(ref))
+    other = dict(b.items())
+    res = weight_matching(spec, ref, other, seed=opts.seed, device=opts.device)
+    out = apply_permutation(spec, other, res.perms)
+    _CACHE.clear()  # keep one pair: the endpoints of one wsa interpolate run
+    _CACHE[key] = (a, b, out)
+    return out
+
+
+def prepare_permuted(a: StateDict, b: StateDict, opts: ModeOptions) -> tuple[StateDict, StateDict]:
+    """A unchanged; B permuted into A's unit order."""
+    return a, _permuted_b("permuted", a, b, opts)
+
+
+def prepare_permuted_wsa(a: StateDict, b: StateDict, opts: ModeOptions) -> tuple[StateDict, StateDict]:
+    """Permute B into A's order, then scope-align both endpoints as mode ``wsa`` does."""
+    return prepare_wsa(a, _permuted_b("permuted+wsa", a, b, opts), opts)
+
+
+def prepare_permuted_fp(a: StateDict, b: StateDict, opts: ModeOptions) -> tuple[StateDict, StateDict]:
+    """Permute B into A's order, then function-preserving rescale of both toward their fused scopes."""
+    from wsa_cli.fusion.pipeline import compute_target_scopes
+
+    pb = _permuted_b("permuted+fp", a, b, opts)
+    pa = dict(a.items())
+    spec = load_spec(str(opts.spec), shapes=shapes_of(pa))
+    table = compute_target_scopes([pa, pb], opts.scope, opts.device)
+    targets = {k: target for k, (_scopes, target) in table.items()}
+    fa, _ = function_preserving_rescale(spec, pa, targets, device=opts.device)
+    fb, _ = function_preserving_rescale(spec, pb, targets, device=opts.device)
+    return fa, fb
+
+
+register_mode("permuted", prepare_permuted, "B's hidden units permuted into A's order (weight matching; needs --spec)")
+register_mode("permuted+wsa", prepare_permuted_wsa, "permuted, then both rescaled onto their fused layer scopes (needs --spec)")
+register_mode("permuted+fp", prepare_permuted_fp, "permuted, then function-preserving rescale toward the fused scopes (needs --spec)")
