@@ -1,0 +1,285 @@
+"""Merge methods against independent NumPy implementations written straight from the papers.
+
+The references below do not import wsa's method code: they re-derive each formula in float64.
+* average: McMahan et al. 2017 (FedAvg) -- sum_i p_i theta_i with p normalised;
+* task arithmetic: Ilharco et al. 2023 -- theta_0 + lambda * sum_i tau_i;
+* TIES: Yadav et al. 2023 -- trim top-k% by magnitude, elect sign by sum, disjoint mean;
+* DARE: Yu et al. 2024 -- drop with p, rescale by 1 / (1 - p) (mask taken from wsa, the rest re-derived);
+* SLERP: Shoemake 1985.
+Then the same comparison runs end to end through `wsa merge` on real files (alignment off and on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from wsa_cli.cli.app import app
+from wsa_cli.errors import UsageError
+from wsa_cli.io import save_safetensors
+from wsa_cli.merge import MethodContext, all_methods, get_method
+from wsa_cli.merge.task_vectors import dare_mask
+
+# -- references (NumPy, float64) --------------------------------------------------------------------
+
+
+def ref_average(xs, w):
+    p = np.asarray(w, dtype=np.float64) / np.sum(w)
+    return sum(pi * x for pi, x in zip(p, xs))
+
+
+def ref_task_arithmetic(xs, base, lam, w):
+    return base + lam * sum(wi * (x - base) for wi, x in zip(w, xs))
+
+
+def ref_trim(tau, density):
+    flat = np.abs(tau).ravel()
+    k = int(density * flat.size)
+    if k <= 0:
+        return np.zeros_like(tau)
+    if k >= flat.size:
+        return tau.copy()
+    threshold = np.sort(flat)[::-1][k - 1]  # k-th largest magnitude
+    return np.where(np.abs(tau) >= threshold, tau, 0.0)
+
+
+def ref_ties_combine(taus, w):
+    T = np.stack(taus)  # (K, ...)
+    W = np.asarray(w, dtype=np.float64).reshape((-1,) + (1,) * (T.ndim - 1))
+    gamma = np.sign((W * T).sum(0))  # elected sign
+    agree = (np.sign(T) == gamma) & (T != 0)
+    num = (agree * T * W).sum(0)
+    den = (agree * W).sum(0)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def ref_ties(xs, base, density, lam, w):
+    taus = [ref_trim(x - base, density) for x in xs]
+    return base + lam * ref_ties_combine(taus, w)
+
+
+def ref_slerp(p0, p1, t):
+    a, b = p0.ravel(), p1.ravel()
+    cos = np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))
+    omega = np.arccos(np.clip(cos, -1, 1))
+    return (np.sin((1 - t) * omega) * p0 + np.sin(t * omega) * p1) / np.sin(omega)
+
+
+def ref_wsa_align(xs, w):
+    """Moment fusion + affine rescale (the WSA step), re-derived."""
+    mus = np.array([x.mean() for x in xs])
+    sds = np.array([x.std() for x in xs])  # population std
+    p = np.asarray(w, dtype=np.float64) / np.sum(w)
+    mu = np.sum(p * mus)
+    sd = math.sqrt(np.sum(p * (sds**2 + (mus - mu) ** 2)))
+    return [(x - m) / s * sd + mu for x, m, s in zip(xs, mus, sds)]
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+
+def _tensors(k, shape=(12, 10), seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g, dtype=dtype)
+    xs = [base + 0.3 * (i + 1) * torch.randn(shape, generator=g, dtype=dtype) + 0.1 * i for i in range(k)]
+    return xs, base
+
+
+def _run(name, xs, base, w, params, key="fc.weight", seed=0):
+    m = get_method(name)
+    return m.fn(xs, base, w, m.resolve_params(params), MethodContext(key, seed))
+
+
+def _np(t):
+    return t.detach().to(torch.float64).numpy()
+
+
+# -- direct method calls ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("w", [[1, 1, 1], [1, 2, 5], [0.2, 0.0, 0.8]])
+def test_linear_matches_fedavg(w):
+    xs, _ = _tensors(3)
+    np.testing.assert_allclose(_np(_run("linear", xs, None, w, {})), ref_average([_np(x) for x in xs], w), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("lam", "w"), [(1.0, [1, 1]), (0.4, [1, 3]), (-0.5, [1, 1])])
+def test_task_arithmetic_matches_ilharco(lam, w):
+    xs, base = _tensors(2, seed=3)
+    got = _run("task_arithmetic", xs, base, w, {"scale": lam})
+    want = ref_task_arithmetic([_np(x) for x in xs], _np(base), lam, w)
+    np.testing.assert_allclose(_np(got), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("density", "lam", "w", "k"), [(0.2, 1.0, [1, 1, 1], 3), (0.5, 0.7, [1, 2, 1], 3), (1.0, 1.0, [1, 1], 2), (0.0, 1.0, [1, 1], 2), (0.33, 1.3, [3, 1, 1, 2], 4)])
+def test_ties_matches_yadav(density, lam, w, k):
+    xs, base = _tensors(k, seed=5)
+    got = _run("ties", xs, base, w, {"density": density, "scale": lam})
+    want = ref_ties([_np(x) for x in xs], _np(base), density, lam, w)
+    np.testing.assert_allclose(_np(got), want, rtol=1e-12, atol=1e-12)
+
+
+def test_ties_float32_agrees_within_tolerance():
+    xs, base = _tensors(3, seed=11, dtype=torch.float32)
+    got = _run("ties", xs, base, [1, 1, 1], {"density": 0.3})
+    want = ref_ties([_np(x) for x in xs], _np(base), 0.3, 1.0, [1, 1, 1])
+    np.testing.assert_allclose(_np(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_ties_sign_election_by_hand():
+    base = torch.zeros(3, dtype=torch.float64)
+    a = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    b = torch.tensor([3.0, 1.0, -0.5], dtype=torch.float64)
+    # elected signs: +, -, 0 (tie) -> means over agreeing: (1+3)/2, -2, 0
+    out = _run("ties", [a, b], base, [1, 1], {"density": 1.0})
+    assert out.tolist() == [2.0, -2.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["dare_linear", "dare_ties"])
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.9])
+def test_dare_matches_yu(name, p):
+    xs, base = _tensors(3, shape=(40, 30), seed=7)
+    seed, key, lam, w = 13, "layer.weight", 0.8, [1, 2, 1]
+    got = _run(name, xs, base, w, {"drop_rate": p, "scale": lam}, key=key, seed=seed)
+    ctx = MethodContext(key, seed)
+    taus = []
+    for i, x in enumerate(xs):
+        tau = _np(x) - _np(base)
+        if p > 0:
+            keep = dare_mask(tau.shape, p, ctx.generator_seed(i)).numpy()
+            tau = np.where(keep, tau / (1 - p), 0.0)
+        taus.append(tau)
+    if name == "dare_linear":
+        want = _np(base) + lam * sum(wi * t for wi, t in zip(w, taus))
+    else:
+        want = _np(base) + lam * ref_ties_combine(taus, w)
+    np.testing.assert_allclose(_np(got), want, rtol=1e-12, atol=1e-12)
+
+
+def test_dare_is_seeded_and_drops_about_p():
+    xs, base = _tensors(1, shape=(200, 100), seed=1)
+    a = _run("dare_linear", xs, base, [1], {"drop_rate": 0.7}, seed=4)
+    b = _run("dare_linear", xs, base, [1], {"drop_rate": 0.7}, seed=4)
+    c = _run("dare_linear", xs, base, [1], {"drop_rate": 0.7}, seed=5)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    kept = (a - base != 0).double().mean().item()
+    assert abs(kept - 0.3) < 0.02  # 20000 Bernoulli(0.3) draws: sd ~ 0.003
+    tau = xs[0] - base
+    nz = a - base != 0
+    torch.testing.assert_close((a - base)[nz], tau[nz] / 0.3)  # survivors rescaled by 1/(1-p)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.25, 0.5, 0.9, 1.0])
+def test_slerp_matches_shoemake(t):
+    xs, _ = _tensors(2, seed=9)
+    got = _run("slerp", xs, None, [1, 1], {"t": t})
+    np.testing.assert_allclose(_np(got), ref_slerp(_np(xs[0]), _np(xs[1]), t), rtol=1e-10, atol=1e-12)
+
+
+def test_slerp_endpoints_and_parallel_fallback():
+    xs, _ = _tensors(2, seed=2)
+    assert torch.allclose(_run("slerp", xs, None, [1, 1], {"t": 0.0}), xs[0])
+    assert torch.allclose(_run("slerp", xs, None, [1, 1], {"t": 1.0}), xs[1])
+    x = xs[0]
+    out = _run("slerp", [x, 2 * x], None, [1, 1], {"t": 0.5})  # parallel: lerp
+    torch.testing.assert_close(out, 1.5 * x)
+
+
+def test_copy_and_parameter_validation():
+    xs, base = _tensors(2)
+    assert torch.equal(_run("copy", xs, base, [1, 1], {"model": 1}), xs[1])
+    assert torch.equal(_run("copy", xs, base, [1, 1], {"model": -1}), base)
+    m = get_method("ties")
+    with pytest.raises(UsageError, match="did you mean 'density'"):
+        m.resolve_params({"densty": 0.3})
+    with pytest.raises(UsageError, match="<= 1"):
+        m.resolve_params({"density": 1.5})
+    with pytest.raises(UsageError, match="must be a number"):
+        m.resolve_params({"density": "high"})
+    with pytest.raises(UsageError, match="did you mean 'ties'"):
+        get_method("tie")
+    with pytest.raises(UsageError, match="at most 2"):
+        get_method("slerp").check_model_count(3)
+
+
+def test_every_method_documents_parameters_and_reference():
+    names = [m.name for m in all_methods()]
+    assert {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp"} <= set(names)
+    for m in all_methods():
+        assert m.summary and m.reference
+        assert all(p.doc for p in m.params)
+
+
+# -- end to end through wsa merge -----------------------------------------------------------------------------
+
+
+def _write_models(tmp_path, k, dtype=torch.float64):
+    g = torch.Generator().manual_seed(42)
+    base = {"fc1.weight": torch.randn(16, 8, generator=g, dtype=dtype), "fc1.bias": torch.randn(16, generator=g, dtype=dtype),
+            "fc2.weight": torch.randn(4, 16, generator=g, dtype=dtype)}  # fmt: skip
+    paths = []
+    for i in range(k):
+        sd = {n: (1 + 0.5 * i) * (t + 0.2 * torch.randn(t.shape, generator=g, dtype=dtype)) + 0.05 * i for n, t in base.items()}
+        p = tmp_path / f"m{i}.safetensors"
+        save_safetensors(sd, p)
+        paths.append(p)
+    save_safetensors(base, tmp_path / "base.safetensors")
+    return paths, tmp_path / "base.safetensors"
+
+
+def _merge(tmp_path, body):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(body)
+    res = CliRunner().invoke(app, ["merge", str(recipe), "--format", "json", "--device", "cpu", "--force"])
+    assert res.exit_code == 0, res.output
+    json.loads(res.stdout)
+    return load_file(tmp_path / "out.safetensors")
+
+
+def _load_np(path):
+    return {k: v.numpy() for k, v in load_file(path).items()}
+
+
+def test_end_to_end_methods_match_references(tmp_path):
+    paths, base_path = _write_models(tmp_path, 3)
+    ms = [_load_np(p) for p in paths]
+    base = _load_np(base_path)
+    models = "\n".join(f"  - path: {p.name}\n    weight: {w}" for p, w in zip(paths, [1, 2, 3]))
+    out = _merge(tmp_path, f"models:\n{models}\nscope: {{align: false}}\noutput: out.safetensors\n")
+    for k in base:
+        np.testing.assert_allclose(out[k].numpy(), ref_average([m[k] for m in ms], [1, 2, 3]), rtol=1e-12, atol=1e-12)
+    out = _merge(tmp_path, f"models:\n{models}\nbase: base.safetensors\nmethod: task_arithmetic\nparameters: {{scale: 0.5}}\n"
+                           "scope: {align: false}\noutput: out.safetensors\n")  # fmt: skip
+    for k in base:
+        np.testing.assert_allclose(out[k].numpy(), ref_task_arithmetic([m[k] for m in ms], base[k], 0.5, [1, 2, 3]), rtol=1e-12, atol=1e-12)
+    out = _merge(tmp_path, f"models:\n{models}\nbase: base.safetensors\nmethod: ties\nparameters: {{density: 0.4}}\n"
+                           "scope: {align: false}\noutput: out.safetensors\n")  # fmt: skip
+    for k in base:
+        np.testing.assert_allclose(out[k].numpy(), ref_ties([m[k] for m in ms], base[k], 0.4, 1.0, [1, 2, 3]), rtol=1e-12, atol=1e-12)
+
+
+def test_end_to_end_wsa_alignment_then_average_and_ties(tmp_path):
+    paths, base_path = _write_models(tmp_path, 3)
+    ms = [_load_np(p) for p in paths]
+    base = _load_np(base_path)
+    w = [1, 1, 2]
+    models = "\n".join(f"  - path: {p.name}\n    weight: {wi}" for p, wi in zip(paths, w))
+    out = _merge(tmp_path, f"models:\n{models}\noutput: out.safetensors\n")
+    for k in ("fc1.weight", "fc2.weight"):  # layers (ndim >= 2): aligned, then averaged
+        want = ref_average(ref_wsa_align([m[k] for m in ms], w), w)
+        np.testing.assert_allclose(out[k].numpy(), want, rtol=1e-10, atol=1e-10)
+    # biases are not layers by default: plain average
+    np.testing.assert_allclose(out["fc1.bias"].numpy(), ref_average([m["fc1.bias"] for m in ms], w), rtol=1e-12, atol=1e-12)
+    # TIES on aligned models, base aligned onto the same target (align_base default)
+    out = _merge(tmp_path, f"models:\n{models}\nbase: base.safetensors\nmethod: ties\nparameters: {{density: 0.5}}\noutput: out.safetensors\n")
+    for k in ("fc1.weight", "fc2.weight"):
+        aligned = ref_wsa_align([m[k] for m in ms], w)
+        # target of the base = the fused scope of the models
+        tgt = ref_wsa_align([m[k] for m in ms] + [base[k]], w + [0])[-1]
+        np.testing.assert_allclose(out[k].numpy(), ref_ties(aligned, tgt, 0.5, 1.0, w), rtol=1e-9, atol=1e-9)

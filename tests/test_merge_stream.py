@@ -1,0 +1,356 @@
+"""Streaming merge: output layout, dtypes, report, provenance, determinism, atomicity, prefetch, stages."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from wsa_cli.cli.app import app
+from wsa_cli.errors import ConfigError, MismatchError
+from wsa_cli.io import save_safetensors
+from wsa_cli.merge import get_method
+from wsa_cli.merge.executor import merge_recipe
+from wsa_cli.merge.prefetch import Prefetcher
+from wsa_cli.scope import tensor_scope
+
+
+def _model(seed: int, dtype=torch.float32, scale=1.0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "fc1.weight": (scale * torch.randn(16, 8, generator=g) + 0.1 * seed).to(dtype),
+        "fc1.bias": torch.randn(16, generator=g).to(dtype),
+        "bn1.running_mean": torch.randn(16, generator=g).to(dtype),
+        "bn1.num_batches_tracked": torch.tensor(100 + seed),
+        "fc2.weight": (scale * torch.randn(4, 16, generator=g)).to(dtype),
+    }
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> list[Path]:
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"m{i}.safetensors"
+        save_safetensors(_model(i, scale=1 + i), p)
+        paths.append(p)
+    return paths
+
+
+def _recipe(tmp_path: Path, body: str, name: str = "recipe.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(body)
+    return p
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_integer_tensors_copied_and_report_written(tmp_path, models):
+    r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors, m2.safetensors]\noutput: out.safetensors\n")
+    res = _cli("merge", str(r), "--format", "json", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)["stages"][0]
+    assert summary["copied"] == 1 and summary["merged"] == 4 and summary["aligned"] == 2
+    out = load_file(tmp_path / "out.safetensors")
+    assert out["bn1.num_batches_tracked"].item() == 100 and out["bn1.num_batches_tracked"].dtype == torch.int64
+    ins = [load_file(p) for p in models]
+    torch.testing.assert_close(out["bn1.running_mean"], sum(m["bn1.running_mean"] for m in ins) / 3)
+    report = json.loads((tmp_path / "out.wsa-merge-report.json").read_text())
+    assert report["format"] == "wsa-merge-report" and report["counts"]["copied"] == 1
+    assert report["copied_not_merged"][0]["key"] == "bn1.num_batches_tracked"
+    rec = {t["key"]: t for t in report["tensors"]}
+    before = rec["fc1.weight"]["before"]
+    assert [round(b["std"], 5) for b in before] == [round(tensor_scope(m["fc1.weight"]).std, 5) for m in ins]
+    assert rec["fc1.weight"]["aligned"] and "target" in rec["fc1.weight"] and "after" in rec["fc1.weight"]
+    assert "before" not in rec["fc1.bias"]  # not a layer by default
+    meta = safe_open(str(tmp_path / "out.safetensors"), "pt").metadata()
+    assert meta["format"] == "pt" and meta["wsa_method"] == "linear"
+    assert meta["wsa_recipe_sha256"] == report["recipe_sha256"]
+    inputs = json.loads(meta["wsa_inputs"])
+    assert [i["input"] for i in inputs] == ["m0.safetensors", "m1.safetensors", "m2.safetensors"]
+    assert inputs[0]["files"][0]["bytes"] == models[0].stat().st_size
+
+
+def test_aligned_layers_land_on_fused_scope_with_identical_models(tmp_path):
+    # the same layer at different scales: after alignment all K copies are identical, so the
+    # average has exactly the target scope
+    base = _model(0)
+    for i, s in enumerate([1.0, 3.0]):
+        save_safetensors({k: (v * s if v.is_floating_point() else v) for k, v in base.items()}, tmp_path / f"s{i}.safetensors")
+    r = _recipe(tmp_path, "models: [s0.safetensors, s1.safetensors]\nscope: {fusion: stats-mean}\noutput: out.safetensors\n")
+    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+    report = json.loads((tmp_path / "out.wsa-merge-report.json").read_text())
+    for rec in report["tensors"]:
+        if rec.get("aligned"):
+            assert rec["after"]["std"] == pytest.approx(rec["target"]["std"], rel=1e-5)
+            assert rec["after"]["mean"] == pytest.approx(rec["target"]["mean"], abs=1e-6)
+
+
+def test_constant_layer_is_not_rescaled_and_reported(tmp_path):
+    a, b = _model(1), _model(2)
+    a["fc2.weight"] = torch.zeros_like(a["fc2.weight"])
+    save_safetensors(a, tmp_path / "a.safetensors")
+    save_safetensors(b, tmp_path / "b.safetensors")
+    r = _recipe(tmp_path, "models: [a.safetensors, b.safetensors]\noutput: out.safetensors\n")
+    res = _cli("merge", str(r), "--format", "json", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["stages"][0]["constant_not_rescaled"] == ["fc2.weight"]
+    report = json.loads((tmp_path / "out.wsa-merge-report.json").read_text())
+    assert report["constant_not_rescaled"] == [{"key": "fc2.weight", "models": [0], "why": "constant layer (std 0) cannot be rescaled"}]
+
+
+def test_output_dtype_follows_inputs_or_recipe(tmp_path):
+    for i in range(2):
+        save_safetensors(_model(i, dtype=torch.bfloat16), tmp_path / f"h{i}.safetensors")
+    r = _recipe(tmp_path, "models: [h0.safetensors, h1.safetensors]\noutput: out.safetensors\n")
+    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+    out = load_file(tmp_path / "out.safetensors")
+    assert out["fc1.weight"].dtype == torch.bfloat16 and out["bn1.num_batches_tracked"].dtype == torch.int64
+    # math in float32: equals the float32 average rounded once to bf16
+    ins = [load_file(tmp_path / f"h{i}.safetensors") for i in range(2)]
+    want = ((ins[0]["fc1.bias"].float() + ins[1]["fc1.bias"].float()) / 2).to(torch.bfloat16)
+    assert torch.equal(out["fc1.bias"], want)
+    r = _recipe(tmp_path, "models: [h0.safetensors, h1.safetensors]\noutput: {path: out32.safetensors, dtype: float32}\n")
+    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+    assert load_file(tmp_path / "out32.safetensors")["fc1.weight"].dtype == torch.float32
+
+
+def test_mixed_dtypes_need_output_dtype(tmp_path):
+    save_safetensors(_model(0, dtype=torch.float16), tmp_path / "a.safetensors")
+    save_safetensors(_model(1, dtype=torch.bfloat16), tmp_path / "b.safetensors")
+    r = _recipe(tmp_path, "models: [a.safetensors, b.safetensors]\noutput: out.safetensors\n")
+    res = _cli("merge", str(r), "--device", "cpu")
+    assert res.exit_code == 5 and "dtype bfloat16, expected float16" in res.stderr and "output.dtype" in res.stderr
+    r = _recipe(tmp_path, "models: [a.safetensors, b.safetensors]\noutput: {path: out.safetensors, dtype: float32}\n")
+    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+
+
+def test_sharded_folder_output_with_config_files(tmp_path):
+    src = tmp_path / "hf_model"
+    src.mkdir()
+    save_safetensors(_model(0), src / "model.safetensors")
+    (src / "config.json").write_text('{"model_type": "toy"}\n')
+    (src / "tokenizer.json").write_text("{}\n")
+    save_safetensors(_model(1), tmp_path / "b.safetensors")
+    r = _recipe(tmp_path, "models: [hf_model, b.safetensors]\noutput: {path: merged, shard_size: 300}\n")
+    res = _cli("merge", str(r), "--device", "cpu", "--format", "json")
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "merged"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1
+    merged = {}
+    for s in shards:
+        merged.update(load_file(out / s))
+    assert set(merged) == set(_model(0))
+    assert (out / "config.json").read_text() == '{"model_type": "toy"}\n' and (out / "tokenizer.json").exists()
+    assert (out / "wsa-merge-report.json").exists()
+    # and the folder is itself a valid input (the report is not mistaken for a model file)
+    r2 = _recipe(tmp_path, "models: [merged, b.safetensors]\noutput: again.safetensors\n", "r2.yaml")
+    assert _cli("merge", str(r2), "--device", "cpu").exit_code == 0
+
+
+def test_deterministic_byte_identical(tmp_path, models):
+    r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors, m2.safetensors]\nbase: m0.safetensors\n"
+                          "method: dare_ties\nparameters: {drop_rate: 0.5}\nseed: 7\noutput: {path: o, shard_size: 400}\n")  # fmt: skip
+    runs = []
+    for _ in range(2):
+        assert _cli("merge", str(r), "--device", "cpu", "--force").exit_code == 0
+        runs.append({p.name: p.read_bytes() for p in sorted((tmp_path / "o").iterdir())})
+    assert len(runs[0]) > 2 and runs[0] == runs[1]  # shards, index and report: byte for byte
+    # a different seed changes the DARE masks, so the test can fail
+    r2 = _recipe(tmp_path, r.read_text().replace("seed: 7", "seed: 8"), "r2.yaml")
+    assert _cli("merge", str(r2), "--device", "cpu", "--force").exit_code == 0
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "o").iterdir())} != runs[0]
+
+
+def test_interrupted_write_leaves_no_output(tmp_path, models, monkeypatch):
+    method = get_method("linear")
+    calls = {"n": 0}
+    real = method.fn
+
+    def boom(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-merge
+        return real(*args, **kwargs)
+
+    object.__setattr__(method, "fn", boom)  # frozen dataclass: patch, restored in finally
+    try:
+        r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: out.safetensors\n")
+        with pytest.raises(KeyboardInterrupt):
+            merge_recipe(r, device="cpu")
+        r2 = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: outdir\n", "r2.yaml")
+        calls["n"] = 0
+        res = _cli("merge", str(r2), "--device", "cpu")
+        assert res.exit_code == 130
+    finally:
+        object.__setattr__(method, "fn", real)
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers == sorted(["m0.safetensors", "m1.safetensors", "m2.safetensors", "recipe.yaml", "r2.yaml"])
+
+
+def test_refuses_existing_output_and_input_overwrite(tmp_path, models):
+    r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: m0.safetensors\n")
+    res = _cli("merge", str(r), "--device", "cpu", "--force")
+    assert res.exit_code == 7 and "overwrite input" in res.stderr
+    r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: out.safetensors\n")
+    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+    before = (tmp_path / "out.safetensors").read_bytes()
+    res = _cli("merge", str(r), "--device", "cpu")
+    assert res.exit_code == 7 and "--force" in res.stderr
+    assert _cli("merge", str(r), "--device", "cpu", "--force").exit_code == 0
+    assert (tmp_path / "out.safetensors").read_bytes() == before
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, models):
+    r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noverrides:\n  - match: fc2.*\n    method: copy\n"
+                          "    parameters: {model: 1}\n    align: false\noutput: out.safetensors\n")  # fmt: skip
+    res = _cli("merge", str(r), "--dry-run", "--format", "json", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.stdout)
+    assert plan["dry_run"] is True
+    rows = {t["key"]: t for t in plan["stages"][0]["tensors"]}
+    assert rows["fc2.weight"]["method"] == "copy" and rows["fc2.weight"]["align"] is False and rows["fc2.weight"]["override"] == 0
+    assert rows["fc1.weight"]["align"] is True and rows["bn1.num_batches_tracked"]["action"] == "copy"
+    assert not (tmp_path / "out.safetensors").exists()
+    res = _cli("merge", str(r), "--dry-run", "--format", "csv", "--device", "cpu")
+    assert res.exit_code == 0 and res.stdout.splitlines()[0].startswith("stage,key,shape")
+    # the override really copies model 1's tensor bit for bit
+    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+    assert torch.equal(load_file(tmp_path / "out.safetensors")["fc2.weight"], load_file(models[1])["fc2.weight"])
+
+
+def test_multi_stage_merges_an_earlier_output(tmp_path, models):
+    r = _recipe(tmp_path, """
+stages:
+  - name: pair
+    models: [m0.safetensors, m1.safetensors]
+    scope: {align: false}
+  - name: final
+    models:
+      - stage: pair
+        weight: 2
+      - m2.safetensors
+    scope: {align: false}
+    output: final.safetensors
+""")
+    res = _cli("merge", str(r), "--device", "cpu", "--format", "json")
+    assert res.exit_code == 0, res.output
+    stages = json.loads(res.stdout)["stages"]
+    assert [s["name"] for s in stages] == ["pair", "final"] and stages[0]["temporary"]
+    ins = [load_file(p) for p in models]
+    out = load_file(tmp_path / "final.safetensors")
+    want = (2 * (ins[0]["fc1.weight"] + ins[1]["fc1.weight"]) / 2 + ins[2]["fc1.weight"]) / 3
+    torch.testing.assert_close(out["fc1.weight"], want)
+    assert not list(tmp_path.glob(".wsa-stage-*"))  # intermediate removed
+
+
+def test_permutation_block_is_validated(tmp_path, models):
+    r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\npermutation:\n  spec: missing.yaml\noutput: out.safetensors\n")
+    res = _cli("merge", str(r), "--device", "cpu")
+    assert res.exit_code == 3 and "recipe.yaml:3:" in res.stderr
+    r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\npermutation:\n  spec: digits-mlp\n  reference: 5\noutput: out.safetensors\n")
+    res = _cli("merge", str(r), "--device", "cpu")
+    assert res.exit_code == 6 and "recipe.yaml:4:" in res.stderr and "out of range" in res.stderr
+
+
+def test_scope_file_target_and_missing_entry(tmp_path, models):
+    res = _cli("scope", "fuse", str(models[0]), str(models[1]), "-o", str(tmp_path / "scopes.json"), "--weights", "1,3",
+               "--format", "json", "--device", "cpu")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "scopes.json").read_text())
+    assert data["format"] == "wsa-scopes" and set(data["layers"]) == {"fc1.weight", "fc2.weight"}
+    assert data["weights"] == [0.25, 0.75]
+    r = _recipe(tmp_path, "models: [m0.safetensors, m2.safetensors]\nscope: {target: scopes.json}\noutput: out.safetensors\n")
+    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+    report = json.loads((tmp_path / "out.wsa-merge-report.json").read_text())
+    rec = {t["key"]: t for t in report["tensors"]}
+    assert rec["fc1.weight"]["target"]["std"] == pytest.approx(data["layers"]["fc1.weight"]["std"])
+    r = _recipe(tmp_path, "models: [m0.safetensors, m2.safetensors]\nscope: {target: scopes.json, include: ['*.bias']}\n"
+                          "output: out2.safetensors\n")  # fmt: skip
+    res = _cli("merge", str(r), "--device", "cpu")
+    assert res.exit_code == 5 and "no entry" in res.stderr and "fc1.bias" in res.stderr
+    # refuses to overwrite without --force
+    res = _cli("scope", "fuse", str(models[0]), "-o", str(tmp_path / "scopes.json"))
+    assert res.exit_code == 7
+
+
+# -- prefetch ------------------------------------------------------------------------------------------------
+
+
+def test_prefetch_order_bounded_and_errors():
+    loaded: list[str] = []
+    lock = threading.Lock()
+
+    def load(k: str) -> str:
+        with lock:
+            loaded.append(k)
+        return k * 2
+
+    keys = [f"k{i}" for i in range(20)]
+    with Prefetcher(keys, load, depth=2) as items:
+        it = iter(items)
+        first = next(it)
+        time.sleep(0.2)  # give the loader time to run ahead as far as it can
+        with lock:
+            ahead = len(loaded)
+        assert first == ("k0", "k0k0")
+        assert ahead <= 1 + 2 + 1  # consumed + queue depth + the one being put
+        rest = list(it)
+    assert [k for k, _ in rest] == keys[1:]
+
+    def bad(k: str) -> str:
+        if k == "k3":
+            raise MismatchError("boom", key=k)
+        return k
+
+    with Prefetcher(keys, bad, depth=2) as items:
+        got = []
+        with pytest.raises(MismatchError, match="boom"):
+            for k, _ in items:
+                got.append(k)
+    assert got == ["k0", "k1", "k2"]
+
+
+def test_prefetch_early_close_stops_thread():
+    with Prefetcher([str(i) for i in range(1000)], lambda k: k, depth=1) as items:
+        for k, _ in items:
+            if k == "2":
+                break
+    assert not items._thread.is_alive()
+
+
+def test_merge_tensor_cpu_equals_float64_reference():
+    # the device path: same function with an explicit device; CPU here, CUDA on a GPU machine
+    from wsa_cli.fusion.pipeline import ScopeOptions
+    from wsa_cli.merge.executor import merge_tensor
+    from wsa_cli.merge.plan import TensorPlan
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(32, 16, generator=g) * (i + 1) for i in range(3)]
+    entry = TensorPlan("w", (32, 16), torch.float32, torch.float32, "merge", "linear", {"normalize": True}, True, True, "affine")
+    got = merge_tensor(entry, xs, None, scope=ScopeOptions(), weights=[1, 1, 1], seed=0, device=torch.device("cpu")).tensor
+    want = merge_tensor(entry, [x.double() for x in xs], None, scope=ScopeOptions(), weights=[1, 1, 1], seed=0,
+                        device=torch.device("cpu")).tensor  # fmt: skip
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_path_matches_cpu_when_available(tmp_path, models):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: cpu.safetensors\n")
+    merge_recipe(r, device="cpu")
+    r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: gpu.safetensors\n", "g.yaml")
+    merge_recipe(r, device="cuda")
+    a, b = load_file(tmp_path / "cpu.safetensors"), load_file(tmp_path / "gpu.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5)
