@@ -434,3 +434,16 @@ def test_recipe_supplies_scope_options(pm_pair, plugin, tmp_path) -> None:  # no
     bad.write_text(f"models: [{a}, {b}]\nscope:\n  fusion: median\noutput: {{path: {tmp_path / 'o.safetensors'}}}\n")
     res = invoke(a, b, "--recipe", bad)
     assert res.exit_code == ExitCode.BAD_CONFIG and f"{bad}:3" in res.stderr
+
+
+def test_the_documented_plugin_example_runs(digits_pair, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    text = (TESTS.parent / "docs" / "evaluators.md").read_text()
+    code = text.split("## A complete example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my_eval_doc_example.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    a, b, _ = digits_pair
+    res = invoke(a, b, "--eval", "my_eval_doc_example:evaluate", "--alphas", "0:1:5", "--modes", "naive", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["metrics"] == ["loss", "accuracy", "confident"]
+    assert data["modes"][0]["curve"][0]["accuracy"] > 0.5 and data["modes"][0]["summary"]["loss_barrier"] >= 0.0
