@@ -421,7 +421,7 @@ def _parse_output(ctx: _Ctx, node: YNode, base_dir: Path) -> OutputSpec:
             if not folder.is_dir():
                 raise ctx.err(c, f"output.copy_files_from {text!r} must be a model folder or a model index")
             out.copy_files_from = folder
-        if out.copy_files_from not in (None, False) and not out.is_folder:
+        if out.copy_files_from is not None and out.copy_files_from is not False and not out.is_folder:
             raise ctx.err(c, "output.copy_files_from needs a folder output path (config files cannot sit in a .safetensors file)")
     if "provenance" in e:
         out.provenance = ctx.choice(e["provenance"], "output.provenance", PROVENANCE_MODES)
