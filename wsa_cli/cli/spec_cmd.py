@@ -28,10 +28,10 @@ ShapeOpt = Annotated[
 ]
 
 
-def _emit_spec(spec, out: str | None, force: bool, header: str, quiet: bool = False) -> None:  # noqa: ANN001
+def _emit_spec(spec, out: str | None, force: bool, header: str, quiet: bool = False, with_sizes: bool = True) -> None:  # noqa: ANN001
     from wsa_cli.io import atomic_write_text, check_output
 
-    text = spec.to_yaml(header=header)
+    text = spec.to_yaml(header=header, with_sizes=with_sizes)
     if out is None:
         write_stdout(text)
         return
@@ -62,9 +62,12 @@ def infer(
     source = load_model_source(model, parse_input_shape(input_shape))
     if source.input_shape is None:
         raise UsageError(f"--model {model}: pass --input-shape (e.g. 3,32,32) so the model can be traced")
+    from wsa_cli.tasks import TASKS
+
     spec = infer_spec(source.fresh(None), source.input_shape)
+    # a built-in task comes in any width: leave the group sizes to the checkpoint
     _emit_spec(spec, out, force, f"permutation spec inferred by wsa spec infer --model {model} --input-shape "
-               + ",".join(map(str, source.input_shape)))
+               + ",".join(map(str, source.input_shape)), with_sizes=model not in TASKS)
 
 
 @app.command("guess")

@@ -134,7 +134,7 @@ def functional_check(spec: PermutationSpec, state: Mapping[str, torch.Tensor], s
                         f"the scaling rule for {r.key!r} changes the model's outputs (max abs diff {d1:.3g}): "
                         "the layer is not followed by what the rule says",
                         path=spec.path,
-                        line=spec.lines.get(r.key),
+                        line=spec.lines.get(f"scaling:{r.key}"),
                     )
             raise ConfigError(f"the scaling rules together change the outputs (max abs diff {d:.3g})", path=spec.path)
         result["rescale_max_abs_diff"] = d

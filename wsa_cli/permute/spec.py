@@ -215,10 +215,10 @@ class PermutationSpec:
             sizes.setdefault(g, n)
         for rule in self.scaling.values():
             if rule.none is None and rule.key not in shapes:
-                raise ConfigError("scaling rule names a key the checkpoint does not have", key=rule.key, **self._where(rule.key))
+                raise ConfigError("scaling rule names a key the checkpoint does not have", key=rule.key, **self._where(f"scaling:{rule.key}"))
             for t in rule.tensors() if rule.none is None else ():
                 if t not in shapes:
-                    raise ConfigError(f"scaling rule for {rule.key!r} names a key the checkpoint does not have", key=t, **self._where(rule.key))
+                    raise ConfigError(f"scaling rule for {rule.key!r} names a key the checkpoint does not have", key=t, **self._where(f"scaling:{rule.key}"))
         return PermutationSpec(axes, self.unpermuted, sizes, dict(self.scaling), self.path, dict(self.lines))
 
     # -- serialisation --------------------------------------------------------------------------
@@ -232,14 +232,18 @@ class PermutationSpec:
             "scaling": {k: r.to_dict() for k, r in self.scaling.items()},
         }
 
-    def to_yaml(self, header: str | None = None) -> str:
-        """Render as YAML with one flow-style line per key (diff-friendly)."""
+    def to_yaml(self, header: str | None = None, *, with_sizes: bool = True) -> str:
+        """Render as YAML with one flow-style line per key (diff-friendly).
+
+        ``with_sizes=False`` leaves ``groups:`` empty so the spec fits any width of the architecture.
+        """
         lines = []
         if header:
             lines += [f"# {h}" for h in header.splitlines()]
         lines += [f"format: {SPEC_FORMAT}", f"version: {SPEC_VERSION}"]
-        lines.append("groups:" + ("" if self.sizes else " {}"))
-        lines += [f"  {_q(g)}: {n}" for g, n in self.sizes.items()]
+        sizes = self.sizes if with_sizes else {}
+        lines.append("groups:" + ("" if sizes else " {}"))
+        lines += [f"  {_q(g)}: {n}" for g, n in sizes.items()]
         lines.append("axes:")
         for key, entries in self.axes.items():
             items = ", ".join("null" if e is None else _q(e.to_yaml()) for e in entries)
@@ -333,21 +337,22 @@ def spec_from_dict(data: Any, *, path: str | Path | None = None, lines: Mapping[
     scaling: dict[str, ScaleRule] = {}
     for key, rule in (data.get("scaling") or {}).items():
         key = str(key)
+        sw = where(f"scaling:{key}")
         if not isinstance(rule, Mapping):
-            raise ConfigError("scaling rule must be a mapping (with, inverse, bn or none)", key=key, **where(key))
+            raise ConfigError("scaling rule must be a mapping (with, inverse, bn or none)", key=key, **sw)
         bad = set(rule) - {"with", "inverse", "bn", "none"}
         if bad:
-            raise ConfigError(f"scaling rule has unknown field {sorted(bad)[0]!r}", key=key, **where(key))
+            raise ConfigError(f"scaling rule has unknown field {sorted(bad)[0]!r}", key=key, **sw)
         none = rule.get("none")
         if none is not None and len(rule) > 1:
-            raise ConfigError("scaling rule with 'none' cannot have other fields", key=key, **where(key))
+            raise ConfigError("scaling rule with 'none' cannot have other fields", key=key, **sw)
         bn = rule.get("bn")
         if bn is not None and not isinstance(bn, str):
-            raise ConfigError("'bn' must be the BatchNorm module name", key=key, **where(key))
+            raise ConfigError("'bn' must be the BatchNorm module name", key=key, **sw)
         scaling[key] = ScaleRule(
             key,
-            _str_list(rule.get("with"), "with", key=key, where=where(key)),
-            _str_list(rule.get("inverse"), "inverse", key=key, where=where(key)),
+            _str_list(rule.get("with"), "with", key=key, where=sw),
+            _str_list(rule.get("inverse"), "inverse", key=key, where=sw),
             bn,
             None if none is None else str(none),
         )
@@ -370,7 +375,7 @@ def _line_map(text: str) -> dict[str, int]:
         out["_" + name] = knode.start_mark.line + 1
         if isinstance(vnode, yaml.MappingNode):
             for k2, _ in vnode.value:
-                label = f"group:{k2.value}" if name == "groups" else str(k2.value)
+                label = f"{name[:-1] if name == 'groups' else name}:{k2.value}" if name in ("groups", "scaling") else str(k2.value)
                 out.setdefault(label, k2.start_mark.line + 1)
     return out
 

@@ -1,0 +1,98 @@
+"""torch.fx inference of specs: agrees with the templates, names what it cannot handle."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))  # the shared helper module next to this file
+from permute_helpers import CASES, canonical, spec_for
+from wsa_cli.errors import ConfigError, PluginError
+from wsa_cli.permute.check import functional_check
+from wsa_cli.permute.factory import ModelSource
+from wsa_cli.permute.infer import infer_spec
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_infer_agrees_with_the_template(case):
+    _, factory, input_shape, builder = case
+    model = factory()
+    inferred = infer_spec(model, input_shape)
+    template = spec_for(model, builder)
+    assert canonical(inferred) == canonical(template)
+    assert {k: (r.none is None, r.bn, r.inverse) for k, r in inferred.scaling.items()} == {
+        k: (r.none is None, r.bn, r.inverse) for k, r in template.scaling.items()
+    }
+
+
+class Concat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(4, 8)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([self.a(x), self.b(x)], dim=1))
+
+
+class TanhSkip(nn.Module):
+    """Residual add of an unpermuted input pins the group; tanh blocks ReLU-style scaling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 4)
+        self.fc2 = nn.Linear(4, 6)
+        self.fc3 = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x)) + x  # added to the raw input: fc1's units cannot move
+        return self.fc3(torch.tanh(self.fc2(h)))
+
+
+def test_unhandled_operation_is_named():
+    with pytest.raises(ConfigError, match=r"cannot handle node 'cat' \(function cat\)"):
+        infer_spec(Concat(), (4,))
+
+
+def test_pinned_groups_and_non_homogeneous_activations():
+    spec = infer_spec(TanhSkip(), (4,))
+    assert spec.axes["fc1.weight"] == (None, None)  # pinned by the add with the input
+    assert spec.axes["fc2.weight"][0] is not None
+    assert "tanh" in (spec.scaling["fc2.weight"].none or "")
+    assert "combined with another value" in (spec.scaling["fc1.weight"].none or "")
+
+
+def test_untraceable_model_is_a_plugin_error():
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) if x.sum() > 0 else x
+
+    with pytest.raises(PluginError, match="torch.fx cannot trace"):
+        infer_spec(Branchy(), (2,))
+
+
+def test_functional_check_names_the_bad_group():
+    _, factory, input_shape, builder = CASES[0]
+    model = factory()
+    spec = spec_for(model, builder)
+    from wsa_cli.permute.spec import AxisGroup, PermutationSpec
+
+    bad = PermutationSpec(dict(spec.axes), sizes=dict(spec.sizes), scaling=dict(spec.scaling))
+    # claim the output layer's units may move: they cannot
+    bad.axes["fc3.weight"] = (AxisGroup("P_out"), spec.axes["fc3.weight"][1])
+    bad.axes["fc3.bias"] = (AxisGroup("P_out"),)
+    bad = bad.resolve({k: tuple(v.shape) for k, v in model.state_dict().items()})
+    source = ModelSource("mlp", lambda _s: factory(), input_shape)
+    with pytest.raises(ConfigError, match="permuting group 'P_out' changes the model's outputs"):
+        functional_check(bad, model.state_dict(), source, input_shape)
+    ok = functional_check(spec, model.state_dict(), source, input_shape)
+    assert ok["ok"] and ok["permutation_max_abs_diff"] <= 1e-4 * ok["output_max_abs"]
