@@ -447,3 +447,14 @@ def test_the_documented_plugin_example_runs(digits_pair, tmp_path, monkeypatch) 
     data = json.loads(res.stdout)
     assert data["metrics"] == ["loss", "accuracy", "confident"]
     assert data["modes"][0]["curve"][0]["accuracy"] > 0.5 and data["modes"][0]["summary"]["loss_barrier"] >= 0.0
+
+
+def test_permutation_modes_plug_in(digits_pair) -> None:  # noqa: ANN001
+    a, b, _ = digits_pair
+    need = invoke(a, b, "--modes", "naive,permuted")
+    assert need.exit_code == ExitCode.USAGE and "mode 'permuted' needs --spec" in need.stderr
+    res = invoke(a, b, "--eval", "digits-mlp", "--modes", "naive,permuted", "--spec", "digits-mlp", "--alphas", "0:1:5", "--json")
+    assert res.exit_code == 0, res.output
+    naive, permuted = json.loads(res.stdout)["modes"]
+    # permuting B's hidden units does not change B: both modes share their endpoint losses
+    assert permuted["summary"]["loss_1"] == pytest.approx(naive["summary"]["loss_1"], rel=1e-5)

@@ -287,3 +287,8 @@ def test_csv_rows_have_curve_then_summary(tmp_path) -> None:  # noqa: ANN001
     )  # fmt: skip
     rows = csv_rows(res)
     assert [r["row"] for r in rows] == ["curve", "curve", "summary"]
+
+
+def test_no_negative_zero_barriers() -> None:
+    s = summarize_curve([0.0, 1.0], [1.0, 1.0], [0.5, 0.5])
+    assert math.copysign(1.0, s.acc_barrier) == 1.0 and math.copysign(1.0, s.loss_barrier) == 1.0

@@ -107,7 +107,7 @@ def max_above_line(alphas: Sequence[float], values: Sequence[float | None], v0: 
             continue
         if v is None:
             return Peak(None, None)
-        gap = sign * (v - (v0 + a * (v1 - v0)))  # line written so that v0 == v1 gives exactly v0
+        gap = sign * (v - (v0 + a * (v1 - v0))) + 0.0  # v0 == v1 gives exactly v0; + 0.0 turns -0.0 into 0.0
         if math.isnan(gap):
             return Peak(math.nan, a)
         if best is None or gap > best:

@@ -179,9 +179,11 @@ def run_interpolation(
                 f"interpolated running statistics may overstate the barrier; {how}"
             )
         curves: list[ModeCurve] = []
+        # one lazy view per checkpoint for the whole run: modes may cache work keyed on them
+        la, lb = LazyStateDict(ra), LazyStateDict(rb)
         if evaluator is None:
             for mode in mode_objs:
-                pa, pb = mode.prepare(LazyStateDict(ra), LazyStateDict(rb), opts)
+                pa, pb = mode.prepare(la, lb, opts)
                 diag = path_diagnostics(pa, pb, alpha_list, opts.scope, opts.device, progress=progress)
                 curves.append(ModeCurve(mode.name, mode.description, diag.rows, diag.summary, [lp.to_dict() for lp in diag.layers]))
             metrics = _metric_columns(curves[0].rows) if curves else []
@@ -189,7 +191,7 @@ def run_interpolation(
         else:
             raw: dict[str, list[dict[str, float]]] = {}
             for mode in mode_objs:
-                pa, pb = mode.prepare(LazyStateDict(ra), LazyStateDict(rb), opts)
+                pa, pb = mode.prepare(la, lb, opts)
                 ea, eb = _materialize(pa), _materialize(pb)  # each mode's endpoints, held once
                 del pa, pb
                 raw[mode.name] = []
