@@ -458,3 +458,15 @@ def test_permutation_modes_plug_in(digits_pair) -> None:  # noqa: ANN001
     naive, permuted = json.loads(res.stdout)["modes"]
     # permuting B's hidden units does not change B: both modes share their endpoint losses
     assert permuted["summary"]["loss_1"] == pytest.approx(naive["summary"]["loss_1"], rel=1e-5)
+
+
+def test_barrier_experiment_bench_runs_small(capsys) -> None:  # noqa: ANN001
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("barrier_experiment_bench", TESTS.parent / "bench" / "barrier_experiment.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--width", "16", "--epochs", "2", "--scales", "4", "--alphas", "0:1:5"]) == 0
+    out = capsys.readouterr().out
+    assert "function preserved: True" in out
+    assert "A->B*4    naive" in out and "A->B*4    wsa" in out

@@ -92,6 +92,8 @@ def csv_rows(result: InterpolationResult) -> list[dict[str, Any]]:
 def curve_table(result: InterpolationResult) -> tuple[list[str], list[list[Any]]]:
     """Side-by-side curve table: ``alpha`` then ``<mode> <metric>`` for each mode and metric."""
     metrics = [c for c in result.metrics if not c.endswith("_layer")]
+    if result.kind != "evaluation":  # the terminal gets the headline columns; JSON/CSV have all
+        metrics = [c for c in ("mean_std_ratio", "min_std_ratio", "max_scope_kl") if c in metrics]
     columns = ["alpha"] + [f"{m.mode} {k}" for m in result.modes for k in metrics]
     rows = []
     for i, alpha in enumerate(result.alphas):
