@@ -470,3 +470,18 @@ def test_barrier_experiment_bench_runs_small(capsys) -> None:  # noqa: ANN001
     out = capsys.readouterr().out
     assert "function preserved: True" in out
     assert "A->B*4    naive" in out and "A->B*4    wsa" in out
+
+
+def test_scope_file_target_is_named_in_the_report(pm_pair, plugin, tmp_path) -> None:  # noqa: ANN001
+    a, b = pm_pair
+    scopes = tmp_path / "scopes.json"
+    scopes.write_text(json.dumps({"format": "wsa-scopes", "version": 1, "layers": {"layer.weight": {"mean": 0.0, "std": 0.5}}}))
+    res = invoke(a, b, "--eval", f"{PLUGIN}:bump", "--alphas", "0,1", "--modes", "wsa", "--target", scopes, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["scope"]["target"] == str(scopes)
+    # A's layer (std 1) was mapped onto std 0.5: the evaluator saw the rescaled endpoint
+    assert float(plugin.CALLS[0][0]["layer.weight"].std(correction=0)) == pytest.approx(0.5)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    bad = invoke(a, b, "--target", broken)
+    assert bad.exit_code == ExitCode.BAD_CONFIG and str(broken) in bad.stderr

@@ -223,7 +223,8 @@ def _scope_options(
 
 
 def _parse_target(text: str) -> Any:
-    from wsa_cli.fusion.scopefile import parse_target
+    """``fused``, a model index, ``MEAN,STD`` or a scope file (kept as a path so the report names it)."""
+    from wsa_cli.fusion.scopefile import load_scope_file, parse_target
 
     t = text.strip()
     if t == "fused":
@@ -233,6 +234,9 @@ def _parse_target(text: str) -> Any:
         if index not in (0, 1, -1, -2):
             raise UsageError(f"--target {text!r}: model index must be 0 (A) or 1 (B)")
         return index
+    if Path(t).is_file():
+        load_scope_file(t)  # validate before any tensor is read
+        return Path(t)
     return parse_target(t)
 
 

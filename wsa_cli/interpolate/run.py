@@ -24,8 +24,9 @@ import torch
 from wsa_cli.interpolate.barrier import BARRIER_METRICS, find_alpha, summarize_curve
 from wsa_cli.interpolate.diagnostics import DIAGNOSTIC_METRICS, path_diagnostics
 from wsa_cli.interpolate.evaluators import Evaluator
-from wsa_cli.interpolate.modes import Mode, ModeOptions, get_mode
+from wsa_cli.interpolate.modes import MODES, Mode, ModeOptions, get_mode
 from wsa_cli.interpolate.path import LazyStateDict, check_compatible, interpolate_state
+from wsa_cli.errors import UsageError
 from wsa_cli.io import open_checkpoint
 
 ProgressFn = Callable[[int, str], None]
@@ -159,6 +160,8 @@ def run_interpolation(
     """
     opts = options or ModeOptions()
     mode_objs = [m if isinstance(m, Mode) else get_mode(m) for m in modes]
+    if not mode_objs:
+        raise UsageError("no interpolation mode given; choose from " + ", ".join(MODES))
     alpha_list = [float(x) for x in alphas]
     summarize_curve(alpha_list, None, None)  # validates that 0 and 1 are on the grid
     ra = open_checkpoint(a_path, container_key=container_key, strip_prefix=strip_prefix)
