@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from wsa_cli.errors import ConfigError, MismatchError, OutputError, UsageError
+from wsa_cli.errors import ConfigError, MismatchError, OutputError, UsageError, WsaError
 from wsa_cli.fusion.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions
 from wsa_cli.fusion.scopefile import load_scope_file
@@ -289,16 +289,27 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
     if out_spec is not None:
         output = out_spec.path
         inputs = [f for m in [*models, *([base] if base else [])] for f in (m.files or [m.path])]
-        check_output(output, inputs, force=force)
+        _check_output(output, inputs, force)
     else:
         output = final_out.parent / f".wsa-stage-{stage.name}.safetensors"
     copy_files = _copy_files(recipe, stage, models, output)
     if stage.permutation is not None:
-        _check_permutation(recipe, stage, k)
+        _check_permutation(recipe, stage, models)
     return StagePlan(
         spec=stage, models=models, base=base, tensors=tensors, output=output, temporary=temporary, scope=scope,
         weights=weights, copy_files=copy_files, max_shard_bytes=out_spec.shard_size if out_spec else None,
     )  # fmt: skip
+
+
+def _check_output(output: Path, inputs: Sequence[Path], force: bool) -> None:
+    """The foundation's guards; a missing output folder is fine (it is created when writing)."""
+    parent = output.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot create the output folder: {parent} is a file", path=output)
+    if output.parent.exists():
+        check_output(output, inputs, force=force)
 
 
 def _copy_files(recipe: Recipe, stage: StageSpec, models: Sequence[InputPlan], output: Path) -> list[Path]:
@@ -321,16 +332,25 @@ def _copy_files(recipe: Recipe, stage: StageSpec, models: Sequence[InputPlan], o
         return reader.extra_files()
 
 
-def _check_permutation(recipe: Recipe, stage: StageSpec, k: int) -> None:
+def _check_permutation(recipe: Recipe, stage: StageSpec, models: Sequence[InputPlan]) -> None:
+    """The ``permutation:`` block: reference in range, C5 entry point present, spec valid for the models."""
     perm = stage.permutation
     assert perm is not None
+    k = len(models)
     if not 0 <= perm.reference < k:
         raise _cfg(recipe, perm.lines.get("reference", perm.line), f"permutation.reference {perm.reference} is out of range for {k} models")
     try:
         module = importlib.import_module("wsa_cli.permute.recipe")
         getattr(module, "permute_inputs")
+        from wsa_cli.permute.spec import load_spec
     except (ImportError, AttributeError):
         raise _cfg(recipe, perm.line, "permutation: is not available in this build (wsa_cli.permute.recipe.permute_inputs is missing)") from None
+    shapes = {key: info.shape for key, info in models[perm.reference].infos.items()}
+    try:
+        load_spec(str(perm.spec), shapes=shapes)  # resolves and checks the spec against the models' shapes
+    except WsaError as exc:
+        line = perm.lines.get("spec", perm.line)
+        raise _cfg(recipe, line, f"permutation.spec {perm.spec}: {exc}") from None
 
 
 def plan_recipe(recipe: Recipe, *, force: bool = False) -> list[StagePlan]:
