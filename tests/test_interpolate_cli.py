@@ -26,6 +26,12 @@ def invoke(*args: str):  # noqa: ANN201
     return runner.invoke(app, ["interpolate", *map(str, args)])
 
 
+@pytest.fixture(autouse=True)
+def _restore_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plug-in loading puts the current directory on sys.path; undo that after each test."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
 @pytest.fixture
 def plugin(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     monkeypatch.syspath_prepend(str(TESTS))
