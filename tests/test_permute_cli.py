@@ -207,3 +207,28 @@ def test_recipe_entry_point(ckpts):
         torch.testing.assert_close(_logits(o, x), _logits(s, x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="out of range"):
         permute_inputs(states, "digits-mlp", reference=5)
+
+
+def test_recipe_permuted_wsa_runs(tmp_path):
+    """recipes/permuted-wsa.yaml (spec file next to the recipe) merges like the built-in template does."""
+    import shutil
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "recipes"
+    work = tmp_path / "recipes"
+    shutil.copytree(src, work, ignore=shutil.ignore_patterns("out"))
+    (work / "out").mkdir()
+    res = run("merge", str(work / "permuted-wsa.yaml"), "--json")
+    assert res.exit_code == 0, res.output
+    merged = load_file(work / "out" / "permuted-wsa.safetensors")
+    # the same stage with the template name instead of the file gives the same tensors
+    text = (work / "permuted-wsa.yaml").read_text().replace("specs/digits-mlp.spec.yaml", "digits-mlp")
+    (work / "by-name.yaml").write_text(text.replace("out/permuted-wsa.safetensors", "out/by-name.safetensors"))
+    assert run("merge", str(work / "by-name.yaml"), "--json").exit_code == 0
+    again = load_file(work / "out" / "by-name.safetensors")
+    assert all(torch.equal(merged[k], again[k]) for k in merged)
+    # and it differs from plain averaging of the unaligned models
+    (work / "plain.yaml").write_text(text.replace("out/permuted-wsa.safetensors", "out/plain.safetensors").split("permutation:")[0]
+                                     + "method: linear\noutput: out/plain.safetensors\n")
+    assert run("merge", str(work / "plain.yaml"), "--json").exit_code == 0
+    assert not torch.equal(load_file(work / "out" / "plain.safetensors")["fc1.weight"], merged["fc1.weight"])
