@@ -181,43 +181,17 @@ def run_interpolation(
                 f"the checkpoints hold BatchNorm running statistics ({len(bn_keys)} tensors, e.g. {bn_keys[0]}); "
                 f"interpolated running statistics may overstate the barrier; {how}"
             )
-        curves: list[ModeCurve] = []
         # one lazy view per checkpoint for the whole run: modes may cache work keyed on them
         la, lb = LazyStateDict(ra), LazyStateDict(rb)
         if evaluator is None:
-            for mode in mode_objs:
-                pa, pb = mode.prepare(la, lb, opts)
-                diag = path_diagnostics(pa, pb, alpha_list, opts.scope, opts.device, progress=progress)
-                curves.append(ModeCurve(mode.name, mode.description, diag.rows, diag.summary, [lp.to_dict() for lp in diag.layers]))
-            metrics = _metric_columns(curves[0].rows) if curves else []
             kind = KIND_DIAGNOSTICS
+            curves = [_diagnose_mode(mode, la, lb, alpha_list, opts, progress) for mode in mode_objs]
+            metrics = _metric_columns(curves[0].rows)
         else:
-            raw: dict[str, list[dict[str, float]]] = {}
-            for mode in mode_objs:
-                pa, pb = mode.prepare(la, lb, opts)
-                ea, eb = _materialize(pa), _materialize(pb)  # each mode's endpoints, held once
-                del pa, pb
-                raw[mode.name] = []
-                for alpha in alpha_list:
-                    state = interpolate_state(ea, eb, alpha)
-                    metrics_at = evaluator(state, opts.device, where=f"mode {mode.name}, alpha {alpha:g}")
-                    del state  # free this alpha's model before building the next
-                    raw[mode.name].append(metrics_at)
-                    if progress is not None:
-                        progress(1, f"{mode.name} alpha={alpha:g}")
-                del ea, eb
-            inputs = _input_losses(raw, alpha_list, ra, rb, evaluator, opts, progress)
-            for mode in mode_objs:
-                rows = [{"alpha": a, **m} for a, m in zip(alpha_list, raw[mode.name])]
-                loss = [m.get("loss") for m in raw[mode.name]]
-                acc = [m.get("accuracy") for m in raw[mode.name]]
-                has_loss, has_acc = any(v is not None for v in loss), any(v is not None for v in acc)
-                summary = summarize_curve(alpha_list, loss if has_loss else None, acc if has_acc else None, input_losses=inputs).to_dict()
-                curves.append(ModeCurve(mode.name, mode.description, rows, summary))
-            metrics = _metric_columns([r for c in curves for r in c.rows])
-            for c in curves:  # every row has every column (None where an evaluator skipped one)
-                c.rows = [{"alpha": r["alpha"], **{k: r.get(k) for k in metrics}} for r in c.rows]
             kind = KIND_EVAL
+            raw = {mode.name: _evaluate_mode(mode, la, lb, alpha_list, opts, evaluator, progress) for mode in mode_objs}
+            inputs = _input_losses(raw, alpha_list, ra, rb, evaluator, opts, progress)
+            curves, metrics = _summarize_modes(mode_objs, raw, alpha_list, inputs)
         return InterpolationResult(
             kind=kind,
             a=str(a_path),
@@ -230,6 +204,56 @@ def run_interpolation(
             scope=scope_summary(opts),
             warnings=warnings,
         )
+
+
+def _diagnose_mode(
+    mode: Mode, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], alphas: list[float], opts: ModeOptions,
+    progress: ProgressFn | None,
+) -> ModeCurve:
+    """Data-free: prepare the endpoints, then stream the diagnostics tensor by tensor."""
+    pa, pb = mode.prepare(a, b, opts)
+    diag = path_diagnostics(pa, pb, alphas, opts.scope, opts.device, progress=progress)
+    return ModeCurve(mode.name, mode.description, diag.rows, diag.summary, [lp.to_dict() for lp in diag.layers])
+
+
+def _evaluate_mode(
+    mode: Mode, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], alphas: list[float], opts: ModeOptions,
+    evaluator: Evaluator, progress: ProgressFn | None,
+) -> list[dict[str, float]]:
+    """Evaluate the model at every alpha: endpoints held once, one path model alive at a time."""
+    pa, pb = mode.prepare(a, b, opts)
+    ea, eb = _materialize(pa), _materialize(pb)
+    del pa, pb
+    out = []
+    for alpha in alphas:
+        state = interpolate_state(ea, eb, alpha)
+        out.append(evaluator(state, opts.device, where=f"mode {mode.name}, alpha {alpha:g}"))
+        del state  # free this alpha's model before building the next
+        if progress is not None:
+            progress(1, f"{mode.name} alpha={alpha:g}")
+    return out
+
+
+def _summarize_modes(
+    modes: Sequence[Mode], raw: Mapping[str, list[dict[str, float]]], alphas: list[float],
+    inputs: tuple[float | None, float | None],
+) -> tuple[list[ModeCurve], list[str]]:
+    """Curves with a column for every metric any evaluation returned, and each mode's barriers."""
+    metrics = _metric_columns([m for name in raw for m in raw[name]])
+    curves = []
+    for mode in modes:
+        points = raw[mode.name]
+        rows = [{"alpha": a, **{k: m.get(k) for k in metrics}} for a, m in zip(alphas, points)]
+        loss = [m.get("loss") for m in points]
+        acc = [m.get("accuracy") for m in points]
+        summary = summarize_curve(
+            alphas,
+            loss if any(v is not None for v in loss) else None,
+            acc if any(v is not None for v in acc) else None,
+            input_losses=inputs,
+        )
+        curves.append(ModeCurve(mode.name, mode.description, rows, summary.to_dict()))
+    return curves, metrics
 
 
 def _input_losses(
