@@ -228,7 +228,8 @@ def test_recipe_permuted_wsa_runs(tmp_path):
     again = load_file(work / "out" / "by-name.safetensors")
     assert all(torch.equal(merged[k], again[k]) for k in merged)
     # and it differs from plain averaging of the unaligned models
-    (work / "plain.yaml").write_text(text.replace("out/permuted-wsa.safetensors", "out/plain.safetensors").split("permutation:")[0]
-                                     + "method: linear\noutput: out/plain.safetensors\n")
+    (work / "plain.yaml").write_text(
+        "models: [models/mlp-s1.safetensors, models/mlp-s2.safetensors]\nmethod: linear\noutput: out/plain.safetensors\n"
+    )
     assert run("merge", str(work / "plain.yaml"), "--json").exit_code == 0
     assert not torch.equal(load_file(work / "out" / "plain.safetensors")["fc1.weight"], merged["fc1.weight"])
