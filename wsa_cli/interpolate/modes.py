@@ -16,7 +16,7 @@ Other areas register more modes (``register_mode``); permutation modes arrive fr
 ``wsa_cli.permute.modes`` (imported at the bottom of this file when it exists).
 
 Example:
-    >>> sorted(MODES)[:2]
+    >>> list(MODES)[:2]
     ['naive', 'wsa']
 """
 
