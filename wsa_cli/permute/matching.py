@@ -61,8 +61,8 @@ def matching_objective(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], o
         a = ref[key]
         if not a.dtype.is_floating_point:
             continue
-        b = permute_tensor(spec, key, other[key].to(device, torch.float64), perms)
-        total += float((a.to(device, torch.float64) * b).sum())
+        b = permute_tensor(spec, key, other[key].to(device, torch.float32), perms)
+        total += float((a.to(device, torch.float32) * b).sum(dtype=torch.float64))  # float64 accumulation
     return total
 
 
