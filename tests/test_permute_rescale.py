@@ -82,3 +82,22 @@ def test_rules_without_target_and_layers_without_rules_are_reported():
     assert math.isclose(float(new["bn1.running_var"][0] / state["bn1.running_var"][0]),
                         float(new["conv1.weight"].std() / state["conv1.weight"].std()) ** 2, rel_tol=1e-4)
     assert new["bn1.weight"] is state["bn1.weight"]  # untouched tensors are passed through
+
+
+def test_fp_rescale_inputs_moves_models_toward_fused_scopes_and_keeps_them():
+    from wsa_cli.fusion.pipeline import ScopeOptions
+    from wsa_cli.permute.recipe import fp_rescale_inputs
+    from wsa_cli.tasks import get_task
+
+    models = [get_task("digits-mlp").build_model(8, seed=s) for s in (1, 2)]
+    for i, m in enumerate(models):  # very different scales, same function class
+        m.fc1.weight.data *= 3.0 if i else 0.5
+    states = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]  # outputs() loads into m
+    new, reports = fp_rescale_inputs(states, "digits-mlp", ScopeOptions(), "cpu")
+    x = torch.rand(5, 64)
+    for m, s, n in zip(models, states, new):
+        torch.testing.assert_close(outputs(m, dict(n), x), outputs(m, dict(s), x), rtol=1e-4, atol=1e-4)
+    before = abs(tensor_scope(states[0]["fc1.weight"]).std - tensor_scope(states[1]["fc1.weight"]).std)
+    after = abs(tensor_scope(new[0]["fc1.weight"]).std - tensor_scope(new[1]["fc1.weight"]).std)
+    assert after < 0.05 * before
+    assert reports[0]["fc3.weight"].startswith("not possible")

@@ -50,3 +50,41 @@ def permute_inputs(
         check_same_shapes(shapes, s, f"model {i + (i >= reference)}")
     aligned = iter(align_states(spec, ref, others, seed=seed, device=device))
     return [dict(ref) if i == reference else next(aligned)[0] for i in range(len(states))]
+
+
+def fp_rescale_inputs(
+    states: Sequence[Mapping[str, torch.Tensor]],
+    spec_path: str | Path,
+    options: object,
+    device: torch.device | str = "cpu",
+) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, str]]]:
+    """Function-preserving rescale of every model toward the models' fused layer scopes.
+
+    The hook a merge pipeline needs for a ``rescale: fp`` mode: ``options`` is the stage's
+    :class:`~wsa_cli.fusion.pipeline.ScopeOptions` (fusion method, target, weights, layer
+    selection); the target scopes are computed from ``states`` exactly as for ``affine``/``std``,
+    then each model is moved toward them only by the scales the spec's ``scaling:`` rules allow,
+    so every model still computes what it computed. The merge then runs with per-tensor rescaling
+    off. Returns the new states and, per model, the report ``key -> what happened``.
+
+    Example:
+        >>> states, reports = fp_rescale_inputs([sd_a, sd_b], "digits-mlp", ScopeOptions())  # doctest: +SKIP
+        >>> reports[0]["fc3.weight"]  # doctest: +SKIP
+        'not possible: output layer: nothing downstream absorbs a scale'
+    """
+    from wsa_cli.fusion.pipeline import ScopeOptions, compute_target_scopes
+    from wsa_cli.permute.rescale import function_preserving_rescale
+
+    if not isinstance(options, ScopeOptions):
+        raise TypeError("options must be a ScopeOptions")
+    if not states:
+        return [], []
+    spec = load_spec(str(spec_path), shapes=shapes_of(states[0]))
+    table = compute_target_scopes(list(states), options, device)
+    targets = {k: target for k, (_scopes, target) in table.items()}
+    out, reports = [], []
+    for s in states:
+        new, report = function_preserving_rescale(spec, s, targets, device=device)
+        out.append(new)
+        reports.append(report)
+    return out, reports
