@@ -111,17 +111,20 @@ def _randomize_bn(model: nn.Module, seed: int) -> nn.Module:
 
 def mlp(seed: int = 0) -> nn.Module:
     """Factory for ``--model wsa_cli.permute.examples:mlp`` (input ``16``)."""
-    torch.manual_seed(seed)
-    return MLP().eval()
+    with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's random stream
+        torch.manual_seed(seed)
+        return MLP().eval()
 
 
 def small_vgg(seed: int = 0) -> nn.Module:
     """Factory for ``--model wsa_cli.permute.examples:small_vgg`` (input ``3,8,8``)."""
-    torch.manual_seed(seed)
-    return _randomize_bn(SmallVGG(), seed)
+    with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's random stream
+        torch.manual_seed(seed)
+        return _randomize_bn(SmallVGG(), seed)
 
 
 def tiny_resnet(seed: int = 0) -> nn.Module:
     """Factory for ``--model wsa_cli.permute.examples:tiny_resnet`` (input ``3,8,8``)."""
-    torch.manual_seed(seed)
-    return _randomize_bn(TinyResNet(), seed)
+    with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's random stream
+        torch.manual_seed(seed)
+        return _randomize_bn(TinyResNet(), seed)

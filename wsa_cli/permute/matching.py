@@ -25,6 +25,8 @@ from wsa_cli.errors import MismatchError
 from wsa_cli.permute.apply import identity_perms, permute_tensor
 from wsa_cli.permute.spec import PermutationSpec
 
+#: keys that are permuted but do not count in the objective
+STAT_SUFFIXES = (".running_mean", ".running_var")
 #: relative gain below which a group's new assignment does not count as progress
 REL_TOL = 1e-9
 
@@ -58,6 +60,8 @@ def matching_objective(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], o
     """``sum_key <ref[key], permuted other[key]>`` over every key the spec permutes (float64)."""
     total = 0.0
     for key in spec.axes:
+        if key not in ref or key.endswith(STAT_SUFFIXES):
+            continue
         a = ref[key]
         if not a.dtype.is_floating_point:
             continue
@@ -96,7 +100,13 @@ def weight_matching(
             raise MismatchError(f"shapes differ: {tuple(ref_state[key].shape)} vs {tuple(other_state[key].shape)}", key=key)
     where = spec.group_axes()
     # float32 copies on the device; matching statistics are accumulated in float64 below
-    ref = {k: ref_state[k].to(device, torch.float32) for k in spec.axes if ref_state[k].dtype.is_floating_point}
+    # BatchNorm running statistics are permuted with their channels but are not weights: they do
+    # not take part in the matching objective (as in Ainsworth et al., whose params exclude batch stats)
+    ref = {
+        k: ref_state[k].to(device, torch.float32)
+        for k in spec.axes
+        if ref_state[k].dtype.is_floating_point and not k.endswith(STAT_SUFFIXES)
+    }
     oth = {k: other_state[k].to(device, torch.float32) for k in ref}
     perms = {g: p.to(device) for g, p in (init or identity_perms(spec)).items()}
     rng = random.Random(seed)
