@@ -172,3 +172,6 @@ def test_template_that_does_not_fit_is_a_config_error():
         builtin_spec("nope", {})
     with pytest.raises(ConfigError, match="digits-mlp|mlp template"):
         builtin_spec("digits-mlp", {"conv.weight": torch.Size([2, 1, 3, 3])})
+    with pytest.raises(ConfigError, match="vgg template does not fit") as exc:
+        builtin_spec("digits-cnn", MLP_SHAPES)
+    assert exc.value.key == "conv1.weight"

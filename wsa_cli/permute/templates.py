@@ -42,6 +42,15 @@ def _bn_keys(bn: str, shapes: Shapes) -> list[str]:
     return [f"{bn}.{leaf}" for leaf in ("weight", "bias", "running_mean", "running_var") if f"{bn}.{leaf}" in shapes]
 
 
+def _require(shapes: Shapes, keys: Sequence[str], ndim: int, what: str) -> None:
+    """The template's layers exist with the expected number of axes (ConfigError naming the key)."""
+    for k in keys:
+        if k not in shapes:
+            raise ConfigError(f"the {what} template does not fit this checkpoint: it has no such tensor", key=k)
+        if len(shapes[k]) != ndim:
+            raise ConfigError(f"the {what} template does not fit this checkpoint: expected a {ndim}-D weight, got shape {tuple(shapes[k])}", key=k)
+
+
 def _finish(axes: dict[str, tuple[AxisEntry, ...]], scaling: dict[str, ScaleRule], shapes: Shapes, what: str) -> PermutationSpec:
     spec = PermutationSpec(axes, scaling=scaling)
     try:
@@ -63,6 +72,7 @@ def mlp_spec(shapes: Shapes, layers: Sequence[str] | None = None) -> Permutation
         layers = [k[: -len(".weight")] for k, s in shapes.items() if k.endswith(".weight") and len(s) == 2]
     if len(layers) < 2:
         raise ConfigError("the mlp template needs at least two Linear layers (2-D *.weight tensors)")
+    _require(shapes, [f"{name}.weight" for name in layers], 2, "mlp")
     axes: dict[str, tuple[AxisEntry, ...]] = {}
     scaling: dict[str, ScaleRule] = {}
     prev: str | None = None
@@ -109,6 +119,8 @@ def vgg_spec(shapes: Shapes, convs: Sequence[tuple[str, str | None]] | None = No
         fcs = [k[: -len(".weight")] for k, s in shapes.items() if k.endswith(".weight") and len(s) == 2]
     if not convs or not fcs:
         raise ConfigError("the vgg template needs conv layers (4-D *.weight) followed by Linear layers (2-D *.weight)")
+    _require(shapes, [f"{c}.weight" for c, _ in convs], 4, "vgg")
+    _require(shapes, [f"{f}.weight" for f in fcs], 2, "vgg")
     axes: dict[str, tuple[AxisEntry, ...]] = {}
     scaling: dict[str, ScaleRule] = {}
     prev: str | None = None
