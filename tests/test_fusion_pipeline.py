@@ -72,6 +72,34 @@ def test_std_rescale_keeps_mean_and_constant_layer_is_untouched() -> None:
     assert not done and torch.equal(out, const)
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 3000), scale=st.floats(1e-3, 1e3), shift=st.floats(-100, 100))
+def test_layer_scope_matches_float64_reference(seed: int, n: int, scale: float, shift: float) -> None:
+    import numpy as np
+
+    from wsa_cli.fusion import pipeline
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g) * scale + shift
+    ref = x.double().numpy()
+    old = pipeline.SCOPE_CHUNK
+    pipeline.SCOPE_CHUNK = 97  # force many chunks: exercises the pairwise combination
+    try:
+        s = pipeline.layer_scope(x)
+    finally:
+        pipeline.SCOPE_CHUNK = old
+    assert s.mean == pytest.approx(float(np.mean(ref)), rel=1e-9, abs=1e-12 * scale)
+    assert s.std == pytest.approx(float(np.std(ref)), rel=1e-9, abs=1e-12 * scale)
+
+
+def test_layer_scope_ignores_nonfinite_like_inspect() -> None:
+    from wsa_cli.fusion.pipeline import layer_scope
+
+    x = torch.tensor([1.0, float("nan"), 3.0, float("inf")])
+    assert layer_scope(x) == tensor_scope(x) == Scope(2.0, 1.0)
+    assert layer_scope(torch.zeros(0)) == Scope(0.0, 0.0)
+
+
 def test_k1_pipeline_is_identity() -> None:
     sd = {"w": torch.randn(6, 5), "b": torch.randn(5)}
     table = compute_target_scopes([sd], ScopeOptions(), "cpu")
@@ -90,14 +118,17 @@ def test_compute_target_scopes_on_readers_and_targets(tmp_path) -> None:
         table = compute_target_scopes([ra, rb], ScopeOptions(weights=[1, 3]), "cpu")
         assert list(table) == ["fc.weight"]
         per, target = table["fc.weight"]
-        sa, sb = tensor_scope(a["fc.weight"]), tensor_scope(b["fc.weight"])
-        assert per == [sa, sb]
+        sa, sb = (Scope(float(x.double().mean()), float(x.double().std(correction=0))) for x in (a["fc.weight"], b["fc.weight"]))
+        for got, want in zip(per, [sa, sb]):
+            assert got.mean == pytest.approx(want.mean, rel=1e-12) and got.std == pytest.approx(want.std, rel=1e-12)
+            inspect = tensor_scope(a["fc.weight"] if want is sa else b["fc.weight"])  # what `wsa inspect` reports
+            assert got.std == pytest.approx(inspect.std, rel=1e-6)
         mu = 0.25 * sa.mean + 0.75 * sb.mean
         var = 0.25 * (sa.var + (sa.mean - mu) ** 2) + 0.75 * (sb.var + (sb.mean - mu) ** 2)
         assert target.mean == pytest.approx(mu) and target.std == pytest.approx(math.sqrt(var))
         # model-index target, fixed target, include biases
         t1 = compute_target_scopes([ra, rb], ScopeOptions(target=1, selector=LayerSelector(include=["*.bias"])), "cpu")
-        assert set(t1) == {"fc.weight", "fc.bias"} and t1["fc.weight"][1] == sb
+        assert set(t1) == {"fc.weight", "fc.bias"} and t1["fc.weight"][1] == t1["fc.weight"][0][1]
         fixed = Scope(0.0, 0.1)
         assert compute_target_scopes([ra, rb], ScopeOptions(target=fixed), "cpu")["fc.weight"][1] == fixed
     # scope file target, by path

@@ -24,15 +24,13 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 ALL = sorted(p.name for p in RECIPES.glob("*.yaml"))
 #: recipes that merge models able to work together (same base, or permuted first)
 GOOD_MERGES = {"average.yaml", "task-arithmetic.yaml", "ties.yaml", "dare-ties.yaml", "slerp.yaml", "multi-stage.yaml",
-               "scope-file-target.yaml", "permuted.yaml"}  # fmt: skip
+               "scope-file-target.yaml", "permuted.yaml", "permuted-wsa.yaml"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("recipes")
-    for p in RECIPES.glob("*.yaml"):
-        shutil.copy(p, d / p.name)
-    shutil.copytree(RECIPES / "models", d / "models")
+    d = tmp_path_factory.mktemp("work") / "recipes"
+    shutil.copytree(RECIPES, d, ignore=shutil.ignore_patterns("out", "__pycache__"))
     return d
 
 

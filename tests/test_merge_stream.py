@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from wsa_cli.cli.app import app
 from wsa_cli.errors import ConfigError, MismatchError
 from wsa_cli.io import save_safetensors
-from wsa_cli.merge import get_method
 from wsa_cli.merge.executor import merge_recipe
 from wsa_cli.merge.prefetch import Prefetcher
 from wsa_cli.scope import tensor_scope
@@ -173,27 +172,25 @@ def test_deterministic_byte_identical(tmp_path, models):
 
 
 def test_interrupted_write_leaves_no_output(tmp_path, models, monkeypatch):
-    method = get_method("linear")
+    import wsa_cli.merge.executor as executor
+
+    real = executor.merge_tensor
     calls = {"n": 0}
-    real = method.fn
 
     def boom(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 3:  # tensors 1 and 2 are already written to the temporary file
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-merge
         return real(*args, **kwargs)
 
-    object.__setattr__(method, "fn", boom)  # frozen dataclass: patch, restored in finally
-    try:
-        r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: out.safetensors\n")
-        with pytest.raises(KeyboardInterrupt):
-            merge_recipe(r, device="cpu")
-        r2 = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: outdir\n", "r2.yaml")
-        calls["n"] = 0
-        res = _cli("merge", str(r2), "--device", "cpu")
-        assert res.exit_code == 130
-    finally:
-        object.__setattr__(method, "fn", real)
+    monkeypatch.setattr(executor, "merge_tensor", boom)
+    r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: out.safetensors\n")
+    with pytest.raises(KeyboardInterrupt):
+        merge_recipe(r, device="cpu")
+    r2 = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: {path: outdir, shard_size: 300}\n", "r2.yaml")
+    calls["n"] = 0
+    res = _cli("merge", str(r2), "--device", "cpu")
+    assert res.exit_code == 130 and calls["n"] == 3
     leftovers = sorted(p.name for p in tmp_path.iterdir())
     assert leftovers == sorted(["m0.safetensors", "m1.safetensors", "m2.safetensors", "recipe.yaml", "r2.yaml"])
 

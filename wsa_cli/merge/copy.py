@@ -22,6 +22,21 @@ def _copy(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
     return tensors[index].clone()
 
 
+def _linear_form(weights, params, has_base):  # noqa: ANN001, ANN202
+    index = params["model"]
+    if index == -1 or index >= len(weights):
+        return _copy_error(index, len(weights), has_base)
+    return [1.0 if i == index else 0.0 for i in range(len(weights))], 0.0
+
+
+def _copy_error(index: int, k: int, has_base: bool) -> tuple[list[float], float]:
+    if index == -1 and has_base:
+        return [0.0] * k, 1.0
+    if index == -1:
+        raise UsageError("copy with model: -1 needs a base model")
+    raise UsageError(f"copy: model index {index} is out of range for {k} models")
+
+
 COPY = register_method(
     MergeMethod(
         name="copy",
@@ -29,5 +44,6 @@ COPY = register_method(
         summary="Take one model's tensor unchanged (model: index, -1 = base).",
         reference="-",
         params=(Param("model", int, 0, "index into models (0 = first); -1 = the base model", lo=-1),),
+        linear_form=_linear_form,
     )
 )

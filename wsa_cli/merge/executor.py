@@ -30,26 +30,66 @@ from wsa_cli import __version__
 from wsa_cli.device import resolve_device
 from wsa_cli.errors import WsaError
 from wsa_cli.fusion.gaussian import Scope
-from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_tensor, resolve_target, source_get
+from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_coefficients, layer_scope, resolve_target, source_get
 from wsa_cli.io import CheckpointReader, SafetensorsWriter, open_checkpoint
 from wsa_cli.merge.plan import StagePlan, TensorPlan, plan_recipe
 from wsa_cli.merge.prefetch import Prefetcher
 from wsa_cli.merge.provenance import input_fingerprint, merge_metadata
 from wsa_cli.merge.registry import MethodContext, get_method
 from wsa_cli.recipe.schema import Recipe, load_recipe
-from wsa_cli.scope.stats import tensor_scope
 
 ProgressFn = Callable[[int, str], None]
 REPORT_FORMAT = "wsa-merge-report"
 
 
-def _compute(t: torch.Tensor) -> torch.Tensor:
-    """float32 for every float dtype except float64 (math in float32 or better)."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float32)
-
-
 def _scope_dict(s: Scope) -> dict[str, float]:
     return {"mean": s.mean, "std": s.std}
+
+
+class Scratch:
+    """Reusable flat buffers (one per dtype and device), so a long merge does not page-fault a fresh
+    accumulator for every tensor. A buffer handed out is valid until the next request for the
+    same dtype; :func:`run_stage` writes each result before merging the next key.
+
+    Example:
+        >>> s = Scratch()
+        >>> s.get((2, 3), torch.float32, torch.device("cpu")).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[torch.dtype, str], torch.Tensor] = {}
+
+    def get(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        key = (dtype, str(device))
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(max(numel, 1), dtype=dtype, device=device)
+            self._bufs[key] = buf
+        return buf[:numel].view(tuple(shape))
+
+
+class BufferRing:
+    """``sets`` x ``per_set`` reusable CPU byte buffers for reading tensors (``reader.get(key, out=...)``).
+
+    The prefetcher runs at most ``depth`` keys ahead of the merge plus the one it is reading, so
+    ``depth + 2`` sets never collide: key ``i`` uses set ``i % sets``. Buffers are allocated on
+    first use at the size of the largest tensor, and pinned when the merge runs on CUDA (async
+    host-to-device copies).
+    """
+
+    def __init__(self, sets: int, per_set: int, nbytes: int, *, pin: bool = False) -> None:
+        self.sets, self.nbytes, self.pin = sets, max(nbytes, 1), pin
+        self._bufs: list[list[torch.Tensor | None]] = [[None] * per_set for _ in range(sets)]
+
+    def get(self, index: int, member: int) -> torch.Tensor:
+        row = self._bufs[index % self.sets]
+        if row[member] is None:
+            row[member] = torch.empty(self.nbytes, dtype=torch.uint8, pin_memory=self.pin)
+        return row[member]  # type: ignore[return-value]
 
 
 @dataclasses.dataclass
@@ -70,10 +110,16 @@ def merge_tensor(
     seed: int,
     device: torch.device,
     align_base: bool = True,
+    scratch: Scratch | None = None,
 ) -> TensorResult:
     """Merge one key: align (if planned), combine with the method, cast; return tensor and report record.
 
     ``tensors`` are the K models' tensors for ``entry.key`` (any device); the result is on the CPU.
+    Methods with a linear form (linear, task_arithmetic, copy) fold the alignment ``a_i w + b_i``
+    into their coefficients and accumulate ``sum_i c_i a_i x_i + const`` in one pass over each
+    input; other methods get the K aligned tensors. Either way math runs in float32 (float64 when
+    an input is float64). With ``scratch`` the result may live in a reused buffer (write it before
+    the next call).
 
     Example:
         >>> from wsa_cli.merge.plan import TensorPlan
@@ -86,36 +132,52 @@ def merge_tensor(
     if entry.action == "copy":
         record["reason"] = entry.reason
         return TensorResult(tensors[0].to("cpu"), record)
-    xs = [_compute(t.to(device, non_blocking=True)) for t in tensors]  # K x (shape,) float32+
-    b = _compute(base.to(device, non_blocking=True)) if base is not None else None
-    if any(x.dtype == torch.float64 for x in xs):  # mixed float dtypes: do the math in the widest
-        xs = [x.to(torch.float64) for x in xs]
-        b = b.to(torch.float64) if b is not None else None
+    xs = [t.to(device, non_blocking=True) for t in tensors]  # K x (shape,) stored dtype, on device
+    b = base.to(device, non_blocking=True) if base is not None else None
+    wide = torch.float64 if any(x.dtype == torch.float64 for x in xs) else torch.float32  # math dtype
     record.update({"method": entry.method, "aligned": entry.align, "override": entry.rule})
+    opts = scope if entry.rescale == scope.rescale else dataclasses.replace(scope, rescale=entry.rescale)
+    if not entry.align:
+        opts = dataclasses.replace(opts, align=False)
+    coef = [(1.0, 0.0)] * len(xs)  # per model: aligned = a * x + b
+    coef_base = (1.0, 0.0)
     if entry.layer or entry.align:
-        scopes = [tensor_scope(x, device) for x in xs]
+        scopes = [layer_scope(x, device) for x in xs]
         record["before"] = [_scope_dict(s) for s in scopes]
         if entry.align:
-            opts = scope if entry.rescale == scope.rescale else dataclasses.replace(scope, rescale=entry.rescale)
             target = resolve_target(entry.key, scopes, opts)
             record["target"] = _scope_dict(target)
-            constant = []
-            aligned = []
-            for i, (x, s) in enumerate(zip(xs, scopes)):
-                y, done = align_tensor(x, s, target, opts)
-                if not done and s.std == 0.0 and opts.rescale != "none":
-                    constant.append(i)
-                aligned.append(y)
-            xs = aligned
+            folded = [align_coefficients(s, target, opts) for s in scopes]
+            coef = [(a, c) for a, c, _ in folded]
+            constant = [i for i, (s, f) in enumerate(zip(scopes, folded)) if not f[2] and s.std == 0.0 and opts.rescale != "none"]
             if constant:
                 record["constant_not_rescaled"] = constant
             if b is not None and align_base:
-                b, _ = align_tensor(b, tensor_scope(b, device), target, opts)
+                a, c, _ = align_coefficients(layer_scope(b, device), target, opts)
+                coef_base = (a, c)
     method = get_method(entry.method or "linear")
-    ctx = MethodContext(entry.key, seed, device)
-    out = method.fn(xs, b, list(weights), entry.params, ctx)  # (shape,) float32+
+    if method.linear_form is not None:
+        cs, c_base = method.linear_form(list(weights), entry.params, b is not None)
+        out = scratch.get(entry.shape, wide, device).zero_() if scratch is not None else torch.zeros(entry.shape, dtype=wide, device=device)
+        shift = 0.0
+        for c, (a, sh), x in zip(cs, coef, xs):
+            if c != 0.0:
+                out.add_(x, alpha=c * a)  # promotes bf16/fp16 to the accumulator's dtype
+                shift += c * sh
+        if b is not None and c_base != 0.0:
+            out.add_(b, alpha=c_base * coef_base[0])
+            shift += c_base * coef_base[1]
+        if shift != 0.0:
+            out.add_(shift)
+    else:
+        aligned = [x.to(wide) * a + sh if (a, sh) != (1.0, 0.0) else x.to(wide) for (a, sh), x in zip(coef, xs)]
+        bb = None if b is None else (b.to(wide) * coef_base[0] + coef_base[1] if coef_base != (1.0, 0.0) else b.to(wide))
+        del xs
+        out = method.fn(aligned, bb, list(weights), entry.params, MethodContext(entry.key, seed, device))  # (shape,)
     if entry.layer or entry.align:
-        record["after"] = _scope_dict(tensor_scope(out, device))
+        record["after"] = _scope_dict(layer_scope(out, device))
+    if out.dtype != entry.out_dtype and scratch is not None and device.type == "cpu":
+        return TensorResult(scratch.get(entry.shape, entry.out_dtype, device).copy_(out), record)  # cast, no new allocation
     return TensorResult(out.to(entry.out_dtype).to("cpu"), record)
 
 
@@ -161,7 +223,7 @@ def run_stage(
     device: torch.device | str = "cpu",
     force: bool = False,
     progress: ProgressFn | None = None,
-    prefetch: int = 2,
+    prefetch: int = 1,
 ) -> dict[str, Any]:
     """Execute one planned stage and return its summary (what the CLI prints).
 
@@ -178,25 +240,31 @@ def run_stage(
         metadata = merge_metadata(recipe_sha256=recipe.sha256, stage=plan.spec.name, method=plan.spec.method, inputs=fingerprints, mode=mode)
         pin = dev.type == "cuda"
         entries = {t.key: t for t in plan.tensors}
+        order = {t.key: i for i, t in enumerate(plan.tensors)}
+        largest = max((t.numel_bytes for t in plan.tensors), default=1)
+        ring = BufferRing(prefetch + 2, len(sources) + 1, largest, pin=pin)
+
+        def read(src: Source, key: str, buf: torch.Tensor) -> torch.Tensor:
+            return src.get(key, out=buf) if isinstance(src, CheckpointReader) else source_get(src, key)
 
         def load(key: str) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-            # runs in the prefetch thread: only reading (and pinning for an async host->device copy)
-            entry = entries[key]
+            # runs in the prefetch thread: only reading, into this key's slot of the buffer ring
+            entry, slot = entries[key], order[key]
             srcs = sources[:1] if entry.action == "copy" else sources
-            ts = [source_get(s, key) for s in srcs]
-            b = base_reader.get(key) if base_reader is not None and entry.action != "copy" else None
-            if pin:
+            ts = [read(s, key, ring.get(slot, i)) for i, s in enumerate(srcs)]
+            b = read(base_reader, key, ring.get(slot, len(sources))) if base_reader is not None and entry.action != "copy" else None
+            if pin and not all(isinstance(s, CheckpointReader) for s in srcs):
                 ts = [t.pin_memory() for t in ts]
-                b = b.pin_memory() if b is not None else None
             return ts, b
 
+        scratch = Scratch()
         records = []
         with SafetensorsWriter(plan.output, plan.out_infos, metadata=metadata, max_shard_bytes=plan.max_shard_bytes,
                                force=force or plan.temporary) as writer:  # fmt: skip
             with Prefetcher([t.key for t in plan.tensors], load, depth=prefetch) as items:
                 for key, (ts, b) in items:
                     res = merge_tensor(entries[key], ts, b, scope=plan.scope, weights=plan.weights, seed=plan.spec.seed,
-                                       device=dev, align_base=plan.spec.scope.align_base)  # fmt: skip
+                                       device=dev, align_base=plan.spec.scope.align_base, scratch=scratch)  # fmt: skip
                     writer.write(key, res.tensor)
                     records.append(res.record)
                     del ts, b, res

@@ -16,6 +16,11 @@ def _linear(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202 - Merg
     return out
 
 
+def _linear_form(weights, params, has_base):  # noqa: ANN001, ANN202
+    total = float(sum(weights)) if params["normalize"] else 1.0
+    return [float(w) / total for w in weights], 0.0
+
+
 LINEAR = register_method(
     MergeMethod(
         name="linear",
@@ -23,5 +28,6 @@ LINEAR = register_method(
         summary="Weighted average sum(w_i theta_i) / sum(w_i); FedAvg-style weights.",
         reference="McMahan et al. 2017 (FedAvg); Wortsman et al. 2022 (model soups)",
         params=(Param("normalize", bool, True, "divide by the sum of the weights"),),
+        linear_form=_linear_form,
     )
 )

@@ -55,6 +55,14 @@ class TensorPlan:
     rule: int | None = None  # index of the matching override
     reason: str = ""
 
+    @property
+    def numel_bytes(self) -> int:
+        """Bytes of the stored tensor (one input's copy)."""
+        n = 1
+        for d in self.shape:
+            n *= int(d)
+        return n * self.dtype.itemsize
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "key": self.key,
@@ -203,6 +211,16 @@ def _params_at(recipe: Recipe, method: MergeMethod, given: dict[str, Any], line:
         raise _cfg(recipe, line, exc.message) from None
 
 
+def _check_form(recipe: Recipe, method: MergeMethod, params: dict[str, Any], k: int, has_base: bool, line: int | None) -> None:
+    """Parameters that depend on the model count (e.g. copy's model index) are checked here."""
+    if method.linear_form is None:
+        return
+    try:
+        method.linear_form([1.0] * k, params, has_base)
+    except UsageError as exc:
+        raise _cfg(recipe, line, exc.message) from None
+
+
 def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], final_out: Path, force: bool) -> StagePlan:
     L = stage.lines
     models = [_load_input(recipe, ref, done) for ref in stage.models]
@@ -235,6 +253,9 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
             raise _cfg(recipe, line, exc.message) from None
         if m.needs_base and base is None:
             raise _cfg(recipe, line, f"method {name!r} needs a base model: add 'base: PATH' to stage {stage.name!r}")
+    _check_form(recipe, method, params, k, base is not None, L.get("parameters", L.get("method", stage.line)))
+    for rule, (rm, rp) in zip(stage.overrides, rules):
+        _check_form(recipe, rm, rp, k, base is not None, rule.lines.get("parameters", rule.line))
     needs_base = any(get_method(n).needs_base for n in used) or any(p.get("model") == -1 for _, p in rules) or params.get("model") == -1
     if base is not None and not needs_base:
         raise _cfg(recipe, L.get("base"), f"a base model is given but no method of stage {stage.name!r} uses one")

@@ -83,6 +83,10 @@ class MethodContext:
 
 
 MergeFn = Callable[[list[torch.Tensor], "torch.Tensor | None", list[float], Mapping[str, Any], MethodContext], torch.Tensor]
+#: For methods whose result is a fixed linear combination ``sum_i c_i x_i + c_base * base``:
+#: ``(weights, params, has_base) -> (c_1..c_K, c_base)``. The executor then folds the WSA
+#: rescaling into the coefficients and makes one pass over each input (no aligned copies).
+LinearForm = Callable[[list[float], Mapping[str, Any], bool], tuple[list[float], float]]
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ class MergeMethod:
     needs_base: bool = False
     min_models: int = 1
     max_models: int | None = None
+    #: optional closed linear form of ``fn`` (see :data:`LinearForm`); must agree with ``fn``
+    linear_form: LinearForm | None = None
 
     def param_names(self) -> list[str]:
         return [p.name for p in self.params]

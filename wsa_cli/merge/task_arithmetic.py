@@ -14,6 +14,13 @@ def _task_arithmetic(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN2
     return combine_task_vectors(tensors, base, weights, ctx, scale=params["scale"], normalize=params["normalize"])
 
 
+def _linear_form(weights, params, has_base):  # noqa: ANN001, ANN202
+    # base + s * sum_i w_i (x_i - base) = sum_i (s w_i) x_i + (1 - s sum_i w_i) base
+    div = float(sum(weights)) if params["normalize"] else 1.0
+    coeffs = [params["scale"] * float(w) / div for w in weights]
+    return coeffs, 1.0 - sum(coeffs)
+
+
 TASK_ARITHMETIC = register_method(
     MergeMethod(
         name="task_arithmetic",
@@ -25,5 +32,6 @@ TASK_ARITHMETIC = register_method(
             Param("normalize", bool, False, "divide the weighted sum by the sum of the weights"),
         ),
         needs_base=True,
+        linear_form=_linear_form,
     )
 )
