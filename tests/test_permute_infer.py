@@ -96,3 +96,43 @@ def test_functional_check_names_the_bad_group():
         functional_check(bad, model.state_dict(), source, input_shape)
     ok = functional_check(spec, model.state_dict(), source, input_shape)
     assert ok["ok"] and ok["permutation_max_abs_diff"] <= 1e-4 * ok["output_max_abs"]
+
+
+class LayerNormNet(nn.Module):
+    """fc1 -> LayerNorm -> GELU -> fc2 (+ residual of its input) -> fc3; shape queries in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.ln = nn.LayerNorm(16)
+        self.fc2 = nn.Linear(16, 16)
+        self.fc3 = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.gelu(self.ln(self.fc1(x.view(x.size(0), -1))))
+        h = h + torch.relu(self.fc2(h))
+        return self.fc3(h)
+
+
+def test_layernorm_residual_and_scale_rules_keep_the_function():
+    from wsa_cli.fusion.gaussian import Scope
+    from wsa_cli.permute import apply_permutation, function_preserving_rescale, random_perms
+    from wsa_cli.scope.stats import tensor_scope
+
+    torch.manual_seed(0)
+    model = LayerNormNet().eval()
+    spec = infer_spec(model, (8,))
+    stream = spec.axes["fc1.weight"][0]
+    assert stream is not None and spec.axes["fc2.weight"][0] == stream == spec.axes["ln.weight"][0]  # residual: one group
+    assert spec.scaling["fc1.weight"].norm == "ln"
+    assert "combined with another value" in (spec.scaling["fc2.weight"].none or "")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        y = model(x)
+        model.load_state_dict(apply_permutation(spec, state, random_perms(spec, 2)))
+        torch.testing.assert_close(model(x), y, rtol=1e-5, atol=1e-5)
+        new, report = function_preserving_rescale(spec, state, {"fc1.weight": Scope(0.0, tensor_scope(state["fc1.weight"]).std * 4)})
+        model.load_state_dict(new)
+        torch.testing.assert_close(model(x), y, rtol=1e-4, atol=1e-4)
+    assert "scale-invariant" in report["fc1.weight"]

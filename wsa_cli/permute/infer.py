@@ -384,6 +384,10 @@ def _scaling_rules(gm: Any, layer_nodes: list[Any], producer_of: dict[str, int],
         ) and gm.get_submodule(users[0].target).track_running_stats:
             rules[key] = ScaleRule(key, with_=bias, bn=str(users[0].target))
             continue
+        if len(users) == 1 and users[0].op == "call_module" and isinstance(gm.get_submodule(users[0].target), nn.LayerNorm):
+            # LayerNorm normalises each sample over its trailing axes: a scalar c on its input cancels
+            rules[key] = ScaleRule(key, with_=bias, norm=str(users[0].target))
+            continue
         inverse: list[str] = []
         reason: str | None = None
         frontier = list(users)
@@ -393,6 +397,8 @@ def _scaling_rules(gm: Any, layer_nodes: list[Any], producer_of: dict[str, int],
             if u in seen:
                 continue
             seen.add(u)
+            if _shape(u) is None and (u.op == "call_method" and u.target in ("size", "dim") or u.op == "call_function" and u.target is getattr):
+                continue  # x.size(0), x.shape: shape arithmetic, not a value
             if u.op == "output":
                 reason = "its output is the model's output: nothing downstream absorbs a scale"
             elif u.op == "call_module":
@@ -418,3 +424,4 @@ def _scaling_rules(gm: Any, layer_nodes: list[Any], producer_of: dict[str, int],
             reason = "nothing downstream reads its output"
         rules[key] = ScaleRule(key, none=reason) if reason else ScaleRule(key, with_=bias, inverse=tuple(inverse))
     return rules
+

@@ -12,6 +12,8 @@ spec's ``scaling:`` rules say where (``wsa spec infer`` and the templates write 
   is unchanged except that BN's ``eps`` acts as ``eps / c^2`` (relative change of each output at most
   ``|1 - 1/c^2| eps / (2 v)``, ~1e-6 for ``v ~ 1``, ``eps = 1e-5``). In training mode BN uses batch
   statistics and the layer is scale-invariant outright. The next layer is untouched.
+* **Layer followed by LayerNorm** (``norm``): ``LN(c z) = LN(z)`` up to ``eps`` (it
+  acts as ``eps / c^2``); nothing else changes.
 * ``none`` (the output layer, a residual stream, a non-homogeneous activation such as tanh/GELU):
   not possible; the report says why.
 
@@ -128,6 +130,8 @@ def function_preserving_rescale(
             scale(f"{rule.bn}.running_mean", c)
             scale(f"{rule.bn}.running_var", c * c)
             parts.append(f"{rule.bn} running_mean x c, running_var x c^2 (BatchNorm makes the layer scale-invariant; exact up to eps)")
+        if rule.norm is not None:
+            parts.append(f"{rule.norm} follows (a normalisation makes the layer scale-invariant; exact up to eps)")
         report[key] = f"scaled by c={c:.6g}" + (f": {'; '.join(parts)}" if parts else "")
     for key, rule in spec.scaling.items():
         if rule.none is not None:

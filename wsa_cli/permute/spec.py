@@ -74,8 +74,9 @@ class ScaleRule:
     ``with_``: tensors scaled by ``c`` together with ``key`` (its bias). ``inverse``: tensors scaled
     by ``1/c`` (the next layers' input weights, valid after positively homogeneous activations such
     as ReLU). ``bn``: the BatchNorm module that follows; its running mean is scaled by ``c`` and its
-    running variance by ``c**2`` (BatchNorm makes the layer scale-invariant). ``none``: why no
-    function-preserving scale exists for this layer.
+    running variance by ``c**2`` (BatchNorm makes the layer scale-invariant). ``norm``: the
+    normalisation without running statistics that follows (LayerNorm, GroupNorm): the layer is
+    scale-invariant and nothing else changes. ``none``: why no function-preserving scale exists.
     """
 
     key: str
@@ -83,6 +84,7 @@ class ScaleRule:
     inverse: tuple[str, ...] = ()
     bn: str | None = None
     none: str | None = None
+    norm: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         if self.none is not None:
@@ -94,6 +96,8 @@ class ScaleRule:
             out["inverse"] = list(self.inverse)
         if self.bn is not None:
             out["bn"] = self.bn
+        if self.norm is not None:
+            out["norm"] = self.norm
         return out
 
     def tensors(self) -> list[str]:
@@ -339,22 +343,25 @@ def spec_from_dict(data: Any, *, path: str | Path | None = None, lines: Mapping[
         key = str(key)
         sw = where(f"scaling:{key}")
         if not isinstance(rule, Mapping):
-            raise ConfigError("scaling rule must be a mapping (with, inverse, bn or none)", key=key, **sw)
-        bad = set(rule) - {"with", "inverse", "bn", "none"}
+            raise ConfigError("scaling rule must be a mapping (with, inverse, bn, norm or none)", key=key, **sw)
+        bad = set(rule) - {"with", "inverse", "bn", "norm", "none"}
         if bad:
             raise ConfigError(f"scaling rule has unknown field {sorted(bad)[0]!r}", key=key, **sw)
         none = rule.get("none")
         if none is not None and len(rule) > 1:
             raise ConfigError("scaling rule with 'none' cannot have other fields", key=key, **sw)
-        bn = rule.get("bn")
+        bn, norm = rule.get("bn"), rule.get("norm")
         if bn is not None and not isinstance(bn, str):
             raise ConfigError("'bn' must be the BatchNorm module name", key=key, **sw)
+        if norm is not None and not isinstance(norm, str):
+            raise ConfigError("'norm' must be the normalisation module name", key=key, **sw)
         scaling[key] = ScaleRule(
             key,
             _str_list(rule.get("with"), "with", key=key, where=sw),
             _str_list(rule.get("inverse"), "inverse", key=key, where=sw),
             bn,
             None if none is None else str(none),
+            norm,
         )
     return PermutationSpec(axes, tuple(unpermuted), sizes, scaling, p, lines)
 
