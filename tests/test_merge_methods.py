@@ -283,3 +283,36 @@ def test_end_to_end_wsa_alignment_then_average_and_ties(tmp_path):
         # target of the base = the fused scope of the models
         tgt = ref_wsa_align([m[k] for m in ms] + [base[k]], w + [0])[-1]
         np.testing.assert_allclose(out[k].numpy(), ref_ties(aligned, tgt, 0.5, 1.0, w), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", [m.name for m in all_methods() if m.linear_form is not None])
+@pytest.mark.parametrize("w", [[1.0, 1.0, 1.0], [0.5, 2.0, 1.0]])
+def test_linear_form_agrees_with_method(name, w):
+    """The folded one-pass path (coefficients) must equal the method's own function."""
+    xs, base = _tensors(3, seed=21)
+    m = get_method(name)
+    for given in ({}, {"normalize": True} if "normalize" in m.param_names() else {}, {"scale": 0.3} if "scale" in m.param_names() else {},
+                  {"model": -1} if name == "copy" else {}):  # fmt: skip
+        params = m.resolve_params(given)
+        coeffs, c_base = m.linear_form(w, params, True)
+        folded = sum(c * x for c, x in zip(coeffs, xs)) + c_base * base
+        torch.testing.assert_close(m.fn(xs, base, w, params, MethodContext("k")), folded, rtol=1e-12, atol=1e-12)
+
+
+def test_folded_alignment_equals_align_then_merge():
+    from wsa_cli.fusion.pipeline import ScopeOptions, align_tensor, layer_scope, resolve_target
+    from wsa_cli.merge.executor import merge_tensor
+    from wsa_cli.merge.plan import TensorPlan
+
+    xs, base = _tensors(3, seed=8)
+    opts = ScopeOptions(weights=[1, 2, 3])
+    for name, params in (("linear", {}), ("task_arithmetic", {"scale": 0.6})):
+        m = get_method(name)
+        p = m.resolve_params(params)
+        entry = TensorPlan("w", tuple(xs[0].shape), torch.float64, torch.float64, "merge", name, p, True, True, "affine")
+        got = merge_tensor(entry, xs, base, scope=opts, weights=[1, 2, 3], seed=0, device=torch.device("cpu")).tensor
+        scopes = [layer_scope(x) for x in xs]
+        target = resolve_target("w", scopes, opts)
+        aligned = [align_tensor(x, s, target, opts)[0] for x, s in zip(xs, scopes)]
+        b = align_tensor(base, layer_scope(base), target, opts)[0]
+        torch.testing.assert_close(got, m.fn(aligned, b, [1, 2, 3], p, MethodContext("w")), rtol=1e-12, atol=1e-12)
