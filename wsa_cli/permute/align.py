@@ -115,12 +115,13 @@ def run_align(opts: AlignOptions, progress: Callable[[int, str], None] | None = 
         raise UsageError("give the reference and at least one model to align to it")
     several = len(opts.others) > 1
     out = Path(opts.out)
-    inputs = [Path(opts.reference), *map(Path, opts.others)]
+    inputs = [Path(opts.reference), *map(Path, opts.others), *([Path(opts.perms_in)] if opts.perms_in else [])]
     if several and out.suffix:
         raise UsageError(f"-o {out}: with several models to align, -o names a folder (no suffix); each model is written inside")
     check_output(out, inputs, force=opts.force)
     perms_out = Path(opts.perms_out) if opts.perms_out else default_perms_path(out, several)
-    if opts.perms_out:
+    inside_new_folder = several and perms_out.resolve().parent == out.resolve()
+    if not inside_new_folder:  # (a file inside the new output folder cannot exist yet)
         check_output(perms_out, inputs, force=opts.force)
     source = load_model_source(opts.model, opts.input_shape) if opts.model else None
     if source is not None and source.input_shape is None:
