@@ -95,6 +95,7 @@ def _register() -> None:
     """Attach every command. Each module defines ``command`` (a function) or ``app`` (a sub-group)."""
     # one import and one line per command; keep alphabetical
     from wsa_cli.cli import align_cmd
+    from wsa_cli.cli import demo_cmd
     from wsa_cli.cli import fedsim_cmd
     from wsa_cli.cli import inspect_cmd
     from wsa_cli.cli import interpolate_cmd
@@ -105,6 +106,7 @@ def _register() -> None:
     from wsa_cli.cli import train_cmd
 
     app.command("align")(align_cmd.command)
+    app.command("demo")(demo_cmd.command)
     app.command("fedsim")(fedsim_cmd.command)
     app.command("inspect")(inspect_cmd.command)
     app.command("interpolate")(interpolate_cmd.command)

@@ -15,6 +15,7 @@ from torch import nn
 from wsa_cli.device import resolve_device
 from wsa_cli.errors import MismatchError, UsageError
 from wsa_cli.tasks.registry import get_task
+from wsa_cli.tasks.threads import small_model_threads
 
 EVAL_BATCH = 1024
 
@@ -94,11 +95,12 @@ def evaluate(
     spec = get_task(task_name)
     data = spec.load_data(data_seed)
     model = model_from_state_dict(task_name, state_dict).to(dev)
-    if recalibrate_bn:
-        recalibrate_batchnorm(model, data.x_train.to(dev))
-        model.eval()
-    x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
-    return evaluate_model(model, x.to(dev), y.to(dev))
+    with small_model_threads(dev, sum(p.numel() for p in model.parameters())):
+        if recalibrate_bn:
+            recalibrate_batchnorm(model, data.x_train.to(dev))
+            model.eval()
+        x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
+        return evaluate_model(model, x.to(dev), y.to(dev))
 
 
 @torch.no_grad()

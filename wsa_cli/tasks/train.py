@@ -29,6 +29,7 @@ from wsa_cli.scope.selection import LayerSelector
 from wsa_cli.tasks.data import DataSplit
 from wsa_cli.tasks.evaluate import evaluate_model
 from wsa_cli.tasks.registry import get_task
+from wsa_cli.tasks.threads import small_model_threads
 
 OPTIMIZERS = ("sgd", "adam")
 DEFAULT_BATCH = 64
@@ -130,44 +131,46 @@ def train_model(
     x_te, y_te = data.x_test.to(dev), data.y_test.to(dev)
     n = int(y_tr.shape[0])
 
-    opt: torch.optim.Optimizer
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(int(seed) + 1_000_003)  # batch order, independent of init
-    history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        perm = torch.randperm(n, generator=gen).to(dev)
-        loss_sum, reg_sum, steps = 0.0, 0.0, 0
-        for i in range(0, n, batch_size):
-            b = perm[i : i + batch_size]
-            if b.numel() < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-                continue  # BatchNorm cannot train on a single example
-            logits = model(x_tr[b])  # (B, 10)
-            task_loss = nn.functional.cross_entropy(logits, y_tr[b])
-            loss = task_loss
-            if reg is not None:
-                penalty = reg(model)
-                loss = loss + penalty
-                reg_sum += float(penalty.detach())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += float(task_loss.detach())
-            steps += 1
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(steps, 1), "wsa_penalty": reg_sum / max(steps, 1)}
-        if evaluate_each_epoch:
-            row["test_accuracy"] = evaluate_model(model, x_te, y_te)["accuracy"]
-        history.append(row)
-        model.train()
-        if progress is not None:
-            progress(1, f"epoch {epoch + 1}/{epochs} loss {row['train_loss']:.3f}")
+    n_params = sum(p.numel() for p in model.parameters())
+    with small_model_threads(dev, n_params):
+        opt: torch.optim.Optimizer
+        if optimizer == "sgd":
+            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay)
+        else:
+            opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        gen = torch.Generator().manual_seed(int(seed) + 1_000_003)  # batch order, independent of init
+        history: list[dict[str, float]] = []
+        t0 = time.perf_counter()
+        for epoch in range(epochs):
+            perm = torch.randperm(n, generator=gen).to(dev)
+            loss_sum, reg_sum, steps = 0.0, 0.0, 0
+            for i in range(0, n, batch_size):
+                b = perm[i : i + batch_size]
+                if b.numel() < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+                    continue  # BatchNorm cannot train on a single example
+                logits = model(x_tr[b])  # (B, 10)
+                task_loss = nn.functional.cross_entropy(logits, y_tr[b])
+                loss = task_loss
+                if reg is not None:
+                    penalty = reg(model)
+                    loss = loss + penalty
+                    reg_sum += float(penalty.detach())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += float(task_loss.detach())
+                steps += 1
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(steps, 1), "wsa_penalty": reg_sum / max(steps, 1)}
+            if evaluate_each_epoch:
+                row["test_accuracy"] = evaluate_model(model, x_te, y_te)["accuracy"]
+            history.append(row)
+            model.train()
+            if progress is not None:
+                progress(1, f"epoch {epoch + 1}/{epochs} loss {row['train_loss']:.3f}")
 
-    model.eval()
-    test = evaluate_model(model, x_te, y_te)
-    train = evaluate_model(model, x_tr, y_tr)
+        model.eval()
+        test = evaluate_model(model, x_te, y_te)
+        train = evaluate_model(model, x_tr, y_tr)
     metrics: dict[str, Any] = {
         "task": task_name,
         "seed": int(seed),
@@ -189,7 +192,8 @@ def train_model(
         "history": history,
     }
     if reg is not None:
-        reg(model)  # final per-layer KL for the metrics file
+        with torch.no_grad():
+            reg(model)  # final per-layer KL for the metrics file
         metrics["wsa_layer_kl"] = dict(reg.last_values)
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     return state, metrics
