@@ -35,9 +35,11 @@ from wsa_cli.fusion.gaussian import Scope, gaussian_kl
 from wsa_cli.fusion.scopefile import ScopeTable
 from wsa_cli.regularize.targets import scopes_of_state_dict
 from wsa_cli.scope.selection import LayerSelector
+from wsa_cli.tasks.data import DataSplit
 from wsa_cli.tasks.evaluate import evaluate_model, model_from_state_dict
 from wsa_cli.tasks.registry import get_task
 from wsa_cli.tasks.splits import label_histogram, make_split
+from wsa_cli.tasks.threads import small_model_threads
 from wsa_cli.tasks.train import train_model
 
 
@@ -133,9 +135,25 @@ def run_fedsim(
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     shards = make_split(data.y_train, cfg.clients, cfg.split, cfg.dirichlet_alpha, split_seed)
     sizes = [int(s.numel()) for s in shards]
-    x_te, y_te = data.x_test.to(dev), data.y_test.to(dev)
 
-    global_state = {k: v.detach().clone() for k, v in spec.build_model(cfg.width, seed=cfg.seed).state_dict().items()}
+    model0 = spec.build_model(cfg.width, seed=cfg.seed)
+    with small_model_threads(dev, sum(p.numel() for p in model0.parameters())):
+        return _run(cfg, model0, shards, sizes, data, sel, dev, progress)
+
+
+def _run(
+    cfg: FedConfig,
+    model0: torch.nn.Module,
+    shards: list[torch.Tensor],
+    sizes: list[int],
+    data: DataSplit,
+    sel: LayerSelector,
+    dev: torch.device,
+    progress: Callable[[int, str], None] | None,
+) -> FedResult:
+    """The rounds themselves (see the module docstring)."""
+    x_te, y_te = data.x_test.to(dev), data.y_test.to(dev)
+    global_state = {k: v.detach().clone() for k, v in model0.state_dict().items()}
     target: dict[str, Scope] = scopes_of_state_dict(global_state, sel)  # round-1 target: the initial scopes
     initial = evaluate_model(model_from_state_dict(cfg.task, global_state).to(dev), x_te, y_te)["accuracy"]
     rounds: list[RoundResult] = []
