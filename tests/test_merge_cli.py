@@ -1,0 +1,89 @@
+"""CLI surface of `wsa methods`, `wsa scope fuse` and `wsa merge` output formats; K = 1 identity."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from wsa_cli.cli.app import app
+from wsa_cli.io import save_safetensors
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    g = torch.Generator().manual_seed(3)
+    for name in ("a", "b"):
+        save_safetensors({"l1.weight": torch.randn(6, 5, generator=g) * 2, "l1.bias": torch.randn(6, generator=g),
+                          "l2.weight": torch.randn(3, 6, generator=g)}, tmp_path / f"{name}.safetensors")  # fmt: skip
+    return tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+
+
+def test_methods_json_and_csv():
+    res = _cli("methods", "--json")
+    assert res.exit_code == 0
+    methods = {m["name"]: m for m in json.loads(res.stdout)["methods"]}
+    assert methods["ties"]["needs_base"] is True and methods["slerp"]["models"] == "2"
+    assert {p["name"]: p["default"] for p in methods["ties"]["parameters"]} == {"density": 0.2, "scale": 1.0}
+    res = _cli("methods", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert res.exit_code == 0 and [r["name"] for r in rows][:3] == ["linear", "task_arithmetic", "ties"]
+    assert _cli("methods", "--format", "table").exit_code == 0
+
+
+def test_k1_merge_is_identity(tmp_path, pair):
+    (tmp_path / "r.yaml").write_text("models: [a.safetensors]\noutput: one.safetensors\n")
+    res = _cli("merge", str(tmp_path / "r.yaml"), "--device", "cpu", "--json")
+    assert res.exit_code == 0, res.output
+    out, src = load_file(tmp_path / "one.safetensors"), load_file(pair[0])
+    for k in src:
+        torch.testing.assert_close(out[k], src[k], rtol=1e-6, atol=1e-6)
+
+
+def test_merge_table_and_csv_output(tmp_path, pair):
+    (tmp_path / "r.yaml").write_text("models: [a.safetensors, b.safetensors]\noutput: m.safetensors\n")
+    res = _cli("merge", str(tmp_path / "r.yaml"), "--device", "cpu", "--format", "csv")
+    assert res.exit_code == 0, res.output
+    row = next(csv.DictReader(io.StringIO(res.stdout)))
+    assert row["tensors"] == "3" and row["aligned"] == "2" and row["constant_not_rescaled"] == "0"
+    res = _cli("merge", str(tmp_path / "r.yaml"), "--device", "cpu", "--format", "table", "--force", "--quiet")
+    assert res.exit_code == 0 and "linear" in res.stdout and res.stderr == ""
+    res = _cli("merge", str(tmp_path / "r.yaml"), "--device", "cpu", "--format", "table", "--force", "--dry-run")
+    assert res.exit_code == 0 and "l1.weight" in res.stdout and "dry run" in res.stdout
+
+
+def test_scope_fuse_formats_and_errors(tmp_path, pair):
+    a, b = map(str, pair)
+    res = _cli("scope", "fuse", a, b, "-o", str(tmp_path / "s.json"), "--fusion", "precision", "--include", "*.bias",
+               "--format", "csv", "--device", "cpu")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert {r["key"] for r in csv.DictReader(io.StringIO(res.stdout))} == {"l1.weight", "l1.bias", "l2.weight"}
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["fusion"] == "precision" and data["layers"]["l1.weight"]["numel"] == 30
+    assert data["sources"] == [a, b]
+    cases = [
+        (["scope", "fuse", a, "-o", str(tmp_path / "x.json"), "--fusion", "median"], 2, "unknown fusion method"),
+        (["scope", "fuse", a, b, "-o", str(tmp_path / "x.json"), "--weights", "1"], 2, "1 weights for 2 checkpoints"),
+        (["scope", "fuse", a, "-o", str(tmp_path / "x.txt")], 2, "ends in .json"),
+        (["scope", "fuse", str(tmp_path / "nope.safetensors"), "-o", str(tmp_path / "x.json")], 3, "no such file"),
+        (["scope", "fuse", a, "-o", str(tmp_path / "x.json"), "--exclude", "*"], 2, "no tensor is a layer"),
+        (["scope", "fuse", a, "-o", a.replace(".safetensors", ".json"), "--device", "cuda"], 9, "CUDA")
+        if not torch.cuda.is_available() else (["scope", "fuse", a, "-o", str(tmp_path / "s.json")], 7, "exists"),
+    ]
+    save_safetensors({"l1.weight": torch.zeros(6, 4)}, tmp_path / "c.safetensors")
+    cases.append((["scope", "fuse", a, str(tmp_path / "c.safetensors"), "-o", str(tmp_path / "y.json")], 5, "shape"))
+    for args, code, msg in cases:
+        res = _cli(*args)
+        assert res.exit_code == code, (args, res.output)
+        assert msg in res.stderr and res.stderr.startswith("error: "), res.stderr
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
