@@ -33,17 +33,9 @@ def two_models(tmp_path_factory):
 
 
 def _fused_scope_file(paths, out):
-    """The scope file `wsa scope fuse` writes (C3), built with the shared C2 pipeline."""
-    scope_cmd = [c for c in app.registered_groups if c.name == "scope"] if hasattr(app, "registered_groups") else []
-    if scope_cmd:
-        res = runner.invoke(app, ["scope", "fuse", *map(str, paths), "-o", str(out)])
-        assert res.exit_code == 0, res.output
-        return out
-    from wsa_cli.fusion.pipeline import ScopeOptions, compute_target_scopes
-
-    states = [load_file(p) for p in paths]
-    table = compute_target_scopes(states, ScopeOptions(), "cpu")
-    out.write_text(ScopeTable({k: t for k, (_, t) in table.items()}, fusion="moments", sources=list(map(str, paths))).to_json())
+    """The scope file (C3) written by `wsa scope fuse`."""
+    res = runner.invoke(app, ["scope", "fuse", *map(str, paths), "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
     return out
 
 

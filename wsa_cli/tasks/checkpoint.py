@@ -86,6 +86,7 @@ def train_to_file(
     """
     get_task(cfg.task)
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # like `wsa merge`: create the output's folder
     inputs = [cfg.wsa_target] if isinstance(cfg.wsa_target, (str, Path)) and cfg.wsa_target != "init" else []
     check_output(out, inputs, force=force)
     mpath = metrics_path(out)
