@@ -128,3 +128,17 @@ def test_train_subset_and_bad_arguments():
         train_model("digits-mlp", lr=-1.0, epochs=1)
     with pytest.raises(UsageError):
         train_model("digits-mlp", wsa_coef=-0.1, epochs=1)
+
+
+def test_small_model_threads_restores_the_setting():
+    from wsa_cli.tasks.threads import SMALL_MODEL_PARAMS, small_model_threads
+
+    before = torch.get_num_threads()
+    with small_model_threads("cpu", 1000):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with small_model_threads("cpu", SMALL_MODEL_PARAMS + 1):
+        assert torch.get_num_threads() == before
+    with pytest.raises(KeyError), small_model_threads("cpu", 10):
+        raise KeyError("boom")
+    assert torch.get_num_threads() == before

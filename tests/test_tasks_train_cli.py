@@ -63,11 +63,12 @@ def test_train_cnn_adam_with_wsa_into_a_folder_on_a_dirichlet_shard(tmp_path):
     assert "bn1.running_mean" in sd and sd["bn1.num_batches_tracked"].dtype == torch.int64
 
 
-def test_train_csv_format(tmp_path):
-    res = _train("digits-mlp", "-o", str(tmp_path / "c.safetensors"), "--epochs", "1", "--width", "8", "-f", "csv")
+def test_train_csv_format_into_a_new_folder(tmp_path):
+    res = _train("digits-mlp", "-o", str(tmp_path / "new" / "c.safetensors"), "--epochs", "1", "--width", "8", "-f", "csv")
     assert res.exit_code == 0
     header, row = res.stdout.strip().splitlines()
     assert header.split(",")[:3] == ["task", "seed", "optimizer"] and row.startswith("digits-mlp,0,sgd")
+    assert (tmp_path / "new" / "c.safetensors").is_file() and (tmp_path / "new" / "c.metrics.json").is_file()
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,8 @@ DEFAULT_BATCH = 64
 SGD_MOMENTUM = 0.9
 
 
-def _target_for(task_name: str, width: int, target: TargetLike | None, selector: LayerSelector) -> TargetLike:
+def _target_for(task_name: str, width: int, target: TargetLike | None) -> TargetLike:
+    """``None``/``"init"``: the task model's state at its seed-0 initialisation (its layer scopes are the targets)."""
     if target is None or (isinstance(target, str) and target == "init"):
         return get_task(task_name).build_model(width, seed=0).state_dict()
     return target
@@ -117,7 +118,7 @@ def train_model(
         raise UsageError(f"--wsa-coef must be finite and >= 0, got {wsa_coef}")
     if wsa_coef > 0:
         reg = ScopeRegularizer(
-            _target_for(task_name, width, wsa_target, sel), wsa_coef,
+            _target_for(task_name, width, wsa_target), wsa_coef,
             reduction=wsa_reduction, direction=wsa_direction, selector=sel,
         )  # fmt: skip
 
