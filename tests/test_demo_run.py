@@ -92,6 +92,9 @@ def test_demo_refuses_to_clobber(demo_run, tmp_path):
     assert (out / "summary.json").read_bytes() == before
     prepare_out_dir(out, force=True)  # --force: allowed, keeps the folder
     assert (out / "summary.json").exists()
+    nested = tmp_path / "runs" / "demo1"
+    prepare_out_dir(nested, force=False)  # missing parents are created
+    assert (nested / "models").is_dir()
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(OutputError):

@@ -97,8 +97,6 @@ def prepare_out_dir(out: Path, force: bool) -> None:
         raise OutputError("demo output exists and is not a folder", path=out)
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputError("demo folder exists and is not empty; pass --force to overwrite the demo's files in it", path=out)
-    if not out.parent.exists():
-        raise OutputError(f"folder {out.parent} does not exist", path=out)
     for sub in ("models", "recipes", "merged", "interpolate"):
         (out / sub).mkdir(parents=True, exist_ok=True)
 
