@@ -88,5 +88,9 @@ def test_fedsim_cli_json_csv_and_outputs(tmp_path):
     again = runner.invoke(app, ["fedsim", "--rounds", "1", "--clients", "2", "--width", "8", "--out-dir", str(tmp_path)])
     assert again.exit_code == 7  # refuses to overwrite without --force
 
+    table = runner.invoke(app, ["fedsim", "--rounds", "2", "--clients", "2", "--width", "8", "--wsa-coef", "0",
+                                "--wsa-coef", "0.5", "-f", "table"])  # fmt: skip
+    assert table.exit_code == 0 and "FedAvg acc" in table.stdout and "+WSA 0.5 acc" in table.stdout
+
     bad = runner.invoke(app, ["fedsim", "--clients", "5000", "--rounds", "1"])
     assert bad.exit_code == 2 and "error:" in bad.stderr

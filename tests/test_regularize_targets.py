@@ -61,6 +61,7 @@ def test_scope_file_round_trip_into_regularizer_and_training(two_models, tmp_pat
     assert runner.invoke(app, ["train", *common, "-o", str(out_plain)]).exit_code == 0
     metrics = json.loads((tmp_path / "reg.metrics.json").read_text())
     assert metrics["wsa_target"] == str(scopes) and metrics["test_accuracy"] > 0.6
+    assert metrics["wsa_regularizer"].startswith("coef=5 sum forward KL to 3 per-layer scopes from ")
     assert kl_to_table(load_file(out_reg)) < 0.2 * kl_to_table(load_file(out_plain))
 
 

@@ -69,6 +69,8 @@ def test_train_csv_format_into_a_new_folder(tmp_path):
     header, row = res.stdout.strip().splitlines()
     assert header.split(",")[:3] == ["task", "seed", "optimizer"] and row.startswith("digits-mlp,0,sgd")
     assert (tmp_path / "new" / "c.safetensors").is_file() and (tmp_path / "new" / "c.metrics.json").is_file()
+    res = _train("digits-mlp", "-o", str(tmp_path / "t.safetensors"), "--epochs", "1", "--width", "8", "-f", "table")
+    assert res.exit_code == 0 and "test_accuracy" in res.stdout
 
 
 @pytest.mark.parametrize(

@@ -196,5 +196,6 @@ def train_model(
         with torch.no_grad():
             reg(model)  # final per-layer KL for the metrics file
         metrics["wsa_layer_kl"] = dict(reg.last_values)
+        metrics["wsa_regularizer"] = reg.describe()
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     return state, metrics
