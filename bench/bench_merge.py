@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--method", default="linear", help="merge method (default linear; ties/dare_* add a base model)")
     parser.add_argument("--device", default="cpu", help="--device of the merge (cpu, cuda)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in both children (default: torch's default)")
     parser.add_argument("--repeat", type=int, default=1, help="repeat both measurements, report the fastest")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out" / "merge")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
@@ -136,6 +137,10 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
+        if args.threads > 0:
+            import torch
+
+            torch.set_num_threads(args.threads)
         kind, arg = args.child
         out = child_baseline(Path(arg), args.models) if kind == "baseline" else child_merge(Path(arg), args.device)
         print(json.dumps(out))
@@ -159,15 +164,16 @@ def main() -> None:
         recipe.write_text(f"models:\n{models}\n{base}method: {args.method}\nscope: {{align: true}}\noutput: merged.safetensors\n")
         plain, merged = [], []
         for _ in range(args.repeat):
-            plain.append(_run_child(["--child", "baseline", str(folder), "--models", str(args.models)]))
-            merged.append(_run_child(["--child", "merge", str(recipe), "--models", str(args.models), "--device", args.device]))
+            common = ["--models", str(args.models), "--threads", str(args.threads)]
+            plain.append(_run_child(["--child", "baseline", str(folder), *common]))
+            merged.append(_run_child(["--child", "merge", str(recipe), *common, "--device", args.device]))
         a = min(plain, key=lambda r: r["wall_s"])
         b = min(merged, key=lambda r: r["wall_s"])
         peak_net = max(r["peak_kib"] - r["rss_before_kib"] for r in merged) * 1024
         largest = layout["largest_tensor_bytes"]
         result = {
             "models": args.models, "size_gb_each": round(layout["model_bytes"] / 1e9, 4), "dtype": args.dtype,
-            "method": args.method, "device": args.device, "layout": {k: layout[k] for k in ("hidden", "blocks", "tensors")},
+            "method": args.method, "device": args.device, "threads": args.threads or "default", "layout": {k: layout[k] for k in ("hidden", "blocks", "tensors")},
             "write_inputs_s": round(write_s, 3),
             "plain_read_write_s": round(a["wall_s"], 3), "wsa_merge_s": round(b["wall_s"], 3),
             "time_ratio": round(b["wall_s"] / a["wall_s"], 3),

@@ -154,3 +154,13 @@ def test_pipeline_errors() -> None:
         resolve_target("w", [Scope(0, 1)], ScopeOptions(target=3))
     with pytest.raises(UsageError):
         compute_target_scopes([a, a], ScopeOptions(weights=[1.0]), "cpu")
+
+
+def test_layer_scope_never_modifies_its_input() -> None:
+    from wsa_cli.fusion.pipeline import layer_scope
+
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        x = (torch.randn(300, dtype=torch.float64) + 5).to(dtype)
+        before = x.clone()
+        layer_scope(x)
+        assert torch.equal(x, before)

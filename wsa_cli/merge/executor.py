@@ -111,6 +111,8 @@ def merge_tensor(
     device: torch.device,
     align_base: bool = True,
     scratch: Scratch | None = None,
+    scopes: Sequence[Scope] | None = None,
+    base_scope: Scope | None = None,
 ) -> TensorResult:
     """Merge one key: align (if planned), combine with the method, cast; return tensor and report record.
 
@@ -119,7 +121,7 @@ def merge_tensor(
     into their coefficients and accumulate ``sum_i c_i a_i x_i + const`` in one pass over each
     input; other methods get the K aligned tensors. Either way math runs in float32 (float64 when
     an input is float64). With ``scratch`` the result may live in a reused buffer (write it before
-    the next call).
+    the next call). ``scopes`` / ``base_scope``: the inputs' scopes when already measured.
 
     Example:
         >>> from wsa_cli.merge.plan import TensorPlan
@@ -142,7 +144,8 @@ def merge_tensor(
     coef = [(1.0, 0.0)] * len(xs)  # per model: aligned = a * x + b
     coef_base = (1.0, 0.0)
     if entry.layer or entry.align:
-        scopes = [layer_scope(x, device) for x in xs]
+        if scopes is None:
+            scopes = [layer_scope(x, device) for x in xs]
         record["before"] = [_scope_dict(s) for s in scopes]
         if entry.align:
             target = resolve_target(entry.key, scopes, opts)
@@ -153,7 +156,7 @@ def merge_tensor(
             if constant:
                 record["constant_not_rescaled"] = constant
             if b is not None and align_base:
-                a, c, _ = align_coefficients(layer_scope(b, device), target, opts)
+                a, c, _ = align_coefficients(base_scope or layer_scope(b, device), target, opts)
                 coef_base = (a, c)
     method = get_method(entry.method or "linear")
     if method.linear_form is not None:
