@@ -23,7 +23,7 @@ import torch
 from wsa_cli.errors import ConfigError, MismatchError, OutputError, UsageError, WsaError
 from wsa_cli.fusion.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions
-from wsa_cli.fusion.scopefile import load_scope_file
+from wsa_cli.fusion.scopefile import ScopeTable
 from wsa_cli.io import TensorInfo, check_output, dtype_name, open_checkpoint
 from wsa_cli.merge.registry import MergeMethod, get_method
 from wsa_cli.recipe.schema import ModelRef, Recipe, StageSpec
@@ -136,7 +136,7 @@ class StagePlan:
             "scope": {
                 "align": self.scope.align,
                 "fusion": self.scope.fusion,
-                "target": _target_repr(self.scope.target),
+                "target": _target_repr(self.spec.scope.target),
                 "rescale": self.scope.rescale,
                 "weights": self.scope.weights,
                 "include": list(self.scope.selector.include),
@@ -274,8 +274,8 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
     scope = ScopeOptions(
         align=sspec.align, fusion=sspec.fusion, target=target, rescale=sspec.rescale, weights=list(fusion_weights),
         selector=sspec.selector(),
-    )  # fmt: skip
-    table = load_scope_file(target) if isinstance(target, Path) else None
+    ).resolved()  # a scope-file target is loaded once, here  # fmt: skip
+    table = scope.target if isinstance(scope.target, ScopeTable) else None
 
     # per-tensor plan
     out_dtype = out_spec.dtype if out_spec is not None else None
@@ -297,7 +297,7 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
                 rule_index = i
                 break
         if align and table is not None and key not in table.layers:
-            raise MismatchError("the target scope file has no entry for this layer", path=target, key=key)  # type: ignore[arg-type]
+            raise MismatchError("the target scope file has no entry for this layer", path=str(target), key=key)
         tensors.append(TensorPlan(key, info.shape, info.dtype, out_dtype or info.dtype, "merge", m.name, p, layer, align,
                                   rescale, rule=rule_index))  # fmt: skip
     for i, hits in enumerate(rule_hits):
