@@ -351,3 +351,37 @@ def test_cuda_path_matches_cpu_when_available(tmp_path, models):
     a, b = load_file(tmp_path / "cpu.safetensors"), load_file(tmp_path / "gpu.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5)
+
+
+def test_streaming_holds_only_a_few_keys_at_once(tmp_path, monkeypatch):
+    """Reads run ahead of writes by at most prefetch + 2 keys: memory is bounded by tensors, not models."""
+    import wsa_cli.merge.executor as executor
+    from wsa_cli.io.base import CheckpointReader
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(3):
+        save_safetensors({f"layer{j:02d}.weight": torch.randn(8, 8, generator=g) for j in range(40)}, tmp_path / f"s{i}.safetensors")
+    lock = threading.Lock()
+    read_keys: set[str] = set()
+    written: list[str] = []
+    worst = {"ahead": 0}
+    real_get = CheckpointReader.get
+
+    def get(self, key, out=None):
+        with lock:
+            read_keys.add(key)
+            worst["ahead"] = max(worst["ahead"], len(read_keys) - len(written))
+        return real_get(self, key, out=out)
+
+    class Writer(executor.SafetensorsWriter):
+        def write(self, key, tensor):
+            with lock:
+                written.append(key)
+            super().write(key, tensor)
+
+    monkeypatch.setattr(CheckpointReader, "get", get)
+    monkeypatch.setattr(executor, "SafetensorsWriter", Writer)
+    r = _recipe(tmp_path, "models: [s0.safetensors, s1.safetensors, s2.safetensors]\noutput: out.safetensors\n")
+    merge_recipe(r, device="cpu")
+    assert len(written) == 40 and read_keys == set(written)
+    assert 1 <= worst["ahead"] <= 1 + 2  # default prefetch depth 1, plus the key being merged and the one being read
