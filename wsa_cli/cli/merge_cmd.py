@@ -38,10 +38,8 @@ def command(
 ) -> None:
     """Merge checkpoints following a YAML recipe, with Weight Scope Alignment before any method.
 
-    Everything is validated before a tensor is read (recipe keys and types, files, keys/shapes/
-    dtypes of the models, the base model, the output). Tensors stream one at a time; the output is
-    written atomically with a JSON merge report next to it. --dry-run prints the plan.
-    """
+    Everything is validated before a tensor is read (recipe keys and types, files, keys, shapes and dtypes of the models, the base model, the output). Tensors stream one at a time; the output is written atomically with a JSON merge report next to it. --dry-run prints the plan. See docs/merge.md and docs/recipes.md.
+    """  # noqa: E501 - one line per paragraph: the help text is reflowed
     from wsa_cli.device import resolve_device
     from wsa_cli.merge.executor import run_plans
     from wsa_cli.merge.plan import plan_recipe

@@ -60,9 +60,8 @@ def fuse(
 ) -> None:
     """Fuse the per-layer scopes N(mean, std^2) of CHECKPOINTS into one unified scope per layer.
 
-    The scope file is a training target (`wsa train --wsa-target`), an `inspect --target`, and a
-    recipe `scope.target`. Reads one tensor at a time.
-    """
+    The scope file is a training target (wsa train --wsa-target), an inspect --target, and a recipe scope.target. Reads one tensor at a time. See docs/scope.md.
+    """  # noqa: E501 - one line per paragraph: the help text is reflowed
     from wsa_cli.device import resolve_device
     from wsa_cli.fusion.pipeline import ScopeOptions, fused_scope_table
     from wsa_cli.io import atomic_write_text, check_output, open_checkpoint
@@ -70,10 +69,7 @@ def fuse(
 
     out_fmt = resolve_format(fmt, as_json)
     dev = resolve_device(device)
-    try:
-        selector = LayerSelector(include=tuple(include or ()), exclude=tuple(exclude or ()))
-    except UsageError:
-        raise
+    selector = LayerSelector(include=tuple(include or ()), exclude=tuple(exclude or ()))
     options = ScopeOptions(fusion=fusion, weights=_parse_weights(weights, len(checkpoints)), selector=selector)
     if out.suffix != ".json":
         raise UsageError(f"--out {out}: a scope file ends in .json")
