@@ -8,8 +8,9 @@ inits), and, as a second setting, from one shared init with SGD vs Adam. Barrier
 path and the ``wsa`` path (both endpoints rescaled onto their fused scope first).
 
 Part B -- federated learning on label-skewed Dirichlet shards: FedAvg vs FedAvg + WSA (the
-server's fused scopes as the clients' regularizer target), several seeds, final global test
-accuracy as mean +- standard deviation.
+server's fused scopes as the clients' regularizer target), and the server-side alignment step
+(clients rescaled onto the fused scopes before averaging) with and without the regularizer,
+several seeds, final global test accuracy as mean +- standard deviation.
 
 Every number is measured in this run; the closing lines say, per comparison, whether the
 regularizer helped, and by how much relative to the seed-to-seed spread.
@@ -119,6 +120,7 @@ def part_b(args: argparse.Namespace) -> list[str]:
     )  # fmt: skip
     variants = [("FedAvg", dict(wsa_coef=0.0))]
     variants += [(f"FedAvg + WSA {c:g}", dict(wsa_coef=c)) for c in args.fed_wsa_coef]
+    variants += [("FedAvg + align only", dict(wsa_coef=0.0, align_before_average=True))]
     variants += [(f"FedAvg + WSA {args.fed_wsa_coef[0]:g} + align", dict(wsa_coef=args.fed_wsa_coef[0], align_before_average=True))]
     print(f"\nPart B: federated {args.task}, {args.clients} clients, Dirichlet alpha {args.dirichlet_alpha:g}, "
           f"{args.rounds} rounds x {args.local_epochs} local epochs, {args.seeds} seeds")  # fmt: skip
