@@ -87,3 +87,17 @@ def test_scope_fuse_formats_and_errors(tmp_path, pair):
         assert res.exit_code == code, (args, res.output)
         assert msg in res.stderr and res.stderr.startswith("error: "), res.stderr
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
+
+
+def test_pickled_inputs_merge_to_safetensors(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    a = {"fc.weight": torch.randn(4, 3, generator=g), "fc.bias": torch.randn(4, generator=g)}
+    b = {"fc.weight": torch.randn(4, 3, generator=g), "fc.bias": torch.randn(4, generator=g)}
+    torch.save({"state_dict": {f"module.{k}": v for k, v in a.items()}}, tmp_path / "a.pt")  # Lightning/DDP style
+    torch.save(b, tmp_path / "b.pt")
+    (tmp_path / "r.yaml").write_text("models: [a.pt, b.pt]\nscope: {align: false}\noutput: m.safetensors\n")
+    res = _cli("merge", str(tmp_path / "r.yaml"), "--device", "cpu", "--json")
+    assert res.exit_code == 0, res.output
+    out = load_file(tmp_path / "m.safetensors")
+    for k in a:
+        torch.testing.assert_close(out[k], (a[k] + b[k]) / 2)
