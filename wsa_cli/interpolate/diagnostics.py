@@ -65,11 +65,23 @@ class DiagnosticsResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+#: Elements per float64 chunk in :func:`_dot_stats` (2 MiB per temporary, whatever the layer size).
+DOT_CHUNK = 1 << 18
+
+
 def _dot_stats(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float, float]:
-    """(sum (a-b)^2, <a, b>, |a|^2, |b|^2) accumulated in float64."""
-    a64, b64 = a.reshape(-1).to(torch.float64), b.reshape(-1).to(torch.float64)
-    diff = a64 - b64
-    return float(diff @ diff), float(a64 @ b64), float(a64 @ a64), float(b64 @ b64)
+    """(sum (a-b)^2, <a, b>, |a|^2, |b|^2) accumulated in float64, chunk by chunk (bounded memory)."""
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    sq = dot = na = nb = 0.0
+    for start in range(0, fa.numel(), DOT_CHUNK):
+        a64 = fa[start : start + DOT_CHUNK].to(torch.float64)  # (chunk,)
+        b64 = fb[start : start + DOT_CHUNK].to(torch.float64)
+        diff = a64 - b64
+        sq += float(diff @ diff)
+        dot += float(a64 @ b64)
+        na += float(a64 @ a64)
+        nb += float(b64 @ b64)
+    return sq, dot, na, nb
 
 
 def _cosine(dot: float, na: float, nb: float) -> float | None:
