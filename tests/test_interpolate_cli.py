@@ -491,3 +491,19 @@ def test_scope_file_target_is_named_in_the_report(pm_pair, plugin, tmp_path) -> 
     broken.write_text("{")
     bad = invoke(a, b, "--target", broken)
     assert bad.exit_code == ExitCode.BAD_CONFIG and str(broken) in bad.stderr
+
+
+@pytest.mark.parametrize("modes", [["naive", "wsa"], ["wsa"]])
+def test_progress_calls_match_count_and_inputs_barrier_without_naive(pm_pair, plugin, modes) -> None:  # noqa: ANN001
+    from wsa_cli.interpolate import Evaluator, run_interpolation
+    from wsa_cli.interpolate.run import count_steps
+
+    a, b = pm_pair
+    for ev in (Evaluator("bump", plugin.bump), None):
+        calls: list[str] = []
+        res = run_interpolation(a, b, alphas=[0.0, 0.5, 1.0], modes=modes, evaluator=ev, progress=lambda n, label: calls.append(label))
+        assert len(calls) == count_steps(a, modes=modes, n_alphas=3, with_evaluator=ev is not None)
+        if ev is not None:
+            # the input checkpoints' losses are 0 at both ends (evaluated separately without naive)
+            assert res.modes[-1].summary["loss_barrier_inputs"] == 1.0
+            assert ("input A" in calls) == ("naive" not in modes)
