@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from wsa_cli.cli.app import app
-from wsa_cli.errors import ConfigError, MismatchError
+from wsa_cli.errors import MismatchError
 from wsa_cli.io import save_safetensors
 from wsa_cli.merge.executor import merge_recipe
 from wsa_cli.merge.prefetch import Prefetcher

@@ -28,7 +28,6 @@ import torch
 
 from wsa_cli import __version__
 from wsa_cli.device import resolve_device
-from wsa_cli.errors import WsaError
 from wsa_cli.fusion.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_coefficients, layer_scope, resolve_target, source_get
 from wsa_cli.io import CheckpointReader, SafetensorsWriter, open_checkpoint
@@ -382,4 +381,4 @@ def merge_recipe(
     return {"recipe": str(r.path), "recipe_sha256": r.sha256, "dry_run": dry_run, "stages": stages}
 
 
-__all__ = ["TensorResult", "WsaError", "merge_recipe", "merge_tensor", "run_plans", "run_stage"]
+__all__ = ["BufferRing", "Scratch", "TensorResult", "merge_recipe", "merge_tensor", "run_plans", "run_stage"]
