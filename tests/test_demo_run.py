@@ -110,6 +110,7 @@ def test_report_wording_follows_the_numbers():
         "merges": [
             {"name": "average-sgd-adam-plain", "template": "recipes/average.yaml", "align": False, "accuracy": 0.90, "accuracy_a": 0.9, "accuracy_b": 0.9},
             {"name": "average-sgd-adam-aligned", "template": "recipes/average.yaml", "align": True, "accuracy": 0.80, "accuracy_a": 0.9, "accuracy_b": 0.9},
+            {"name": "average-sgd-adam-wsa-trained", "template": "recipes/average.yaml", "align": True, "accuracy": 0.70, "accuracy_a": 0.8, "accuracy_b": 0.8},
         ],
         "barriers": [
             {"pair": "sgd-vs-adam", "what": "w", "a": "A", "b": "B", "mode": "naive", "loss_barrier": 0.1, "acc_barrier": 0.0, "mid_accuracy": 0.9},
@@ -118,6 +119,7 @@ def test_report_wording_follows_the_numbers():
     }  # fmt: skip
     text = render_report(base)
     assert "gives 0.800 (worse)" in text
+    assert "the regularizer made the merge worse" in text
     assert "0.500 with both ends rescaled onto the fused scope (worse)" in text
     base["merges"][1]["accuracy"] = 0.905
     base["barriers"][1]["loss_barrier"] = 0.11

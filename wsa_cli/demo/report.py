@@ -128,9 +128,14 @@ def _explain(res: dict[str, Any]) -> str:
             f"each layer onto the fused scope first (the WSA merge) gives {a['accuracy']:.3f} ({word})."
         )
     if w:
+        versus = ""
+        if a:
+            word = _compare(a["accuracy"], w["accuracy"], ACC_TOL, lower_is_better=False)
+            versus = f"; the same merge of the pair trained without it gave {a['accuracy']:.3f}, so the regularizer made the merge {word}"
+            versus = versus.replace("made the merge about the same", "left the merge about the same")
         out.append(
             f"* The pair trained with the regularizer merges (scope-aligned) to {w['accuracy']:.3f}, from endpoints at "
-            f"{w['accuracy_a']:.3f} and {w['accuracy_b']:.3f}."
+            f"{w['accuracy_a']:.3f} and {w['accuracy_b']:.3f}{versus}."
         )
     s_plain, s_perm = _merge(res, "average-seeds-plain"), _merge(res, "permuted-wsa-seeds")
     if s_plain and s_perm:
