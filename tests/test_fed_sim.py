@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -94,3 +96,21 @@ def test_fedsim_cli_json_csv_and_outputs(tmp_path):
 
     bad = runner.invoke(app, ["fedsim", "--clients", "5000", "--rounds", "1"])
     assert bad.exit_code == 2 and "error:" in bad.stderr
+
+
+@settings(max_examples=30, deadline=None)
+@given(k=st.integers(1, 5), seed=st.integers(0, 1000), data=st.data())
+def test_fedavg_is_order_free_and_keeps_identical_states(k, seed, data):
+    g = torch.Generator().manual_seed(seed)
+    states = [{"w": torch.randn(3, 4, generator=g, dtype=torch.float64)} for _ in range(k)]
+    weights = data.draw(st.lists(st.floats(0.1, 100.0), min_size=k, max_size=k))
+    order = data.draw(st.permutations(list(range(k))))
+    a = fedavg(states, weights)
+    b = fedavg([states[i] for i in order], [weights[i] for i in order])
+    torch.testing.assert_close(a["w"], b["w"], rtol=1e-12, atol=1e-12)
+    same = fedavg([states[0]] * k, weights)
+    torch.testing.assert_close(same["w"], states[0]["w"], rtol=1e-12, atol=1e-12)
+    fa, _ = fuse_client_scopes([{"x.weight": s["w"]} for s in states], weights)
+    fb, _ = fuse_client_scopes([{"x.weight": states[i]["w"]} for i in order], [weights[i] for i in order])
+    assert fa["x.weight"].mean == pytest.approx(fb["x.weight"].mean, abs=1e-12)
+    assert fa["x.weight"].std == pytest.approx(fb["x.weight"].std, rel=1e-12)

@@ -50,11 +50,14 @@ def test_train_refuses_to_clobber_and_force_replaces(tmp_path):
 def test_train_cnn_adam_with_wsa_into_a_folder_on_a_dirichlet_shard(tmp_path):
     out = tmp_path / "cnn"
     res = _train("digits-cnn", "-o", str(out), "--epochs", "2", "--width", "4", "--optimizer", "adam",
-                 "--wsa-coef", "0.05", "--wsa-target", "0,0.1", "--split", "dirichlet", "--clients", "4",
+                 "--wsa-coef", "0.05", "--wsa-target", "0,0.1", "--wsa-direction", "reverse", "--wsa-reduction", "mean",
+                 "--split", "dirichlet", "--clients", "4",
                  "--client-index", "1", "--dirichlet-alpha", "0.2", "-f", "json")  # fmt: skip
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["optimizer"] == "adam" and metrics["wsa_target"] == "0,0.1"
+    assert metrics["wsa_direction"] == "reverse" and metrics["wsa_reduction"] == "mean"
+    assert metrics["wsa_regularizer"] == "coef=0.05 mean reverse KL to fixed N(0, 0.1^2)"
     assert set(metrics["wsa_layer_kl"]) == {"conv1.weight", "conv2.weight", "fc.weight"}
     split = metrics["split"]
     assert split["kind"] == "dirichlet" and split["client_index"] == 1
