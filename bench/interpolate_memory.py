@@ -6,7 +6,8 @@ each in a fresh subprocess so peaks do not mix:
 * ``data-free``: ``run_interpolation`` without an evaluator (naive and wsa modes), which should
   hold about one tensor of each endpoint plus one interpolated tensor at a time;
 * ``evaluate``: the same with a no-op evaluator, which materialises each mode's two endpoints and
-  one model per alpha (expected peak about 3 models).
+  one model per alpha (expected peak about 3 models);
+* ``evaluate --low-memory``: endpoints re-read per alpha, only the path model is held (about 1).
 
 Prints the extra peak RSS over the process's RSS after imports, in MiB, as a multiple of one
 model's size and of one layer's size, for several layer counts side by side: data-free memory
@@ -50,8 +51,8 @@ def _child(kind: str, a: str, b: str, alphas: str) -> None:
     from wsa_cli.interpolate import Evaluator, parse_alphas, run_interpolation
 
     base = _rss_mib()
-    ev = Evaluator("noop", lambda sd, device: {"loss": 0.0}) if kind == "evaluate" else None
-    run_interpolation(a, b, alphas=parse_alphas(alphas), modes=["naive", "wsa"], evaluator=ev)
+    ev = Evaluator("noop", lambda sd, device: {"loss": 0.0}) if kind.startswith("evaluate") else None
+    run_interpolation(a, b, alphas=parse_alphas(alphas), modes=["naive", "wsa"], evaluator=ev, low_memory=kind == "evaluate-low")
     peak = _hwm_mib()
     print(json.dumps({"kind": kind, "baseline_mib": base, "peak_mib": peak}))
 
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     tensor_mib = rows * cols * 4 / 2**20
     print(f"# layers of ({rows}, {cols}) float32 = {tensor_mib:.1f} MiB each; modes naive,wsa; alphas {args.alphas}")
     print(f"# extra peak RSS over the RSS after imports; MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 1 << 20)}")
-    print(f"{'layers':>6}{'model MiB':>11}{'data-free MiB':>15}{'/ model':>9}{'/ layer':>9}{'evaluate MiB':>14}{'/ model':>9}")
+    print(f"{'layers':>6}{'model MiB':>11}{'data-free MiB':>15}{'/ model':>9}{'/ layer':>9}{'evaluate MiB':>14}{'/ model':>9}"
+          f"{'--low-memory MiB':>18}{'/ model':>9}")
     for n_layers in (int(x) for x in args.layers.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             paths = []
@@ -100,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             model_mib = n_layers * tensor_mib
             free = _measure("data-free", paths[0], paths[1], args.alphas)
             ev = _measure("evaluate", paths[0], paths[1], args.alphas)
+            low = _measure("evaluate-low", paths[0], paths[1], args.alphas)
             print(f"{n_layers:>6}{model_mib:>11.1f}{free:>15.1f}{free / model_mib:>9.2f}{free / tensor_mib:>9.2f}"
-                  f"{ev:>14.1f}{ev / model_mib:>9.2f}")
+                  f"{ev:>14.1f}{ev / model_mib:>9.2f}{low:>18.1f}{low / model_mib:>9.2f}")
     return 0
 
 

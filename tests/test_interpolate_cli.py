@@ -507,3 +507,16 @@ def test_progress_calls_match_count_and_inputs_barrier_without_naive(pm_pair, pl
             # the input checkpoints' losses are 0 at both ends (evaluated separately without naive)
             assert res.modes[-1].summary["loss_barrier_inputs"] == 1.0
             assert ("input A" in calls) == ("naive" not in modes)
+
+
+def test_low_memory_gives_the_same_curves(digits_pair, plugin) -> None:  # noqa: ANN001
+    a, b, _ = digits_pair
+    args = (a, b, "--eval", "digits-mlp", "--alphas", "0:1:5", "--json")
+    held, low = invoke(*args), invoke(*args, "--low-memory")
+    assert held.exit_code == 0 and low.exit_code == 0, low.output
+    assert json.loads(held.stdout)["modes"] == json.loads(low.stdout)["modes"]
+    res = invoke(a, b, "--eval", f"{PLUGIN}:bump", "--alphas", "0,1", "--modes", "naive", "--low-memory", "--json")
+    assert res.exit_code == 0
+    for (state, _), path in zip(plugin.CALLS, (a, b)):
+        for k, v in load_file(str(path)).items():
+            assert torch.equal(state[k], v)  # endpoints still bit-exact when re-read

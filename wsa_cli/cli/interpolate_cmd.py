@@ -73,6 +73,9 @@ def command(
     recalibrate_bn: Annotated[
         bool, typer.Option("--recalibrate-bn", help="Re-estimate BatchNorm running statistics at every alpha (needs --eval).")
     ] = False,
+    low_memory: Annotated[
+        bool, typer.Option("--low-memory", help="Re-read the endpoints at every alpha instead of holding them (peak ~1 model, not ~3).")
+    ] = False,
     split: Annotated[str, typer.Option("--split", help="Data split of a built-in task evaluator: test or train.")] = "test",
     plot: Annotated[
         Optional[Path],  # noqa: UP007
@@ -132,7 +135,7 @@ def command(
     with progress(total, "interpolate", quiet=quiet) as advance:
         result = run_interpolation(
             a, b, alphas=grid, modes=mode_list, options=opts, evaluator=ev, progress=advance,
-            container_key=key, strip_prefix=strip_prefix,
+            container_key=key, strip_prefix=strip_prefix, low_memory=low_memory,
         )  # fmt: skip
     for warning in result.warnings:
         note(f"warning: {warning}", quiet=quiet)

@@ -152,11 +152,15 @@ def run_interpolation(
     progress: ProgressFn | None = None,
     container_key: str | None = None,
     strip_prefix: str | None = None,
+    low_memory: bool = False,
 ) -> InterpolationResult:
     """Interpolate between two checkpoints under each mode and summarise the barriers.
 
     ``alphas`` must contain 0 and 1 (see :func:`~wsa_cli.interpolate.alphas.parse_alphas`).
     ``progress(n, label)`` is called after each evaluation (or each tensor, data-free).
+    ``low_memory``: do not hold the endpoints; re-read (and re-align) them tensor by tensor for
+    every alpha, so peak memory is about one model (modes that return in-memory endpoints, such
+    as the permutation modes, still hold them).
     """
     opts = options or ModeOptions()
     mode_objs = [m if isinstance(m, Mode) else get_mode(m) for m in modes]
@@ -189,7 +193,7 @@ def run_interpolation(
             metrics = _metric_columns(curves[0].rows)
         else:
             kind = KIND_EVAL
-            raw = {mode.name: _evaluate_mode(mode, la, lb, alpha_list, opts, evaluator, progress) for mode in mode_objs}
+            raw = {mode.name: _evaluate_mode(mode, la, lb, alpha_list, opts, evaluator, progress, low_memory) for mode in mode_objs}
             inputs = _input_losses(raw, alpha_list, ra, rb, evaluator, opts, progress)
             curves, metrics = _summarize_modes(mode_objs, raw, alpha_list, inputs)
         return InterpolationResult(
@@ -218,11 +222,12 @@ def _diagnose_mode(
 
 def _evaluate_mode(
     mode: Mode, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], alphas: list[float], opts: ModeOptions,
-    evaluator: Evaluator, progress: ProgressFn | None,
+    evaluator: Evaluator, progress: ProgressFn | None, low_memory: bool = False,
 ) -> list[dict[str, float]]:
-    """Evaluate the model at every alpha: endpoints held once, one path model alive at a time."""
+    """Evaluate the model at every alpha: endpoints held once (or re-read lazily with
+    ``low_memory``), one path model alive at a time."""
     pa, pb = mode.prepare(a, b, opts)
-    ea, eb = _materialize(pa), _materialize(pb)
+    ea, eb = (pa, pb) if low_memory else (_materialize(pa), _materialize(pb))
     del pa, pb
     out = []
     for alpha in alphas:
