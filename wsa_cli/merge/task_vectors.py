@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from wsa_cli.merge.registry import MethodContext, weighted_sum
@@ -42,9 +43,13 @@ def trim_top_k(tau: torch.Tensor, density: float) -> torch.Tensor:
         return tau.clone()
     if k <= 0:
         return torch.zeros_like(tau)
-    mag = tau.abs().reshape(-1)  # (n,)
-    threshold = torch.kthvalue(mag, n - k + 1).values  # k-th largest magnitude
-    return torch.where(tau.abs() >= threshold, tau, torch.zeros_like(tau))
+    mag = tau.abs()  # (shape,)
+    flat = mag.reshape(-1)  # (n,)
+    if flat.device.type == "cpu":  # introselect: several times faster than torch.kthvalue on the CPU
+        threshold = torch.as_tensor(np.partition(flat.numpy(), n - k)[n - k], dtype=tau.dtype)
+    else:
+        threshold = torch.kthvalue(flat, n - k + 1).values  # k-th largest magnitude
+    return tau.masked_fill(mag < threshold, 0.0)
 
 
 def dare_mask(shape: Sequence[int], drop_rate: float, seed: int) -> torch.Tensor:
@@ -70,7 +75,7 @@ def dare_drop(tau: torch.Tensor, drop_rate: float, seed: int) -> torch.Tensor:
     if drop_rate <= 0.0:
         return tau.clone()
     keep = dare_mask(tau.shape, drop_rate, seed).to(tau.device)
-    return torch.where(keep, tau / (1.0 - drop_rate), torch.zeros_like(tau))
+    return (tau / (1.0 - drop_rate)).masked_fill_(~keep, 0.0)
 
 
 def elect_sign(taus: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -95,10 +100,11 @@ def disjoint_mean(taus: Sequence[torch.Tensor], weights: Sequence[float], sign: 
     num = torch.zeros_like(taus[0])
     den = torch.zeros_like(taus[0])
     for w, tau in zip(weights, taus):
-        agree = (torch.sign(tau) == sign) & (tau != 0)  # (shape,) bool
-        num += torch.where(agree, tau * float(w), torch.zeros_like(tau))
-        den += agree.to(den.dtype) * float(w)
-    return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(num))
+        agree = (tau * sign > 0).to(tau.dtype)  # (shape,) 1 where tau has the elected (non-zero) sign
+        num.addcmul_(tau, agree, value=float(w))
+        den.add_(agree, alpha=float(w))
+    # where nothing agrees num is exactly 0, so dividing by the clamped den gives 0 there
+    return num.div_(den.clamp_min_(torch.finfo(den.dtype).tiny))
 
 
 def combine_task_vectors(
