@@ -46,8 +46,11 @@ from wsa_cli.io.base import CheckpointReader
 from wsa_cli.scope.selection import LayerSelector
 from wsa_cli.scope.stats import tensor_scope
 
-#: Elements per chunk when measuring a scope (8 MiB of float64 per chunk).
-SCOPE_CHUNK = 1 << 20
+#: Elements per chunk when measuring a scope on the CPU: 1 MiB of float64 stays in cache across
+#: the conversion, sum and dot (4-5x faster than 8 MiB chunks that spill to DRAM).
+SCOPE_CHUNK = 1 << 17
+#: Elements per chunk on CUDA, where kernel launches, not caches, dominate.
+SCOPE_CHUNK_CUDA = 1 << 24
 
 #: What a target may be: "fused", a fixed scope, a scope file (path or loaded table), a model index.
 Target = Union[str, Scope, ScopeTable, "PathLike[str]", int]
@@ -104,7 +107,7 @@ class ScopeOptions:
 def layer_scope(tensor: torch.Tensor, device: torch.device | str | None = None) -> Scope:
     """Mean and population std of a tensor, fast: what the merge measures for every layer.
 
-    Numerics: each chunk of :data:`SCOPE_CHUNK` values is converted to float64 and reduced to
+    Numerics: each chunk of :data:`SCOPE_CHUNK` values (:data:`SCOPE_CHUNK_CUDA` on a GPU) is converted to float64 and reduced to
     ``sum x`` and ``sum x^2`` (a float64 dot product; several times faster than
     ``torch.var_mean``'s Welford loop). ``M2 = sum x^2 - (sum x)^2 / n`` loses at most ~1e-12
     relative unless ``M2 < 1e-4 sum x^2`` (a mean far from 0 relative to the spread); such a chunk
@@ -121,7 +124,7 @@ def layer_scope(tensor: torch.Tensor, device: torch.device | str | None = None) 
     dev = torch.device(device) if device is not None else tensor.device
     flat = tensor.detach().reshape(-1)
     n, mean, m2 = 0, 0.0, 0.0
-    for part in flat.split(SCOPE_CHUNK):
+    for part in flat.split(SCOPE_CHUNK if dev.type == "cpu" else SCOPE_CHUNK_CUDA):
         if part.numel() == 0:
             continue
         # (chunk,) float64; copy=True: never centre the caller's own float64 tensor in place
