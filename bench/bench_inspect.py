@@ -5,8 +5,9 @@ streamed to disk, never all in memory), then measures, side by side in one run:
 
 * plain read: the file read start to end in 64 MiB blocks (no parsing, no math);
 * `wsa inspect --all --format json`, as a user runs it (subprocess);
-* peak resident memory of that subprocess (os.wait4's ru_maxrss), the same for a process that
-  only imports wsa/torch (the baseline), and their difference as a multiple of the largest tensor.
+* peak resident memory of that subprocess (its own VmHWM, read at exit: ru_maxrss would also
+  count the parent's pages carried across fork), the same for a process that only imports
+  wsa/torch (the baseline), and their difference as a multiple of the largest tensor.
 
 Both reads see the same page-cache state: the file is read once before timing. With --sizes A,B the
 peak memory is measured at two model sizes to show it does not grow with the model.
@@ -58,18 +59,30 @@ def plain_read(path: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_measured(cmd: list[str]) -> tuple[float, int, bytes]:
-    """Wall time, peak RSS in bytes, stdout of one subprocess."""
+# Runs `wsa ARGS...` (or, with no args, only the imports) and reports the process's own peak RSS.
+PEAK_WRAPPER = """
+import sys
+import torch, wsa_cli.cli.app, wsa_cli.scope.report, wsa_cli.io
+try:
+    if len(sys.argv) > 1:
+        wsa_cli.cli.app.app(args=sys.argv[1:], prog_name="wsa", standalone_mode=False)
+finally:
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    sys.stderr.write("VMHWM_KB " + hwm.split()[1] + "\\n")
+"""
+
+
+def run_measured(wsa_args: list[str]) -> tuple[float, int, bytes]:
+    """Wall time, peak RSS in bytes, stdout of one `wsa` process."""
+    cmd = [sys.executable, "-c", PEAK_WRAPPER, *wsa_args]
     start = time.perf_counter()
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, env={**os.environ, "WSA_NO_PROGRESS": "1"})
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - start
-        stderr = proc.stderr.read() if proc.stderr else b""
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"command failed: {' '.join(cmd)}\n{stderr.decode()}")
-        out.seek(0)
-        return elapsed, usage.ru_maxrss * 1024, out.read()
+    proc = subprocess.run(cmd, capture_output=True, env={**os.environ, "WSA_NO_PROGRESS": "1"})
+    elapsed = time.perf_counter() - start
+    err = proc.stderr.decode()
+    if proc.returncode != 0 or "VMHWM_KB" not in err:
+        raise SystemExit(f"command failed: wsa {' '.join(wsa_args)}\n{err}")
+    peak_kb = int(err.rsplit("VMHWM_KB ", 1)[1].split()[0])
+    return elapsed, peak_kb * 1024, proc.stdout
 
 
 def main() -> None:
@@ -83,8 +96,7 @@ def main() -> None:
     sizes = [float(s) for s in args.sizes.split(",")] if args.sizes else [args.size_gb]
 
     workdir = Path(tempfile.mkdtemp(prefix="wsa-bench-", dir=args.dir))
-    baseline_cmd = [sys.executable, "-c", "import torch, wsa_cli.cli.app, wsa_cli.scope.report, wsa_cli.io"]
-    _, base_rss, _ = run_measured(baseline_cmd)
+    _, base_rss, _ = run_measured([])
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"baseline process (python + torch + wsa imported): peak RSS {base_rss / 2**20:.0f} MiB\n")
     header = f"{'model':>9} {'tensors':>7} {'plain read':>11} {'wsa inspect':>12} {'throughput':>11} {'peak RSS':>9} {'(peak-base)/largest':>20}"
@@ -97,7 +109,7 @@ def main() -> None:
             nbytes, largest = write_checkpoint(path, size, args.tensor_mb)
             plain_read(path)  # warm the page cache so both sides read from the same state
             t_plain = min(plain_read(path) for _ in range(args.repeats))
-            cmd = [sys.executable, "-m", "wsa_cli", "inspect", str(path), "--all", "--format", "json", "--device", "cpu"]
+            cmd = ["inspect", str(path), "--all", "--format", "json", "--device", "cpu"]
             runs = [run_measured(cmd) for _ in range(args.repeats)]
             t_inspect = min(r[0] for r in runs)
             peak = max(r[1] for r in runs)
