@@ -74,30 +74,24 @@ def test_std_rescale_keeps_mean_and_constant_layer_is_untouched() -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 3000), scale=st.floats(1e-3, 1e3), shift=st.floats(-100, 100))
-def test_layer_scope_matches_float64_reference(seed: int, n: int, scale: float, shift: float) -> None:
+def test_tensor_scope_matches_float64_reference(seed: int, n: int, scale: float, shift: float) -> None:
     import numpy as np
-
-    from wsa_cli.fusion import pipeline
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, generator=g) * scale + shift
     ref = x.double().numpy()
-    old = pipeline.SCOPE_CHUNK
-    pipeline.SCOPE_CHUNK = 97  # force many chunks: exercises the pairwise combination
-    try:
-        s = pipeline.layer_scope(x)
-    finally:
-        pipeline.SCOPE_CHUNK = old
+    s = tensor_scope(x, chunk=97)  # many chunks: exercises the pairwise combination
     assert s.mean == pytest.approx(float(np.mean(ref)), rel=1e-9, abs=1e-12 * scale)
     assert s.std == pytest.approx(float(np.std(ref)), rel=1e-9, abs=1e-12 * scale)
 
 
-def test_layer_scope_ignores_nonfinite_like_inspect() -> None:
-    from wsa_cli.fusion.pipeline import layer_scope
+def test_tensor_scope_ignores_nonfinite_like_inspect() -> None:
+    from wsa_cli.scope.stats import tensor_moments
 
     x = torch.tensor([1.0, float("nan"), 3.0, float("inf")])
-    assert layer_scope(x) == tensor_scope(x) == Scope(2.0, 1.0)
-    assert layer_scope(torch.zeros(0)) == Scope(0.0, 0.0)
+    m = tensor_moments(x)
+    assert tensor_scope(x) == Scope(m.mean, m.var**0.5) == Scope(2.0, 1.0)
+    assert tensor_scope(torch.zeros(0)) == Scope(0.0, 0.0)
 
 
 def test_k1_pipeline_is_identity() -> None:
@@ -156,11 +150,12 @@ def test_pipeline_errors() -> None:
         compute_target_scopes([a, a], ScopeOptions(weights=[1.0]), "cpu")
 
 
-def test_layer_scope_never_modifies_its_input() -> None:
-    from wsa_cli.fusion.pipeline import layer_scope
+def test_tensor_scope_and_moments_never_modify_their_input() -> None:
+    from wsa_cli.scope.stats import tensor_moments
 
     for dtype in (torch.float64, torch.float32, torch.bfloat16):
         x = (torch.randn(300, dtype=torch.float64) + 5).to(dtype)
         before = x.clone()
-        layer_scope(x)
+        tensor_scope(x)
+        tensor_moments(x)
         assert torch.equal(x, before)

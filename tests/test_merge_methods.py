@@ -300,7 +300,8 @@ def test_linear_form_agrees_with_method(name, w):
 
 
 def test_folded_alignment_equals_align_then_merge():
-    from wsa_cli.fusion.pipeline import ScopeOptions, align_tensor, layer_scope, resolve_target
+    from wsa_cli.fusion.pipeline import ScopeOptions, align_tensor, resolve_target
+    from wsa_cli.scope.stats import tensor_scope
     from wsa_cli.merge.executor import merge_tensor
     from wsa_cli.merge.plan import TensorPlan
 
@@ -311,8 +312,8 @@ def test_folded_alignment_equals_align_then_merge():
         p = m.resolve_params(params)
         entry = TensorPlan("w", tuple(xs[0].shape), torch.float64, torch.float64, "merge", name, p, True, True, "affine")
         got = merge_tensor(entry, xs, base, scope=opts, weights=[1, 2, 3], seed=0, device=torch.device("cpu")).tensor
-        scopes = [layer_scope(x) for x in xs]
+        scopes = [tensor_scope(x) for x in xs]
         target = resolve_target("w", scopes, opts)
         aligned = [align_tensor(x, s, target, opts)[0] for x, s in zip(xs, scopes)]
-        b = align_tensor(base, layer_scope(base), target, opts)[0]
+        b = align_tensor(base, tensor_scope(base), target, opts)[0]
         torch.testing.assert_close(got, m.fn(aligned, b, [1, 2, 3], p, MethodContext("w")), rtol=1e-12, atol=1e-12)

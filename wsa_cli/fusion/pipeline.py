@@ -46,12 +46,6 @@ from wsa_cli.io.base import CheckpointReader
 from wsa_cli.scope.selection import LayerSelector
 from wsa_cli.scope.stats import tensor_scope
 
-#: Elements per chunk when measuring a scope on the CPU: 1 MiB of float64 stays in cache across
-#: the conversion, sum and dot (4-5x faster than 8 MiB chunks that spill to DRAM).
-SCOPE_CHUNK = 1 << 17
-#: Elements per chunk on CUDA, where kernel launches, not caches, dominate.
-SCOPE_CHUNK_CUDA = 1 << 24
-
 #: What a target may be: "fused", a fixed scope, a scope file (path or loaded table), a model index.
 Target = Union[str, Scope, ScopeTable, "PathLike[str]", int]
 #: A model as the pipeline sees it: a lazy reader or an in-memory state dict.
@@ -102,49 +96,6 @@ class ScopeOptions:
             table = load_scope_file(Path(self.target))  # type: ignore[arg-type]
             return ScopeOptions(self.align, self.fusion, table, self.rescale, self.weights, self.selector)
         return self
-
-
-def layer_scope(tensor: torch.Tensor, device: torch.device | str | None = None) -> Scope:
-    """Mean and population std of a tensor, fast: what the merge measures for every layer.
-
-    Numerics: each chunk of :data:`SCOPE_CHUNK` values (:data:`SCOPE_CHUNK_CUDA` on a GPU) is converted to float64 and reduced to
-    ``sum x`` and ``sum x^2`` (a float64 dot product; several times faster than
-    ``torch.var_mean``'s Welford loop). ``M2 = sum x^2 - (sum x)^2 / n`` loses at most ~1e-12
-    relative unless ``M2 < 1e-4 sum x^2`` (a mean far from 0 relative to the spread); such a chunk
-    is centred on its mean and its squares summed again (no cancellation). Chunks are combined
-    with Chan et al.'s pairwise update in float64. Agrees with :func:`wsa_cli.scope.tensor_scope`
-    (``wsa inspect``, which forms products in float32 for speed) to ~1e-7 relative and with a
-    float64 reference to ~1e-12. A tensor with NaN/Inf falls back to ``tensor_scope``, which
-    measures the finite values only.
-
-    Example:
-        >>> layer_scope(torch.tensor([1.0, 3.0]))
-        Scope(mean=2.0, std=1.0)
-    """
-    dev = torch.device(device) if device is not None else tensor.device
-    flat = tensor.detach().reshape(-1)
-    n, mean, m2 = 0, 0.0, 0.0
-    for part in flat.split(SCOPE_CHUNK if dev.type == "cpu" else SCOPE_CHUNK_CUDA):
-        if part.numel() == 0:
-            continue
-        # (chunk,) float64; copy=True: never centre the caller's own float64 tensor in place
-        chunk = part.to(device=dev, dtype=torch.float64, non_blocking=True, copy=True)
-        nb = chunk.numel()
-        s1, s2 = float(chunk.sum()), float(torch.dot(chunk, chunk))  # one pass each, float64
-        mb = s1 / nb
-        m2b = s2 - s1 * mb
-        if m2b < 1e-4 * s2:  # |mean| >> std: the one-pass difference cancels; centre and redo
-            chunk.sub_(mb)
-            m2b = float(torch.dot(chunk, chunk))
-        delta, total = mb - mean, n + nb
-        mean += delta * nb / total
-        m2 += m2b + delta * delta * n * nb / total
-        n = total
-    if n == 0:
-        return Scope(0.0, 0.0)
-    if not (math.isfinite(mean) and math.isfinite(m2)):
-        return tensor_scope(tensor, dev)
-    return Scope(mean, math.sqrt(max(m2 / n, 0.0)))
 
 
 def align_coefficients(source: Scope, target: Scope, options: ScopeOptions) -> tuple[float, float, bool]:
@@ -245,7 +196,7 @@ def compute_target_scopes(
     _check_aligned(sources, keys)
     table: dict[str, tuple[list[Scope], Scope]] = {}
     for key in keys:
-        scopes = [layer_scope(source_get(src, key), dev) for src in sources]  # one tensor alive at a time
+        scopes = [tensor_scope(source_get(src, key), dev) for src in sources]  # one tensor alive at a time
         table[key] = (scopes, resolve_target(key, scopes, opts))
         if progress is not None:
             progress(1, key)

@@ -29,13 +29,14 @@ import torch
 from wsa_cli import __version__
 from wsa_cli.device import resolve_device
 from wsa_cli.fusion.gaussian import Scope
-from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_coefficients, layer_scope, resolve_target, source_get
+from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_coefficients, resolve_target, source_get
 from wsa_cli.io import CheckpointReader, SafetensorsWriter, open_checkpoint
 from wsa_cli.merge.plan import StagePlan, TensorPlan, plan_recipe
 from wsa_cli.merge.prefetch import Prefetcher
 from wsa_cli.merge.provenance import input_fingerprint, merge_metadata
 from wsa_cli.merge.registry import MethodContext, get_method
 from wsa_cli.recipe.schema import Recipe, load_recipe
+from wsa_cli.scope.stats import tensor_scope
 
 ProgressFn = Callable[[int, str], None]
 REPORT_FORMAT = "wsa-merge-report"
@@ -172,7 +173,7 @@ def merge_tensor(
     coef_base = (1.0, 0.0)
     if entry.layer or entry.align:
         if scopes is None:
-            scopes = [layer_scope(x, device) for x in xs]
+            scopes = [tensor_scope(x, device) for x in xs]
         record["before"] = [_scope_dict(s) for s in scopes]
         if entry.align:
             target = resolve_target(entry.key, scopes, opts)
@@ -183,7 +184,7 @@ def merge_tensor(
             if constant:
                 record["constant_not_rescaled"] = constant
             if b is not None and align_base:
-                a, c, _ = align_coefficients(base_scope or layer_scope(b, device), target, opts)
+                a, c, _ = align_coefficients(base_scope or tensor_scope(b, device), target, opts)
                 coef_base = (a, c)
     method = get_method(entry.method or "linear")
     if method.linear_form is not None:
@@ -205,7 +206,7 @@ def merge_tensor(
         del xs
         out = method.fn(aligned, bb, list(weights), entry.params, MethodContext(entry.key, seed, device))  # (shape,)
     if entry.layer or entry.align:
-        record["after"] = _scope_dict(layer_scope(out, device))
+        record["after"] = _scope_dict(tensor_scope(out, device))
     if out.dtype != entry.out_dtype and scratch is not None and device.type == "cpu":
         return TensorResult(cast_into(scratch.get(entry.shape, entry.out_dtype, device), out), record)  # no new allocation
     return TensorResult(out.to(entry.out_dtype).to("cpu"), record)
