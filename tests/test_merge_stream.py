@@ -17,7 +17,7 @@ from wsa_cli.cli.app import app
 from wsa_cli.errors import MismatchError
 from wsa_cli.io import save_safetensors
 from wsa_cli.merge.executor import merge_recipe
-from wsa_cli.merge.prefetch import Prefetcher
+from wsa_cli.io.prefetch import prefetch as read_ahead
 from wsa_cli.scope import tensor_scope
 
 
@@ -284,7 +284,7 @@ def test_scope_file_target_and_missing_entry(tmp_path, models):
 # -- prefetch ------------------------------------------------------------------------------------------------
 
 
-def test_prefetch_order_bounded_and_errors():
+def test_read_ahead_is_bounded_ordered_and_raises_at_the_key():
     loaded: list[str] = []
     lock = threading.Lock()
 
@@ -294,38 +294,35 @@ def test_prefetch_order_bounded_and_errors():
         return k * 2
 
     keys = [f"k{i}" for i in range(20)]
-    with Prefetcher(keys, load, depth=2) as items:
-        it = iter(items)
-        first = next(it)
-        time.sleep(0.2)  # give the loader time to run ahead as far as it can
-        with lock:
-            ahead = len(loaded)
-        assert first == ("k0", "k0k0")
-        assert ahead <= 1 + 2 + 1  # consumed + queue depth + the one being put
-        rest = list(it)
-    assert [k for k, _ in rest] == keys[1:]
+    it = read_ahead(load, keys, depth=2)
+    first = next(it)
+    time.sleep(0.2)  # give the loader time to run ahead as far as it can
+    with lock:
+        ahead = len(loaded)
+    assert first == ("k0", "k0k0")
+    assert ahead <= 1 + 2  # the key being consumed + depth (what BufferRing's depth + 1 sets rely on)
+    assert [k for k, _ in it] == keys[1:]
 
     def bad(k: str) -> str:
         if k == "k3":
             raise MismatchError("boom", key=k)
         return k
 
-    with Prefetcher(keys, bad, depth=2) as items:
-        got = []
-        with pytest.raises(MismatchError, match="boom"):
-            for k, _ in items:
-                got.append(k)
+    got = []
+    with pytest.raises(MismatchError, match="boom"):
+        for k, _ in read_ahead(bad, keys, depth=2):
+            got.append(k)
     assert got == ["k0", "k1", "k2"]
 
 
-def test_prefetch_early_close_stops_thread():
-    with Prefetcher([str(i) for i in range(1000)], lambda k: k, depth=1) as items:
-        for k, _ in items:
-            if k == "2":
-                break
-    assert not items._thread.is_alive()
-
-
+def test_read_ahead_stops_when_the_consumer_leaves():
+    loaded: list[str] = []
+    for k, _ in read_ahead(lambda k: loaded.append(k) or k, [str(i) for i in range(1000)], depth=1):
+        if k == "2":
+            break
+    n = len(loaded)
+    time.sleep(0.1)
+    assert n == len(loaded) <= 4  # nothing loads after the loop is left
 def test_merge_tensor_cpu_equals_float64_reference():
     # the device path: same function with an explicit device; CPU here, CUDA on a GPU machine
     from wsa_cli.fusion.pipeline import ScopeOptions

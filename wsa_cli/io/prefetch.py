@@ -8,17 +8,20 @@ tensors are in flight besides the one the caller holds.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
-import torch
+T = TypeVar("T")
 
 
-def prefetch(load: Callable[[str], torch.Tensor], keys: Sequence[str], *, depth: int = 1) -> Iterator[tuple[str, torch.Tensor]]:
+def prefetch(load: Callable[[str], T], keys: Iterable[str], *, depth: int = 1) -> Iterator[tuple[str, T]]:
     """Yield ``(key, load(key))`` in order, loading up to ``depth`` keys ahead in a thread.
 
-    An exception from ``load`` is raised in the caller at the key where it happened; closing the
-    generator early cancels what is still queued.
+    While the caller holds key ``i``, at most keys ``i+1 .. i+depth`` have been loaded or are
+    loading (so ``depth + 1`` results exist at once: size reusable buffers by that). An exception
+    from ``load`` is raised in the caller at the key where it happened; leaving the loop early
+    (break, error) cancels what is queued and waits for the one load in flight.
 
     Example:
         >>> with open_checkpoint("model.safetensors") as r:  # doctest: +SKIP
@@ -29,7 +32,7 @@ def prefetch(load: Callable[[str], torch.Tensor], keys: Sequence[str], *, depth:
         for key in keys:
             yield key, load(key)
         return
-    pending: deque[tuple[str, Future[torch.Tensor]]] = deque()
+    pending: deque[tuple[str, Future[T]]] = deque()
     it = iter(keys)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsa-prefetch") as pool:
         try:

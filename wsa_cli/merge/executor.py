@@ -1,7 +1,7 @@
 """Run a merge plan, streaming tensor by tensor.
 
 For each key, in the order of the first model: read that tensor from every model (a background
-thread reads the next keys meanwhile, see :mod:`wsa_cli.merge.prefetch`), move the K tensors to
+thread reads the next keys meanwhile, see :mod:`wsa_cli.io.prefetch`), move the K tensors to
 the device, measure their scopes, fuse them into the target scope and rescale each model's
 tensor onto it (layers only), combine them with the method, cast to the output dtype, move the
 result back and write it. Then everything for that key is dropped. Peak memory is therefore a
@@ -31,8 +31,8 @@ from wsa_cli.device import resolve_device
 from wsa_cli.fusion.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_coefficients, resolve_target, source_get
 from wsa_cli.io import CheckpointReader, SafetensorsWriter, open_checkpoint
+from wsa_cli.io.prefetch import prefetch as read_ahead
 from wsa_cli.merge.plan import StagePlan, TensorPlan, plan_recipe
-from wsa_cli.merge.prefetch import Prefetcher
 from wsa_cli.merge.provenance import input_fingerprint, merge_metadata
 from wsa_cli.merge.registry import MethodContext, get_method
 from wsa_cli.recipe.schema import Recipe, load_recipe
@@ -103,8 +103,9 @@ class Scratch:
 class BufferRing:
     """``sets`` x ``per_set`` reusable CPU byte buffers for reading tensors (``reader.get(key, out=...)``).
 
-    The prefetcher runs at most ``depth`` keys ahead of the merge plus the one it is reading, so
-    ``depth + 2`` sets never collide: key ``i`` uses set ``i % sets``. Buffers are allocated on
+    While key ``i`` is merged, the read-ahead (:func:`wsa_cli.io.prefetch.prefetch`) has loaded
+    or is loading at most keys ``i+1 .. i+depth``, so ``depth + 1`` sets never collide: key ``i``
+    uses set ``i % sets``. Buffers are allocated on
     first use at the size of the largest tensor, and pinned when the merge runs on CUDA (async
     host-to-device copies).
     """
@@ -273,7 +274,7 @@ def run_stage(
         entries = {t.key: t for t in plan.tensors}
         order = {t.key: i for i, t in enumerate(plan.tensors)}
         largest = max((t.numel_bytes for t in plan.tensors), default=1)
-        ring = BufferRing(prefetch + 2, len(sources) + 1, largest, pin=pin)
+        ring = BufferRing(prefetch + 1, len(sources) + 1, largest, pin=pin)
 
         def read(src: Source, key: str, buf: torch.Tensor) -> torch.Tensor:
             return src.get(key, out=buf) if isinstance(src, CheckpointReader) else source_get(src, key)
@@ -292,15 +293,14 @@ def run_stage(
         records = []
         with SafetensorsWriter(plan.output, plan.out_infos, metadata=metadata, max_shard_bytes=plan.max_shard_bytes,
                                force=force or plan.temporary) as writer:  # fmt: skip
-            with Prefetcher([t.key for t in plan.tensors], load, depth=prefetch) as items:
-                for key, (ts, b) in items:
-                    res = merge_tensor(entries[key], ts, b, scope=plan.scope, weights=plan.weights, seed=plan.spec.seed,
-                                       device=dev, align_base=plan.spec.scope.align_base, scratch=scratch)  # fmt: skip
-                    writer.write(key, res.tensor)
-                    records.append(res.record)
-                    del ts, b, res
-                    if progress is not None:
-                        progress(1, key)
+            for key, (ts, b) in read_ahead(load, [t.key for t in plan.tensors], depth=prefetch):
+                res = merge_tensor(entries[key], ts, b, scope=plan.scope, weights=plan.weights, seed=plan.spec.seed,
+                                   device=dev, align_base=plan.spec.scope.align_base, scratch=scratch)  # fmt: skip
+                writer.write(key, res.tensor)
+                records.append(res.record)
+                del ts, b, res
+                if progress is not None:
+                    progress(1, key)
             for f in plan.copy_files:
                 writer.add_copy(f.name, f)
             summary = _summary(plan, records, writer.shard_names)
