@@ -24,7 +24,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 ALL = sorted(p.name for p in RECIPES.glob("*.yaml"))
 #: recipes that merge models able to work together (same base, or permuted first)
 GOOD_MERGES = {"average.yaml", "task-arithmetic.yaml", "ties.yaml", "dare-ties.yaml", "slerp.yaml", "multi-stage.yaml",
-               "scope-file-target.yaml", "permuted.yaml", "permuted-wsa.yaml"}  # fmt: skip
+               "scope-file-target.yaml", "permuted.yaml", "permuted-wsa.yaml", "permuted-fp.yaml"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,55 @@ def test_folder_recipe_layout(workdir: Path) -> None:
     assert merged["conv1.weight"].dtype == torch.bfloat16
     first = load_file(workdir / "models" / "cnn-1" / "model.safetensors")
     assert torch.equal(merged["bn1.num_batches_tracked"], first["bn1.num_batches_tracked"])
+
+
+def test_function_preserving_rescale_in_a_merge(workdir: Path) -> None:
+    """rescale: fp scales each model only where the network absorbs it, says where, and changes the merge."""
+    from wsa_cli.permute.recipe import fp_rescale_inputs, permute_inputs
+    from wsa_cli.tasks import model_from_state_dict
+
+    run = lambda name: CliRunner().invoke(app, ["merge", str(workdir / name), "--format", "json", "--force"])  # noqa: E731
+    res = run("permuted-fp.yaml")
+    assert res.exit_code == 0, res.output
+    stage = json.loads(res.stdout)["stages"][-1]
+    assert stage["function_preserving"] == [{"model": i, "rescaled": 2, "not_rescaled": 1} for i in range(2)]
+    report = json.loads(Path(stage["report"]).read_text())
+    assert report["scope"]["rescale"] == "fp"
+    layers = report["function_preserving"][1]["layers"]
+    assert layers["fc1.weight"].startswith("scaled by") and layers["fc3.weight"].startswith("not")
+    fp_out = load_file(stage["output"])
+    plain = json.loads(run("permuted.yaml").stdout)["stages"][-1]["output"]
+    assert not torch.equal(fp_out["fc1.weight"], load_file(plain)["fc1.weight"])
+
+    # each rescaled model still computes what it computed (function preserved)
+    recipe = load_recipe(workdir / "permuted-fp.yaml")
+    stage_spec = recipe.stages[0]
+    states = []
+    for m in stage_spec.models:
+        with open_checkpoint(m.path) as r:
+            states.append(r.state_dict())
+    permuted = permute_inputs(states, stage_spec.permutation.spec)
+    from wsa_cli.fusion.pipeline import ScopeOptions
+
+    rescaled, _ = fp_rescale_inputs(permuted, stage_spec.permutation.spec, ScopeOptions())
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
+    for before, after in zip(permuted, rescaled):
+        with torch.no_grad():
+            y0 = model_from_state_dict("digits-mlp", before)(x)
+            y1 = model_from_state_dict("digits-mlp", {k: v.float() for k, v in after.items()})(x)
+        torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
+
+
+def test_function_preserving_rescale_needs_a_permutation_block(workdir: Path) -> None:
+    text = (workdir / "average.yaml").read_text()
+    bad = workdir / "fp-without-spec.yaml"
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("rescale:")]
+    out = "\n".join(lines).replace("scope:\n", "scope:\n  rescale: fp\n", 1)
+    bad.write_text(out + "\n")
+    try:
+        res = CliRunner().invoke(app, ["merge", str(bad), "--dry-run"])
+        assert res.exit_code == 6
+        line = next(i for i, t in enumerate(out.splitlines(), 1) if "rescale: fp" in t)
+        assert f"fp-without-spec.yaml:{line}:" in res.stderr and "needs a permutation: block" in res.stderr
+    finally:
+        bad.unlink()

@@ -9,6 +9,11 @@ Modes:
 
 A constant layer (``s_i == 0``) cannot be rescaled; it is returned unchanged and the caller
 reports it.
+
+Recipes also accept ``rescale: fp`` (function-preserving, :data:`MODEL_RESCALE_MODES`): it acts
+on whole models, not one tensor (a layer is scaled by ``c`` and the next layer by ``1/c``, or the
+following BatchNorm absorbs it), so it lives in :mod:`wsa_cli.permute.rescale` and needs a
+permutation spec's scaling rules; per tensor it means ``none``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from wsa_cli.errors import UsageError
 from wsa_cli.fusion.gaussian import Scope
 
 RESCALE_MODES = ("affine", "std", "none")
+#: Rescale modes that act on a whole model at once (recipe ``scope.rescale`` only).
+MODEL_RESCALE_MODES = ("fp",)
 
 
 def rescale_tensor(w: torch.Tensor, source: Scope, target: Scope, mode: str = "affine") -> tuple[torch.Tensor, bool]:

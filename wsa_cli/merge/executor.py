@@ -18,7 +18,6 @@ the model (per-layer scopes before and after, what was copied and why, constant 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from wsa_cli import __version__
 from wsa_cli.device import resolve_device
 from wsa_cli.fusion.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_coefficients, resolve_target, source_get
+from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
 from wsa_cli.io import CheckpointReader, SafetensorsWriter, open_checkpoint
 from wsa_cli.io.prefetch import prefetch as read_ahead
 from wsa_cli.merge.plan import StagePlan, TensorPlan, plan_recipe
@@ -226,13 +226,22 @@ def _open_sources(plan: StagePlan) -> tuple[list[CheckpointReader], CheckpointRe
     return readers, base
 
 
-def _permute(plan: StagePlan, readers: Sequence[CheckpointReader], device: torch.device) -> list[Source]:
-    """Apply the recipe's ``permutation:`` block (contract C5); needs the models in memory."""
+def _permute(plan: StagePlan, readers: Sequence[CheckpointReader], device: torch.device) -> tuple[list[Source], list[dict[str, str]]]:
+    """Apply the recipe's ``permutation:`` block, then a ``rescale: fp`` if asked; needs the models in memory.
+
+    Returns the models and, for ``fp``, one report per model (key -> what the function-preserving
+    rescale did, or why it was not possible).
+    """
+    from wsa_cli.permute.recipe import fp_rescale_inputs, permute_inputs
+
     perm = plan.spec.permutation
     assert perm is not None
-    module = importlib.import_module("wsa_cli.permute.recipe")
     states = [r.state_dict() for r in readers]
-    return list(module.permute_inputs(states, perm.spec, perm.reference, perm.seed, device))
+    aligned = permute_inputs(states, perm.spec, perm.reference, perm.seed, device)
+    if plan.spec.scope.rescale not in MODEL_RESCALE_MODES:
+        return list(aligned), []
+    rescaled, reports = fp_rescale_inputs(aligned, perm.spec, plan.scope, device)
+    return list(rescaled), reports
 
 
 def _fingerprints(plan: StagePlan) -> list[dict[str, Any]]:
@@ -265,8 +274,9 @@ def run_stage(
     readers, base_reader = _open_sources(plan)
     try:
         sources: list[Source] = list(readers)
+        fp_reports: list[dict[str, str]] = []
         if plan.spec.permutation is not None:
-            sources = _permute(plan, readers, dev)
+            sources, fp_reports = _permute(plan, readers, dev)
         fingerprints = _fingerprints(plan)
         mode = plan.spec.output.provenance if plan.spec.output else "fast"
         metadata = merge_metadata(recipe_sha256=recipe.sha256, stage=plan.spec.name, method=plan.spec.method, inputs=fingerprints, mode=mode)
@@ -304,8 +314,12 @@ def run_stage(
             for f in plan.copy_files:
                 writer.add_copy(f.name, f)
             summary = _summary(plan, records, writer.shard_names)
+            if fp_reports:
+                summary["function_preserving"] = _fp_counts(fp_reports)
             if plan.spec.output is not None and plan.spec.output.report:
                 report = _report(plan, recipe, records, fingerprints, summary, writer.shard_names)
+                if fp_reports:
+                    report["function_preserving"] = [{"model": i, "layers": r} for i, r in enumerate(fp_reports)]
                 name = plan.report_path.name
                 writer.add_text(name, json.dumps(report, indent=2, allow_nan=False) + "\n")
                 summary["report"] = str(plan.report_path)
@@ -315,6 +329,12 @@ def run_stage(
             r.close()
         if base_reader is not None:
             base_reader.close()
+
+
+def _fp_counts(reports: list[dict[str, str]]) -> list[dict[str, int]]:
+    """Per model: how many layers the function-preserving rescale scaled, and how many it could not."""
+    return [{"model": i, "rescaled": sum(v.startswith("scaled") for v in r.values()),
+             "not_rescaled": sum(not v.startswith("scaled") for v in r.values())} for i, r in enumerate(reports)]  # fmt: skip
 
 
 def _summary(plan: StagePlan, records: list[dict[str, Any]], shards: list[str]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ output (keys, shapes, dtypes), so a multi-stage recipe is validated end to end u
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from wsa_cli.errors import ConfigError, MismatchError, OutputError, UsageError, WsaError
 from wsa_cli.fusion.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions
+from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
 from wsa_cli.fusion.scopefile import ScopeTable
 from wsa_cli.io import TensorInfo, check_output, dtype_name, open_checkpoint
 from wsa_cli.merge.registry import MergeMethod, get_method
@@ -137,7 +137,7 @@ class StagePlan:
                 "align": self.scope.align,
                 "fusion": self.scope.fusion,
                 "target": _target_repr(self.spec.scope.target),
-                "rescale": self.scope.rescale,
+                "rescale": self.spec.scope.rescale,  # 'fp' shows as fp, though tensors then use 'none'
                 "weights": self.scope.weights,
                 "include": list(self.scope.selector.include),
                 "exclude": list(self.scope.selector.exclude),
@@ -271,8 +271,13 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
     target = sspec.target
     if isinstance(target, int) and not -k <= target < k:
         raise _cfg(recipe, sspec.lines.get("target"), f"scope.target model {target} is out of range for {k} models")
+    if sspec.rescale in MODEL_RESCALE_MODES and stage.permutation is None:
+        raise _cfg(recipe, sspec.lines.get("rescale"), f"scope.rescale: {sspec.rescale} (function-preserving) needs a "
+                   "permutation: block; its spec carries the scaling rules")  # fmt: skip
+    # a whole-model mode (fp) runs before the merge (see executor.run_stage); per tensor it is 'none'
+    tensor_rescale = "none" if sspec.rescale in MODEL_RESCALE_MODES else sspec.rescale
     scope = ScopeOptions(
-        align=sspec.align, fusion=sspec.fusion, target=target, rescale=sspec.rescale, weights=list(fusion_weights),
+        align=sspec.align, fusion=sspec.fusion, target=target, rescale=tensor_rescale, weights=list(fusion_weights),
         selector=sspec.selector(),
     ).resolved()  # a scope-file target is loaded once, here  # fmt: skip
     table = scope.target if isinstance(scope.target, ScopeTable) else None
@@ -283,11 +288,11 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
     rule_hits = [0] * len(stage.overrides)
     for key, info in ref.infos.items():
         if not info.dtype.is_floating_point:
-            tensors.append(TensorPlan(key, info.shape, info.dtype, info.dtype, "copy", None, {}, False, False, sspec.rescale,
+            tensors.append(TensorPlan(key, info.shape, info.dtype, info.dtype, "copy", None, {}, False, False, tensor_rescale,
                                       reason=f"{dtype_name(info.dtype)} tensor: copied from models[0], not averaged"))  # fmt: skip
             continue
         layer = scope.selector.selects(key, info.shape, info.dtype)
-        m, p, align, rescale, rule_index = method, params, sspec.align and layer, sspec.rescale, None
+        m, p, align, rescale, rule_index = method, params, sspec.align and layer, tensor_rescale, None
         for i, rule in enumerate(stage.overrides):
             if matches_any(key, rule.match):
                 rule_hits[i] += 1
@@ -354,18 +359,14 @@ def _copy_files(recipe: Recipe, stage: StageSpec, models: Sequence[InputPlan], o
 
 
 def _check_permutation(recipe: Recipe, stage: StageSpec, models: Sequence[InputPlan]) -> None:
-    """The ``permutation:`` block: reference in range, C5 entry point present, spec valid for the models."""
+    """The ``permutation:`` block: reference in range, spec valid for the models."""
     perm = stage.permutation
     assert perm is not None
     k = len(models)
     if not 0 <= perm.reference < k:
         raise _cfg(recipe, perm.lines.get("reference", perm.line), f"permutation.reference {perm.reference} is out of range for {k} models")
-    try:
-        module = importlib.import_module("wsa_cli.permute.recipe")
-        getattr(module, "permute_inputs")
-        from wsa_cli.permute.spec import load_spec
-    except (ImportError, AttributeError):
-        raise _cfg(recipe, perm.line, "permutation: is not available in this build (wsa_cli.permute.recipe.permute_inputs is missing)") from None
+    from wsa_cli.permute.spec import load_spec
+
     shapes = {key: info.shape for key, info in models[perm.reference].infos.items()}
     try:
         load_spec(str(perm.spec), shapes=shapes)  # resolves and checks the spec against the models' shapes

@@ -17,7 +17,7 @@ Every field, its type and default (also in docs/recipes.md)::
       align: true                   #   rescale layers onto the target scope
       fusion: moments               #   moments | precision | stats-mean
       target: fused                 #   fused | {model: N} | {mean: M, std: S} | scopes.json
-      rescale: affine               #   affine | std | none
+      rescale: affine               #   affine | std | none | fp (function-preserving; needs permutation:)
       include: []                   #   extra layers (globs or re:REGEX), e.g. "*.bias"
       exclude: []                   #   never layers
       weights: null                 #   fusion weights; default: the models' weights
@@ -59,7 +59,7 @@ import torch
 from wsa_cli.errors import ConfigError, InputNotFoundError, UsageError
 from wsa_cli.fusion.fuse import FUSION_METHODS
 from wsa_cli.fusion.gaussian import Scope
-from wsa_cli.fusion.rescale import RESCALE_MODES
+from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES, RESCALE_MODES
 from wsa_cli.io.dtypes import DTYPE_NAMES
 from wsa_cli.recipe.yamlnodes import YList, YMap, YNode, YScalar, load_yaml_file
 from wsa_cli.scope.selection import LayerSelector
@@ -311,7 +311,7 @@ def _parse_scope(ctx: _Ctx, node: YNode, base_dir: Path) -> ScopeSpec:
     if "fusion" in e:
         s.fusion = ctx.choice(e["fusion"], "scope.fusion", list(FUSION_METHODS))
     if "rescale" in e:
-        s.rescale = ctx.choice(e["rescale"], "scope.rescale", RESCALE_MODES)
+        s.rescale = ctx.choice(e["rescale"], "scope.rescale", [*RESCALE_MODES, *MODEL_RESCALE_MODES])
     if "align_base" in e:
         s.align_base = ctx.boolean(e["align_base"], "scope.align_base")
     for name in ("include", "exclude"):
