@@ -28,6 +28,9 @@ _EXPORTS = {
     "gaussian_kl": "wsa_cli.fusion",
     "rescale_tensor": "wsa_cli.fusion",
     "resolve_device": "wsa_cli.device",
+    "merge_recipe": "wsa_cli.merge.executor",
+    "ScopeOptions": "wsa_cli.fusion.pipeline",
+    "ScopeRegularizer": "wsa_cli.regularize",
     "WsaError": "wsa_cli.errors",
 }
 
