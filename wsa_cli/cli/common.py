@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import enum
 import io
-import json
 import math
 import os
 import re
@@ -19,12 +18,12 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from wsa_cli.errors import GateFailed, UsageError
+from wsa_cli.jsontext import jsonable, to_json  # noqa: F401 - to_json is re-exported for the commands
 
 
 class OutputFormat(str, enum.Enum):
@@ -66,28 +65,6 @@ def resolve_format(fmt: OutputFormat | None, as_json: bool = False) -> OutputFor
     return OutputFormat.table if sys.stdout.isatty() else OutputFormat.json
 
 
-def _clean(value: Any) -> Any:
-    """Make a value JSON-safe: NaN/Inf become None, tuples lists, paths strings, dataclasses dicts."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    if hasattr(value, "to_dict"):
-        return _clean(value.to_dict())
-    return value
-
-
-def to_json(data: Any) -> str:
-    """Strict JSON (no NaN), 2-space indent, trailing newline."""
-    return json.dumps(_clean(data), indent=2, allow_nan=False) + "\n"
-
-
 def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """CSV with a header row; lists are joined with 'x' (shapes), None is empty."""
     buf = io.StringIO()
@@ -96,7 +73,7 @@ def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     for row in rows:
         out = []
         for col in columns:
-            v = _clean(row.get(col))
+            v = jsonable(row.get(col))
             if isinstance(v, list):
                 v = "x".join(str(x) for x in v)
             out.append("" if v is None else v)
@@ -240,6 +217,19 @@ def check_gates(gates: Sequence[Gate], values: Mapping[str, float | None], *, wh
     if failed:
         prefix = f"{where}: " if where else ""
         raise GateFailed(prefix + "; ".join(failed))
+
+
+def parse_weights(text: str | None, k: int) -> list[float] | None:
+    """``--weights 1,3``: one number per checkpoint (None when the option is absent)."""
+    if text is None:
+        return None
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--weights {text!r}: expected comma-separated numbers, e.g. 1,3") from None
+    if len(values) != k:
+        raise UsageError(f"--weights {text!r}: {len(values)} weights for {k} checkpoints")
+    return values
 
 
 def sort_rows(rows: Sequence[Mapping[str, Any]], field: str | None, *, default: str | None) -> list[Mapping[str, Any]]:

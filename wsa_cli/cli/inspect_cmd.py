@@ -20,6 +20,7 @@ from wsa_cli.cli.common import (
     fmt_num,
     note,
     parse_gates,
+    parse_weights,
     print_table,
     progress,
     resolve_format,
@@ -102,7 +103,7 @@ def command(
     dev = resolve_device(device)
     selector = LayerSelector(include=tuple(include or ()), exclude=tuple(exclude or ()))
     tgt = parse_target(target) if target else None
-    model_weights = _parse_weights(weights, len(checkpoints))
+    model_weights = parse_weights(weights, len(checkpoints))
     if any(g.metric == "kl_to_target" for g in gates) and tgt is None:
         raise UsageError("--fail-above kl_to_target=... needs --target")
 
@@ -179,18 +180,6 @@ def command(
             note(f"warning: {len(comparison.mismatches)} key(s) do not line up across the checkpoints "
                  f"(first: {comparison.mismatches[0]['key']}: {comparison.mismatches[0]['problem']})", quiet=quiet)
     check_gates(gates, metrics, where="inspect")
-
-
-def _parse_weights(text: str | None, k: int) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(x) for x in text.split(",")]
-    except ValueError:
-        raise UsageError(f"--weights {text!r}: expected comma-separated numbers") from None
-    if len(values) != k:
-        raise UsageError(f"--weights {text!r}: {len(values)} weights for {k} checkpoints")
-    return values
 
 
 def _metrics(reports: list, tensor_rows: list[list[dict]], comparison: Any, has_target: bool) -> dict[str, float | None]:

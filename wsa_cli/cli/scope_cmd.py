@@ -17,6 +17,7 @@ from wsa_cli.cli.common import (
     OutputFormat,
     QuietOpt,
     note,
+    parse_weights,
     print_table,
     progress,
     resolve_format,
@@ -27,18 +28,6 @@ from wsa_cli.cli.common import (
 from wsa_cli.errors import UsageError
 
 app = typer.Typer(help="Layer scopes: fuse several models' scopes into one scope file.", no_args_is_help=True)
-
-
-def _parse_weights(text: str | None, k: int) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(x) for x in text.split(",")]
-    except ValueError:
-        raise UsageError(f"--weights {text!r}: expected comma-separated numbers, e.g. 1,3") from None
-    if len(values) != k:
-        raise UsageError(f"--weights {text!r}: {len(values)} weights for {k} checkpoints")
-    return values
 
 
 @app.command("fuse")
@@ -70,7 +59,7 @@ def fuse(
     out_fmt = resolve_format(fmt, as_json)
     dev = resolve_device(device)
     selector = LayerSelector(include=tuple(include or ()), exclude=tuple(exclude or ()))
-    options = ScopeOptions(fusion=fusion, weights=_parse_weights(weights, len(checkpoints)), selector=selector)
+    options = ScopeOptions(fusion=fusion, weights=parse_weights(weights, len(checkpoints)), selector=selector)
     if out.suffix != ".json":
         raise UsageError(f"--out {out}: a scope file ends in .json")
     readers = [open_checkpoint(p) for p in checkpoints]

@@ -20,7 +20,6 @@ Steps (each writes into ``out_dir``):
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from wsa_cli.errors import OutputError, UsageError
+from wsa_cli.jsontext import to_json
 
 ProgressFn = Callable[[int, str], None]
 
@@ -125,7 +125,7 @@ def run_demo(cfg: DemoConfig, progress: ProgressFn | None = None) -> DemoResult:
 
     atomic_write_text(out / "report.md", render_report(result))
     result.files += ["report.md", "summary.json"]
-    atomic_write_text(out / "summary.json", json.dumps(_clean(result.to_dict()), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / "summary.json", to_json(result))
     say(1, "done")
     return result
 
@@ -180,7 +180,7 @@ def _inspect(cfg: DemoConfig, result: DemoResult, paths: dict[str, Path], say: P
         }  # fmt: skip
         dump[pair] = {"a": a, "b": b, "layers": [c.to_dict() for c in cmp.layers], "mismatches": cmp.mismatches}
         say(1, f"compared scopes of {a} and {b}: largest std ratio {result.scopes[pair]['max_std_ratio']:.2f}")
-    atomic_write_text(cfg.out_dir / "inspect.json", json.dumps(_clean(dump), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(cfg.out_dir / "inspect.json", to_json(dump))
     result.files.append("inspect.json")
 
 
@@ -236,7 +236,7 @@ def _interpolate(cfg: DemoConfig, result: DemoResult, paths: dict[str, Path], sa
         modes = ["naive", "wsa"] + (permuted if pair == "seed0-vs-seed1" else [])
         with torch.no_grad():
             res = run_interpolation(paths[a], paths[b], alphas=alphas, modes=modes, options=opts, evaluator=evaluator)
-        atomic_write_text(cfg.out_dir / "interpolate" / f"{pair}.json", json.dumps(_clean(res.to_dict()), indent=2, allow_nan=False) + "\n")
+        atomic_write_text(cfg.out_dir / "interpolate" / f"{pair}.json", to_json(res))
         result.files.append(f"interpolate/{pair}.json")
         mid = min(range(len(alphas)), key=lambda j: abs(alphas[j] - 0.5))
         for curve in res.modes:
@@ -257,13 +257,3 @@ def _relpath(p: Path, base: Path) -> str:
         return str(p)
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value

@@ -7,7 +7,6 @@ is a folder path, ``OUT/model.safetensors`` and ``OUT/metrics.json``. Both are w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from wsa_cli.errors import UsageError
 from wsa_cli.io.writer import check_output
+from wsa_cli.jsontext import to_json
 from wsa_cli.regularize.targets import TargetLike
 from wsa_cli.tasks.registry import get_task
 from wsa_cli.tasks.splits import label_histogram, make_split
@@ -120,7 +120,7 @@ def train_to_file(
         "wsa.wsa_coef": repr(float(cfg.wsa_coef)),
         "wsa.test_accuracy": f"{metrics['test_accuracy']:.6f}",
     }
-    text = json.dumps(_jsonable(metrics), indent=2, allow_nan=False) + "\n"
+    text = to_json(metrics)
     from wsa_cli.io.base import TensorInfo
     from wsa_cli.io.writer import SafetensorsWriter
 
@@ -132,13 +132,3 @@ def train_to_file(
     return (out if out.suffix == ".safetensors" else out / "model.safetensors"), metrics
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
