@@ -143,3 +143,24 @@ def test_side_files_committed_with_model(tmp_path: Path) -> None:
         w.add_copy("config.json", src)
         w.add_text("report.json", "{}")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors", "report.json"]
+
+
+def test_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
+    """Temp files/dirs are private (0600/0700); what lands at the output follows the umask."""
+    import os
+    import stat
+
+    from wsa_cli.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        save_safetensors({"w": torch.ones(2)}, tmp_path / "m.safetensors")
+        save_safetensors({"a": torch.ones(4), "b": torch.ones(4)}, tmp_path / "folder", max_shard_bytes=16)
+        atomic_write_text(tmp_path / "r.json", "{}")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "m.safetensors") == 0o644
+    assert mode(tmp_path / "r.json") == 0o644
+    assert mode(tmp_path / "folder") == 0o755
+    assert all(mode(p) == 0o644 for p in (tmp_path / "folder").iterdir())

@@ -55,11 +55,22 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = (), *, force: b
     return out_path
 
 
+def _default_mode(directory: bool = False) -> int:
+    """Permissions a plain ``open()`` / ``mkdir()`` would give under the current umask.
+
+    ``mkstemp``/``mkdtemp`` create private (0600/0700) entries; outputs get the usual ones.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".wsa-tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _default_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
@@ -250,6 +261,7 @@ class SafetensorsWriter:
         else:
             for name, data in self._side.items():
                 (self._stage / name).write_bytes(data)
+            os.chmod(self._stage, _default_mode(directory=True))  # mkdtemp made it private
             _swap_in_folder(self._stage, self.out, self.force)
         return self.out
 
