@@ -7,12 +7,11 @@ The figure is written atomically (temporary file in the target folder, then ``os
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from wsa_cli.errors import OutputError, UsageError
+from wsa_cli.io.writer import staged_output
 from wsa_cli.interpolate.run import InterpolationResult
 
 
@@ -53,15 +52,11 @@ def plot_result(result: InterpolationResult, out: str | Path) -> Path:
     label = "data-free diagnostics" if result.kind != "evaluation" else f"evaluator {result.evaluator}"
     fig.suptitle(f"{Path(result.a).name} -> {Path(result.b).name} ({label})")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix or ".png", dir=str(out.parent or Path(".")))
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, out)
+        with staged_output(out) as tmp:
+            fig.savefig(tmp, dpi=120, format=(out.suffix.lstrip(".") or "png"))
     except OSError as exc:
         raise OutputError(f"cannot write the plot: {exc.strerror or exc}", path=out) from None
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out

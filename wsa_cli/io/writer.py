@@ -18,7 +18,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -65,18 +66,46 @@ def _default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+@contextmanager
+def staged_output(out: str | Path, *, directory: bool = False, force: bool = True) -> Iterator[Path]:
+    """Yield a temporary file (or folder) next to ``out``; it replaces ``out`` only if the block succeeds.
+
+    The one atomic-output mechanism for files that are not streamed safetensors (plots, reports,
+    folders of aligned models): an error or Ctrl-C inside the block removes the temporary and
+    leaves ``out`` as it was. The result gets ordinary (umask) permissions. A folder replaces an
+    existing ``out`` only with ``force``. The temporary keeps ``out``'s suffix, so tools that pick
+    a format from the name (matplotlib's ``savefig``) still can.
+
+    Example:
+        >>> with staged_output("plot.png") as tmp:  # doctest: +SKIP
+        ...     fig.savefig(tmp)
+    """
+    out = Path(out)
+    if directory:
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".wsa-tmp", dir=out.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".wsa-tmp" + out.suffix, dir=out.parent)
+        os.close(fd)
+        stage = Path(name)
+    try:
+        yield stage
+        os.chmod(stage, _default_mode(directory))
+        if directory:
+            _swap_in_folder(stage, out, force)
+        else:
+            os.replace(stage, out)
+    except BaseException:
+        if directory:
+            shutil.rmtree(stage, ignore_errors=True)
+        else:
+            stage.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".wsa-tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _default_mode())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged_output(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

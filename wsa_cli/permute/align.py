@@ -14,9 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +104,7 @@ def default_perms_path(out: Path, several: bool) -> Path:
 def run_align(opts: AlignOptions, progress: Callable[[int, str], None] | None = None) -> AlignReport:
     """Do the whole ``wsa align`` run (see the module docstring)."""
     from wsa_cli.io import atomic_write_text, check_output, open_checkpoint, save_safetensors
+    from wsa_cli.io.writer import staged_output
     from wsa_cli.permute.check import max_output_diff, sample_input
     from wsa_cli.permute.factory import load_model_source
     from wsa_cli.permute.permfile import load_perms, perms_document
@@ -181,8 +179,7 @@ def run_align(opts: AlignOptions, progress: Callable[[int, str], None] | None = 
         save_safetensors(aligned[0], out, metadata={**meta, "source": str(opts.others[0])}, force=opts.force)
         report.outputs = [str(out)]
     else:
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".wsa-tmp", dir=out.resolve().parent))
-        try:
+        with staged_output(out.resolve(), directory=True, force=True) as stage:
             names: list[str] = []
             for path, state in zip(opts.others, aligned):
                 stem = Path(path).name.split(".")[0] or "model"
@@ -195,12 +192,6 @@ def run_align(opts: AlignOptions, progress: Callable[[int, str], None] | None = 
             report.outputs = [str(out / f"{n}.safetensors") for n in names]
             for e, o in zip(report.models, report.outputs):
                 e["output"] = o
-            if out.exists():
-                shutil.rmtree(out) if out.is_dir() else out.unlink()
-            os.replace(stage, out)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
     doc = perms_document(str(opts.reference), spec.sizes, [{**e, "perms": p} for e, p in zip(report.models, all_perms)])
     atomic_write_text(perms_out, _json(doc))
     return report
