@@ -195,3 +195,31 @@ def test_pipe_gives_json_and_help_does_not_import_torch(pair: tuple[Path, Path])
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+@pytest.mark.parametrize(
+    ("args", "where", "what"),
+    [
+        (["inspect", "x.safetensors", "--format", "xml"], "wsa inspect", "'xml' is not one of"),
+        (["inspect", "x.safetensors", "--bogus"], "wsa inspect", "No such option: --bogus"),
+        (["merge"], "wsa merge", "Missing argument 'recipe'"),
+        (["scope", "fuse", "--bogus"], "wsa scope fuse", "No such option: --bogus"),
+        (["spec", "infer", "--model", "digits-mlp", "--input-shape"], "wsa", "requires an argument"),
+        (["--bogus"], "wsa", "No such option: --bogus"),
+        (["nosuchcommand"], "wsa", "No such command 'nosuchcommand'"),
+    ],
+)
+def test_click_usage_errors_are_one_line_exit_2(args: list[str], where: str, what: str) -> None:
+    # typer's boxed multi-line usage panel is replaced by the house format: error: <where>: <what>
+    res = invoke(*args)
+    assert res.exit_code == ExitCode.USAGE
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"error: {where}: ") and what in lines[0]
+    assert res.stdout == ""
+
+
+def test_no_arguments_still_shows_help() -> None:
+    for args in ([], ["scope"], ["spec"]):
+        res = invoke(*args)
+        assert "Usage: wsa" in res.output and "error:" not in res.output

@@ -33,8 +33,31 @@ def _is_cli_signal(exc: BaseException) -> bool:
     return isinstance(exc, (typer.Exit, typer.Abort)) or hasattr(exc, "format_message")
 
 
+def _is_usage_error(exc: BaseException) -> bool:
+    """A click-style parse error (unknown option, bad value, missing argument), but not a help screen."""
+    return hasattr(exc, "format_message") and type(exc).__name__ != "NoArgsIsHelpError"
+
+
+def _fail_usage(exc: Any) -> None:
+    """One line instead of typer's boxed usage panel: ``error: wsa merge: Missing argument 'recipe'.``"""
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "wsa"
+    what = " ".join(str(exc.format_message()).split())
+    hint = f" (see '{where} -h')" if ctx is not None else ""
+    _fail(f"{where}: {what}{hint}", int(getattr(exc, "exit_code", ExitCode.USAGE)))
+
+
 class WsaGroup(TyperGroup):
     """Typer group whose ``invoke`` turns exceptions into one stderr line and an exit code."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # options of the root itself (`wsa --bogus`) are parsed here, before invoke
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:  # noqa: BLE001 - only click usage errors are turned into a line
+            if _is_usage_error(exc):
+                _fail_usage(exc)
+            raise
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -51,6 +74,8 @@ class WsaGroup(TyperGroup):
             os.dup2(devnull, sys.stdout.fileno())
             raise typer.Exit(int(ExitCode.OK)) from None
         except Exception as exc:  # noqa: BLE001 - the single last-resort handler
+            if _is_usage_error(exc):
+                _fail_usage(exc)
             if _is_cli_signal(exc):
                 raise
             if _DEBUG["on"]:
