@@ -277,3 +277,17 @@ def test_prefetch_keeps_order_and_raises_at_the_failing_key() -> None:
     with pytest.raises(CheckpointError, match="'bad'"):
         list(prefetch(load, ["a", "bad", "c"], depth=1))
     assert [k for k, _ in prefetch(load, ["x", "yy", "zzz"], depth=0)] == ["x", "yy", "zzz"]
+
+
+def test_corrupt_pickle_is_one_clean_error_without_torch_warnings(tmp_path: Path) -> None:
+    # a raw pickle torch cannot read: no "needs non-tensor globals" (there is no global), and
+    # torch's protocol UserWarning must not reach stderr next to our one-line error
+    import warnings
+
+    path = _bytes(tmp_path / "garbage.pt", b"\x80\x04garbage")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match=r"corrupt or unsupported pickle \(Unsupported operand") as info:
+            open_checkpoint(path)
+    assert "globals" not in str(info.value)
+    assert [str(w.message) for w in caught] == []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,20 +34,25 @@ CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "s
 def _torch_load(path: Path) -> Any:
     mmap = zipfile.is_zipfile(path)  # mmap only works on the zip format (torch >= 1.6 default)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():
+            # torch warns on stderr about the pickle protocol of foreign files; we report in one line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise InputNotFoundError("file not found", path=path) from None
     except pickle.UnpicklingError as exc:
         text = str(exc)
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"GLOBAL ([\w.]+)", text)
-        if found or "weights_only" in text.lower() or "Weights only load failed" in text:
-            what = f" ({found.group(1)})" if found else ""
+        if found:
             raise CheckpointError(
-                f"pickle needs non-tensor globals{what}; refusing to run pickled code "
+                f"pickle needs non-tensor globals ({found.group(1)}); refusing to run pickled code "
                 "(re-save the state_dict with torch.save or convert to safetensors)",
                 path=path,
             ) from None
-        raise CheckpointError(f"corrupt pickle ({text.splitlines()[0] if text else 'unpickling failed'})", path=path) from None
+        # torch wraps every weights-only failure in a long banner; the cause follows "WeightsUnpickler error:"
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().split("Check the documentation")[0]
+        first = (detail.strip().splitlines() or ["unpickling failed"])[0].strip() or "unpickling failed"
+        raise CheckpointError(f"corrupt or unsupported pickle ({first})", path=path) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"not a readable PyTorch checkpoint ({first})", path=path) from None
