@@ -233,3 +233,39 @@ def test_recipe_permuted_wsa_runs(tmp_path):
     )
     assert run("merge", str(work / "plain.yaml"), "--json").exit_code == 0
     assert not torch.equal(load_file(work / "out" / "plain.safetensors")["fc1.weight"], merged["fc1.weight"])
+
+
+@pytest.mark.parametrize("verb", ["guess", "template"])
+def test_spec_output_never_replaces_its_checkpoint(ckpts, tmp_path, verb):
+    _, (a, _, _) = ckpts
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(a.read_bytes())
+    before = ckpt.read_bytes()
+    args = ["spec", verb, *(["digits-mlp"] if verb == "template" else []), str(ckpt), "-o", str(ckpt), "--force"]
+    res = run(*args)
+    assert res.exit_code == 7 and "would overwrite input" in res.stderr
+    assert ckpt.read_bytes() == before
+
+
+def test_spec_infer_wrong_input_shape_is_one_line_with_the_cause():
+    # torch.fx's ShapeProp prints the model's traceback itself; only our line may reach stderr
+    res = run("spec", "infer", "--model", "digits-mlp", "--input-shape", "3")
+    assert res.exit_code == 8
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr
+    assert "input shape (3,)" in lines[0] and "mat1 and mat2 shapes cannot be multiplied" in lines[0]
+
+
+def test_builtin_model_error_keeps_its_own_exit_code(ckpts):
+    # a built-in task that does not fit the checkpoint is a mismatch (5), not a failing plug-in (8)
+    _, (a, _, _) = ckpts
+    res = run("spec", "check", "digits-mlp", str(a), "--model", "digits-cnn", "--input-shape", "64")
+    assert res.exit_code == 5 and "not a digits-cnn checkpoint" in res.stderr
+
+
+def test_align_perms_out_equal_to_out_is_refused(ckpts, tmp_path):
+    _, (a, b, _) = ckpts
+    out = tmp_path / "al.safetensors"
+    res = run("align", str(a), str(b), "--spec", "digits-mlp", "-o", str(out), "--perms-out", str(out))
+    assert res.exit_code == 2 and "same path as -o" in res.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -28,14 +28,17 @@ ShapeOpt = Annotated[
 ]
 
 
-def _emit_spec(spec, out: str | None, force: bool, header: str, quiet: bool = False, with_sizes: bool = True) -> None:  # noqa: ANN001
+def _emit_spec(
+    spec, out: str | None, force: bool, header: str, quiet: bool = False, with_sizes: bool = True,  # noqa: ANN001
+    inputs: tuple[str, ...] = (),
+) -> None:
     from wsa_cli.io import atomic_write_text, check_output
 
     text = spec.to_yaml(header=header, with_sizes=with_sizes)
     if out is None:
         write_stdout(text)
         return
-    check_output(out, force=force)
+    check_output(out, inputs, force=force)  # never replace the checkpoint the spec was read from
     atomic_write_text(out, text)
     note(f"wrote {out} ({len(spec.sizes)} groups, {len(spec.axes)} keys)", quiet=quiet)
 
@@ -81,7 +84,7 @@ def guess(
 
     spec = guess_spec(_shapes(checkpoint))
     _emit_spec(spec, out, force, f"permutation spec guessed from {Path(checkpoint).name}: assumes a plain chain in storage order.\n"
-               "Verify with: wsa spec check SPEC CKPT --model package.module:factory")
+               "Verify with: wsa spec check SPEC CKPT --model package.module:factory", inputs=(checkpoint,))
 
 
 @app.command("template")
@@ -95,7 +98,7 @@ def template(
     from wsa_cli.permute.templates import BUILTIN_TEMPLATES, builtin_spec
 
     spec = builtin_spec(name, _shapes(checkpoint))
-    _emit_spec(spec, out, force, f"wsa spec template {name}: {BUILTIN_TEMPLATES[name][0]}")
+    _emit_spec(spec, out, force, f"wsa spec template {name}: {BUILTIN_TEMPLATES[name][0]}", inputs=(checkpoint,))
 
 
 @app.command("list")

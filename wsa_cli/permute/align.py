@@ -118,6 +118,8 @@ def run_align(opts: AlignOptions, progress: Callable[[int, str], None] | None = 
         raise UsageError(f"-o {out}: with several models to align, -o names a folder (no suffix); each model is written inside")
     check_output(out, inputs, force=opts.force)
     perms_out = Path(opts.perms_out) if opts.perms_out else default_perms_path(out, several)
+    if perms_out.resolve() == out.resolve():  # one would silently replace the other
+        raise UsageError(f"--perms-out {perms_out}: same path as -o; choose another file for the permutations")
     inside_new_folder = several and perms_out.resolve().parent == out.resolve()
     if not inside_new_folder:  # (a file inside the new output folder cannot exist yet)
         check_output(perms_out, inputs, force=opts.force)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wsa_cli.errors import MismatchError, PluginError, UsageError
+from wsa_cli.errors import MismatchError, PluginError, UsageError, WsaError
 
 
 @dataclass
@@ -38,6 +38,8 @@ class ModelSource:
     def fresh(self, state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
         try:
             model = self.factory(state)
+        except WsaError:
+            raise  # already says where and what, with its own exit code (a built-in task's MismatchError: 5)
         except Exception as exc:  # noqa: BLE001 - user code may raise anything
             first = (str(exc).strip().splitlines() or [""])[0]
             raise PluginError(f"model factory {self.name!r} raised {type(exc).__name__}: {first}") from exc

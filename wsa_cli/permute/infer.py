@@ -22,6 +22,8 @@ the reason.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,11 +143,13 @@ def trace_model(model: nn.Module, input_shape: Sequence[int]) -> Any:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise PluginError(f"torch.fx cannot trace the model ({type(exc).__name__}: {first})") from None
     try:
-        with torch.no_grad():
+        # ShapeProp prints the model's traceback on stderr itself before raising; we report one line
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
     except Exception as exc:  # noqa: BLE001
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise PluginError(f"the model does not run on input shape {tuple(input_shape)} ({type(exc).__name__}: {first})") from None
+        cause = exc.__cause__ or exc  # ShapeProp wraps the model's own error ("ShapeProp error for: node=...")
+        first = (str(cause).strip().splitlines() or [""])[0]
+        raise PluginError(f"the model does not run on input shape {tuple(input_shape)} ({type(cause).__name__}: {first})") from None
     return gm
 
 
