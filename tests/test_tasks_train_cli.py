@@ -86,6 +86,9 @@ def test_train_csv_format_into_a_new_folder(tmp_path):
         (["digits-mlp", "--clients", "3", "--client-index", "3"], 2, "client-index"),
         (["digits-mlp", "--split", "zipf", "--clients", "2"], 2, "split"),
         (["digits-mlp", "--device", "tpu"], 9, "device"),
+        # checked even with the regularizer off (coef 0), so a typo is never recorded as used
+        (["digits-mlp", "--wsa-reduction", "avg"], 2, "--wsa-reduction 'avg'"),
+        (["digits-mlp", "--wsa-direction", "sideways"], 2, "--wsa-direction 'sideways'"),
     ],
 )
 def test_train_errors_are_one_line_with_exit_codes(tmp_path, args, code, needle):
@@ -93,4 +96,5 @@ def test_train_errors_are_one_line_with_exit_codes(tmp_path, args, code, needle)
     res = runner.invoke(app, ["train", *args, "-o", str(out), "--epochs", "1"])
     assert res.exit_code == code, res.output
     assert res.stderr.startswith("error:") and needle in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "x.metrics.json").exists()

@@ -23,7 +23,7 @@ from torch import nn
 from wsa_cli.device import resolve_device
 from wsa_cli.errors import UsageError
 from wsa_cli.fusion.gaussian import Scope
-from wsa_cli.regularize import ScopeRegularizer
+from wsa_cli.regularize import KL_DIRECTIONS, REDUCTIONS, ScopeRegularizer
 from wsa_cli.regularize.targets import TargetLike
 from wsa_cli.scope.selection import LayerSelector
 from wsa_cli.tasks.data import DataSplit
@@ -116,6 +116,11 @@ def train_model(
     reg: ScopeRegularizer | None = None
     if wsa_coef < 0 or not math.isfinite(wsa_coef):
         raise UsageError(f"--wsa-coef must be finite and >= 0, got {wsa_coef}")
+    # checked even when the regularizer is off: a typo must not be recorded in the metrics as if used
+    if wsa_reduction not in REDUCTIONS:
+        raise UsageError(f"--wsa-reduction {wsa_reduction!r}: choose from {', '.join(REDUCTIONS)}")
+    if wsa_direction not in KL_DIRECTIONS:
+        raise UsageError(f"--wsa-direction {wsa_direction!r}: choose from {', '.join(KL_DIRECTIONS)}")
     if wsa_coef > 0:
         reg = ScopeRegularizer(
             _target_for(task_name, width, wsa_target), wsa_coef,
