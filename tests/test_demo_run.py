@@ -99,6 +99,10 @@ def test_demo_refuses_to_clobber(demo_run, tmp_path):
     f.write_text("x")
     with pytest.raises(OutputError):
         prepare_out_dir(f, force=True)
+    res = runner.invoke(app, ["demo", "--quick", "-o", str(f)])
+    assert res.exit_code == 7 and res.stderr.strip().splitlines() == [f"error: {f}: demo output exists and is not a folder"]
+    res = runner.invoke(app, ["demo", "--quick", "-o", str(out)])  # the refusal is the only stderr line
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("error:")
     assert runner.invoke(app, ["demo", "--quick", "-o", str(out), "-f", "csv"]).exit_code == 2
 
 

@@ -91,12 +91,21 @@ class DemoResult:
         return asdict(self)
 
 
-def prepare_out_dir(out: Path, force: bool) -> None:
-    """Refuse an existing non-empty folder without ``force``; never delete anything in it."""
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse a file, or an existing non-empty folder without ``force`` (checks only, creates nothing).
+
+    Example:
+        >>> check_out_dir(Path("demo-out"), force=False)  # doctest: +SKIP
+    """
     if out.exists() and not out.is_dir():
         raise OutputError("demo output exists and is not a folder", path=out)
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputError("demo folder exists and is not empty; pass --force to overwrite the demo's files in it", path=out)
+
+
+def prepare_out_dir(out: Path, force: bool) -> None:
+    """Refuse an existing non-empty folder without ``force``; never delete anything in it."""
+    check_out_dir(out, force)
     for sub in ("models", "recipes", "merged", "interpolate"):
         (out / sub).mkdir(parents=True, exist_ok=True)
 
