@@ -159,3 +159,15 @@ def test_tensor_scope_and_moments_never_modify_their_input() -> None:
         tensor_scope(x)
         tensor_moments(x)
         assert torch.equal(x, before)
+
+
+def test_target_with_commas_that_is_not_mean_std_is_a_config_error(tmp_path, monkeypatch):
+    from wsa_cli.errors import ConfigError, ExitCode
+    from wsa_cli.fusion.scopefile import parse_target
+
+    monkeypatch.chdir(tmp_path)
+    for text in ("1,2,3", "0,x"):
+        with pytest.raises(ConfigError, match="expected MEAN,STD") as info:
+            parse_target(text)
+        assert info.value.exit_code == ExitCode.BAD_CONFIG
+    assert parse_target("0,0.5") == Scope(0.0, 0.5)

@@ -141,4 +141,6 @@ def parse_target(text: str) -> Scope | ScopeTable:
             if not (math.isfinite(mean) and math.isfinite(std)) or std <= 0:
                 raise ConfigError(f"target {text!r}: need a finite mean and a std > 0")
             return Scope(mean, std)
+    if "," in text and not Path(text).exists():  # meant as numbers, not a file name
+        raise ConfigError(f"target {text!r}: expected MEAN,STD (e.g. 0,0.05) or a scope file")
     return load_scope_file(text)
