@@ -520,3 +520,14 @@ def test_low_memory_gives_the_same_curves(digits_pair, plugin) -> None:  # noqa:
     for (state, _), path in zip(plugin.CALLS, (a, b)):
         for k, v in load_file(str(path)).items():
             assert torch.equal(state[k], v)  # endpoints still bit-exact when re-read
+
+
+def test_spec_is_checked_even_when_no_mode_uses_it(pm_pair, tmp_path: Path) -> None:
+    a, b = pm_pair
+    res = invoke(a, b, "--spec", str(tmp_path / "missing.yaml"), "--json")
+    assert res.exit_code == 3, res.stderr
+    assert "missing.yaml" in res.stderr and res.stdout == ""
+    bad = tmp_path / "notaspec.yaml"
+    bad.write_text("models: [a]\n")
+    res = invoke(a, b, "--spec", str(bad), "--json")
+    assert res.exit_code == 6 and "not a permutation spec" in res.stderr

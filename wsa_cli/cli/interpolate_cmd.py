@@ -123,6 +123,12 @@ def command(
         require_matplotlib()  # fail before the (long) run, not after it
         _check_plot_path(plot, [a, b], force)
     dev = resolve_device(device)
+    if spec is not None:  # a missing or broken --spec fails now, even when no mode ends up using it
+        from wsa_cli.permute.spec import load_spec
+        from wsa_cli.permute.templates import BUILTIN_TEMPLATES
+
+        if str(spec) not in BUILTIN_TEMPLATES or Path(spec).exists():
+            load_spec(spec)
     from_recipe = options_from_recipe(recipe) if recipe is not None else None
     scope = _scope_options(from_recipe, fusion, target, rescale, weights, include, exclude)
     ev = resolve_evaluator(evaluator, recalibrate_bn=recalibrate_bn, split=split) if evaluator is not None else None
