@@ -164,3 +164,51 @@ def test_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
     assert mode(tmp_path / "r.json") == 0o644
     assert mode(tmp_path / "folder") == 0o755
     assert all(mode(p) == 0o644 for p in (tmp_path / "folder").iterdir())
+
+
+def test_unwritable_output_is_output_error_not_internal(tmp_path: Path) -> None:
+    # a parent that is a file cannot be created (works as root too, unlike a read-only folder)
+    from wsa_cli.io import atomic_write_text
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    infos = [TensorInfo("w", (2, 2), torch.float32)]
+    with pytest.raises(OutputError, match="cannot write the output") as info:
+        SafetensorsWriter(blocker / "sub" / "m.safetensors", infos)
+    assert info.value.exit_code == ExitCode.OUTPUT_REFUSED
+    with pytest.raises(OutputError, match="cannot write the output"):
+        atomic_write_text(blocker / "r.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_disk_full_while_streaming_is_output_error_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from wsa_cli.io import writer as writer_mod
+
+    def full(self, key, tensor):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_mod._ShardFile, "write", full)
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(OutputError, match="No space left on device"):
+        with SafetensorsWriter(out, [TensorInfo("w", (2, 2), torch.float32)]) as w:
+            w.write("w", torch.zeros(2, 2))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scope_fuse_into_unwritable_place_exits_7(tmp_path: Path) -> None:
+    # /proc exists but takes no new files, even for root: the temporary file cannot be created
+    from typer.testing import CliRunner
+
+    from wsa_cli.cli.app import app
+
+    if not Path("/proc/self").exists():
+        pytest.skip("needs Linux /proc as an unwritable folder")
+    a = tmp_path / "a.safetensors"
+    save_file(_model(), str(a))
+    out = "/proc/wsa-review-scopes.json"
+    res = CliRunner().invoke(app, ["scope", "fuse", str(a), str(a), "-o", out])
+    assert res.exit_code == ExitCode.OUTPUT_REFUSED, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {out}: cannot write the output (")

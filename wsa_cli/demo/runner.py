@@ -105,9 +105,12 @@ def check_out_dir(out: Path, force: bool) -> None:
 
 def prepare_out_dir(out: Path, force: bool) -> None:
     """Refuse an existing non-empty folder without ``force``; never delete anything in it."""
+    from wsa_cli.io.writer import writing
+
     check_out_dir(out, force)
-    for sub in ("models", "recipes", "merged", "interpolate"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    with writing(out):  # e.g. a read-only place: exit 7, not an internal error
+        for sub in ("models", "recipes", "merged", "interpolate"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
 
 
 def run_demo(cfg: DemoConfig, progress: ProgressFn | None = None) -> DemoResult:

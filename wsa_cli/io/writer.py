@@ -67,6 +67,23 @@ def _default_mode(directory: bool = False) -> int:
 
 
 @contextmanager
+def writing(out: str | Path) -> Iterator[None]:
+    """Turn an OS failure while creating or filling an output into :class:`OutputError` (exit 7).
+
+    A folder that cannot be created, a read-only or full disk: the user's output path is at fault,
+    not wsa (which would otherwise report an internal error, exit 70).
+
+    Example:
+        >>> with writing("out.json"):  # doctest: +SKIP
+        ...     Path("out.json").write_text("{}")
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write the output ({exc.strerror or exc})", path=out) from exc
+
+
+@contextmanager
 def staged_output(out: str | Path, *, directory: bool = False, force: bool = True) -> Iterator[Path]:
     """Yield a temporary file (or folder) next to ``out``; it replaces ``out`` only if the block succeeds.
 
@@ -81,19 +98,21 @@ def staged_output(out: str | Path, *, directory: bool = False, force: bool = Tru
         ...     fig.savefig(tmp)
     """
     out = Path(out)
-    if directory:
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".wsa-tmp", dir=out.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".wsa-tmp" + out.suffix, dir=out.parent)
-        os.close(fd)
-        stage = Path(name)
+    with writing(out):
+        if directory:
+            stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".wsa-tmp", dir=out.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".wsa-tmp" + out.suffix, dir=out.parent)
+            os.close(fd)
+            stage = Path(name)
     try:
         yield stage
-        os.chmod(stage, _default_mode(directory))
-        if directory:
-            _swap_in_folder(stage, out, force)
-        else:
-            os.replace(stage, out)
+        with writing(out):
+            os.chmod(stage, _default_mode(directory))
+            if directory:
+                _swap_in_folder(stage, out, force)
+            else:
+                os.replace(stage, out)
     except BaseException:
         if directory:
             shutil.rmtree(stage, ignore_errors=True)
@@ -104,7 +123,7 @@ def staged_output(out: str | Path, *, directory: bool = False, force: bool = Tru
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    with staged_output(path) as tmp:
+    with staged_output(path) as tmp, writing(path):
         tmp.write_bytes(data)
 
 
@@ -223,8 +242,9 @@ class SafetensorsWriter:
             )
         if self.out.exists() and not force:
             raise OutputError("output exists; pass --force to replace it", path=self.out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".wsa-tmp", dir=self.out.parent))
+        with writing(self.out):
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".wsa-tmp", dir=self.out.parent))
         self._side: dict[str, bytes] = {}
         self._copies: dict[str, Path] = {}
         n = len(shards)
@@ -244,6 +264,10 @@ class SafetensorsWriter:
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
         """Append the next planned tensor."""
+        with writing(self.out):  # e.g. the disk fills up
+            self._write(key, tensor)
+
+    def _write(self, key: str, tensor: torch.Tensor) -> None:
         while self._current < len(self._files) and self._files[self._current].done:
             self._files[self._current].close()  # shard complete: move on to the next one
             self._current += 1
@@ -266,6 +290,10 @@ class SafetensorsWriter:
 
     def commit(self) -> Path:
         """Check that everything planned was written, then move the output into place."""
+        with writing(self.out):
+            return self._commit()
+
+    def _commit(self) -> Path:
         for i, shard in enumerate(self._plan):
             if i >= len(self._files) and shard:
                 raise UsageError(f"only {i} of {len(self._plan)} shards written", key=shard[0].key)
