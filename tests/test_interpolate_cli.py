@@ -531,3 +531,19 @@ def test_spec_is_checked_even_when_no_mode_uses_it(pm_pair, tmp_path: Path) -> N
     bad.write_text("models: [a]\n")
     res = invoke(a, b, "--spec", str(bad), "--json")
     assert res.exit_code == 6 and "not a permutation spec" in res.stderr
+
+
+def test_plugin_prints_go_to_stderr_not_into_the_json(pm_pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = pm_pair
+    (tmp_path / "chatty_eval.py").write_text(
+        "print('importing chatty')\n"
+        "def ev(state_dict, device):\n"
+        "    print('debug: evaluating')\n"
+        "    return {'loss': 0.5, 'accuracy': 0.5}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = invoke(a, b, "--alphas", "0,1", "--eval", "chatty_eval:ev", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)  # clean JSON: nothing of the plug-in's on stdout
+    assert data["alphas"] == [0.0, 1.0]
+    assert "importing chatty" in res.stderr and "debug: evaluating" in res.stderr

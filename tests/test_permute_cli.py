@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -269,3 +270,19 @@ def test_align_perms_out_equal_to_out_is_refused(ckpts, tmp_path):
     res = run("align", str(a), str(b), "--spec", "digits-mlp", "-o", str(out), "--perms-out", str(out))
     assert res.exit_code == 2 and "same path as -o" in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_factory_prints_go_to_stderr_not_into_the_spec(tmp_path, monkeypatch):
+    (tmp_path / "chatty_factory.py").write_text(
+        "import torch\nprint('importing chatty')\n"
+        "def factory():\n"
+        "    print('building')\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    res = run("spec", "infer", "--model", "chatty_factory:factory", "--input-shape", "4")
+    assert res.exit_code == 0, res.output
+    assert "importing chatty" in res.stderr and "building" in res.stderr
+    assert "building" not in res.stdout and "importing" not in res.stdout
+    assert yaml.safe_load(res.stdout)["format"] == "wsa-permutation-spec"

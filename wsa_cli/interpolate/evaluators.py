@@ -16,6 +16,7 @@ A plug-in may accept a keyword ``recalibrate_bn``; ``--recalibrate-bn`` then pas
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -55,7 +56,8 @@ class Evaluator:
         at = f" at {where}" if where else ""
         kwargs = {"recalibrate_bn": True} if self.recalibrate_bn and self.kind == "plugin" else {}
         try:
-            raw = self.fn(state_dict, device, **kwargs)
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is data: a plug-in's prints go to stderr
+                raw = self.fn(state_dict, device, **kwargs)
         except WsaError as exc:
             if self.kind == "task":
                 raise  # a built-in's own error (e.g. wrong architecture) says what is wrong
@@ -98,12 +100,14 @@ def load_plugin(spec: str) -> EvaluatorFn:
         raise UsageError(f"--eval {spec!r}: expected a task name or package.module:function")
     try:
         if module_name.endswith(".py"):
-            module = _import_file(Path(module_name))
+            with contextlib.redirect_stdout(sys.stderr):
+                module = _import_file(Path(module_name))
         else:
             cwd = os.getcwd()
             if cwd not in sys.path:
                 sys.path.insert(0, cwd)
-            module = importlib.import_module(module_name)
+            with contextlib.redirect_stdout(sys.stderr):
+                module = importlib.import_module(module_name)
     except PluginError:
         raise
     except ModuleNotFoundError as exc:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -37,7 +38,8 @@ class ModelSource:
 
     def fresh(self, state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
         try:
-            model = self.factory(state)
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is data: a plug-in's prints go to stderr
+                model = self.factory(state)
         except WsaError:
             raise  # already says where and what, with its own exit code (a built-in task's MismatchError: 5)
         except Exception as exc:  # noqa: BLE001 - user code may raise anything
@@ -75,11 +77,13 @@ def _import(spec: str) -> Any:
             if mspec is None or mspec.loader is None:
                 raise PluginError(f"cannot import model factory {spec!r}: not a Python file")
             module = importlib.util.module_from_spec(mspec)
-            mspec.loader.exec_module(module)
+            with contextlib.redirect_stdout(sys.stderr):
+                mspec.loader.exec_module(module)
         else:
             if os.getcwd() not in sys.path:
                 sys.path.insert(0, os.getcwd())
-            module = importlib.import_module(module_name)
+            with contextlib.redirect_stdout(sys.stderr):
+                module = importlib.import_module(module_name)
     except PluginError:
         raise
     except ModuleNotFoundError as exc:
