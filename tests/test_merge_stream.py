@@ -382,3 +382,25 @@ def test_streaming_holds_only_a_few_keys_at_once(tmp_path, monkeypatch):
     merge_recipe(r, device="cpu")
     assert len(written) == 40 and read_keys == set(written)
     assert 1 <= worst["ahead"] <= 1 + 2  # default prefetch depth 1, plus the key being merged and the one being read
+
+
+def test_float8_models_merge_like_their_float32_values(tmp_path):
+    # torch never promotes float8 implicitly: the accumulation converts it explicitly, also for
+    # tensors larger than one CPU block
+    from safetensors.torch import save_file
+
+    from wsa_cli.merge.executor import CPU_BLOCK
+
+    g = torch.Generator().manual_seed(0)
+    big = (CPU_BLOCK // 64 + 1, 64)
+    models = [{"w": torch.randn(*big, generator=g).to(torch.float8_e4m3fn), "s": torch.randn(4, 4, generator=g).to(torch.float8_e4m3fn)} for _ in range(2)]
+    for i, m in enumerate(models):
+        save_file(m, str(tmp_path / f"m{i}.safetensors"))
+    recipe = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\nmethod: linear\nscope: {align: false}\noutput: out.safetensors\n")
+    res = _cli("merge", str(recipe))
+    assert res.exit_code == 0, res.output
+    out = load_file(tmp_path / "out.safetensors")
+    for k in ("w", "s"):
+        assert out[k].dtype == torch.float8_e4m3fn
+        expected = ((models[0][k].float() + models[1][k].float()) / 2).to(torch.float8_e4m3fn)
+        assert torch.equal(out[k].float(), expected.float())

@@ -197,3 +197,14 @@ def test_histogram_counts_and_gaussian_mass() -> None:
     np_counts, _ = np.histogram(x.double().numpy(), bins=np.array(h.edges))
     assert h.counts == np_counts.tolist()
     assert sum(h.gaussian) == pytest.approx(20_000, rel=0.01)  # nearly all mass within [min, max]
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_tensors_have_moments_like_their_float32_values(dtype) -> None:
+    # float8 kinds lack count_nonzero/aminmax kernels on the CPU; stats come from the float64 copy
+    t = (torch.randn(16, 8, generator=torch.Generator().manual_seed(0))).to(dtype)
+    t[0, 0] = 0.0
+    m, ref = tensor_moments(t), tensor_moments(t.float())
+    assert (m.n, m.zeros, m.min, m.max) == (ref.n, ref.zeros, ref.min, ref.max)
+    assert m.mean == pytest.approx(ref.mean) and m.var == pytest.approx(ref.var)
+    assert tensor_scope(t) == pytest.approx(tensor_scope(t.float()))

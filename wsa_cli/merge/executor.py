@@ -54,7 +54,8 @@ def axpy_(out: torch.Tensor, x: torch.Tensor, alpha: float) -> torch.Tensor:
         >>> axpy_(torch.zeros(3), torch.ones(3, dtype=torch.bfloat16), 0.5)
         tensor([0.5000, 0.5000, 0.5000])
     """
-    if x.dtype == out.dtype or out.device.type != "cpu" or x.numel() <= CPU_BLOCK:
+    fp8 = x.dtype.is_floating_point and x.dtype.itemsize == 1  # float8 kinds: torch never promotes them
+    if x.dtype == out.dtype or (not fp8 and (out.device.type != "cpu" or x.numel() <= CPU_BLOCK)):
         return out.add_(x, alpha=alpha)
     for o, c in zip(out.view(-1).split(CPU_BLOCK), x.reshape(-1).split(CPU_BLOCK)):
         o.add_(c.to(out.dtype), alpha=alpha)  # (block,) converted in cache

@@ -111,7 +111,8 @@ def chunk_moments(chunk: torch.Tensor, scratch: _Scratch | None = None) -> Momen
     scratch = scratch or _Scratch(numel, chunk.device)
     x, sq = scratch.take(numel)
     x.copy_(chunk)  # (n,) float64 copy: the caller's tensor is never modified
-    src = chunk if chunk.dtype.is_floating_point else x  # narrower reads when the dtype allows
+    # narrower reads when the dtype allows; float8 kinds lack count_nonzero/aminmax kernels: use the copy
+    src = chunk if chunk.dtype.is_floating_point and chunk.dtype.itemsize >= 2 else x
     zeros = numel - int(torch.count_nonzero(src))
     lo, hi = torch.aminmax(src)
     nan = inf = 0
