@@ -212,3 +212,10 @@ def test_scope_fuse_into_unwritable_place_exits_7(tmp_path: Path) -> None:
     assert res.exit_code == ExitCode.OUTPUT_REFUSED, res.output
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {out}: cannot write the output (")
+
+
+@pytest.mark.parametrize("name", ["m.pt", "m.pth", "m.bin", "m.ckpt"])
+def test_pickle_suffix_output_is_refused_not_turned_into_a_folder(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UsageError, match="wsa writes safetensors"):
+        SafetensorsWriter(tmp_path / name, [TensorInfo("w", (2, 2), torch.float32)])
+    assert list(tmp_path.iterdir()) == []

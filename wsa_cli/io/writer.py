@@ -233,6 +233,10 @@ class SafetensorsWriter:
         force: bool = False,
     ) -> None:
         self.out = Path(out)
+        if self.out.suffix in (".pt", ".pth", ".bin", ".ckpt"):  # would silently become a folder of that name
+            raise UsageError(
+                f"output {self.out}: wsa writes safetensors; name a .safetensors file or a folder (no suffix)"
+            )
         self.single_file = self.out.suffix == ".safetensors"
         self.force = force
         shards = plan_shards(list(infos), max_shard_bytes)
