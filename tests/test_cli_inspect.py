@@ -223,3 +223,10 @@ def test_no_arguments_still_shows_help() -> None:
     for args in ([], ["scope"], ["spec"]):
         res = invoke(*args)
         assert "Usage: wsa" in res.output and "error:" not in res.output
+
+
+def test_malformed_cuda_device_is_exit_9_with_or_without_cuda(pair: tuple[Path, Path]) -> None:
+    # torch.device("cuda:x") raises RuntimeError on a CUDA machine; it must not become exit 70
+    res = invoke("inspect", str(pair[0]), "--device", "cuda:x")
+    assert res.exit_code == ExitCode.DEVICE
+    assert res.stderr.strip().splitlines() == ["error: --device 'cuda:x': expected one of auto, cpu, cuda, cuda:N"]

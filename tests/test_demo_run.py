@@ -129,3 +129,10 @@ def test_report_wording_follows_the_numbers():
     base["barriers"][1]["loss_barrier"] = 0.11
     text = render_report(base)
     assert "gives 0.905 (about the same)" in text and "(about the same)" in text
+
+
+def test_demo_bad_device_leaves_no_folder(tmp_path):
+    out = tmp_path / "demo"
+    res = runner.invoke(app, ["demo", "--quick", "-o", str(out), "--device", "cuda:x"])
+    assert res.exit_code == 9
+    assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -27,6 +27,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if spec == "cpu":
         return torch.device("cpu")
     if spec == "cuda" or spec.startswith("cuda:"):
+        if spec != "cuda" and not spec[5:].isdigit():  # torch.device("cuda:x") raises a RuntimeError
+            raise DeviceError(f"--device {spec!r}: expected one of auto, cpu, cuda, cuda:N")
         if not torch.cuda.is_available():
             raise DeviceError(f"--device {spec}: CUDA is not available on this machine (use --device cpu or auto)")
         dev = torch.device(spec)

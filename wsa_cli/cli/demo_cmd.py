@@ -34,6 +34,7 @@ def command(
     """
     from wsa_cli.demo import DemoConfig, render_report, run_demo, total_steps
     from wsa_cli.demo.runner import check_out_dir
+    from wsa_cli.device import resolve_device
 
     out_fmt = resolve_format(fmt, as_json) if (fmt is not None or as_json) else OutputFormat.table
     if out_fmt is OutputFormat.csv:
@@ -46,7 +47,8 @@ def command(
         note(f"[{count['n']}/{steps}] {label}", quiet=quiet)
 
     cfg = DemoConfig(out_dir=out, quick=quick, epochs=epochs, width=width, wsa_coef=wsa_coef, device=device, force=force)
-    check_out_dir(out, force)  # refuse before announcing the run: an error stays the only stderr line
+    resolve_device(device)  # refuse before announcing the run or creating the folder:
+    check_out_dir(out, force)  # an error stays the only stderr line and leaves nothing behind
     note(f"wsa demo: writing into {out}/ ({'quick' if quick else 'full'} run)", quiet=quiet)
     result = run_demo(cfg, progress=advance)
     note(f"wrote {len(result.files)} files into {out}/ (report: {out / 'report.md'})", quiet=quiet)
