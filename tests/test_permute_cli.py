@@ -286,3 +286,13 @@ def test_factory_prints_go_to_stderr_not_into_the_spec(tmp_path, monkeypatch):
     assert "importing chatty" in res.stderr and "building" in res.stderr
     assert "building" not in res.stdout and "importing" not in res.stdout
     assert yaml.safe_load(res.stdout)["format"] == "wsa-permutation-spec"
+
+
+def test_spec_list_and_check_csv_is_csv_not_json(ckpts):
+    _, (a, _, _) = ckpts
+    res = run("spec", "list", "--format", "csv")
+    assert res.exit_code == 0 and res.stdout.splitlines()[0] == "name,description"
+    assert "digits-mlp," in res.stdout
+    res = run("spec", "check", "digits-mlp", str(a), "--format", "csv")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == ["group,size,axes", "P_fc1,16,3", "P_fc2,16,3"]

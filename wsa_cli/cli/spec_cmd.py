@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsa_cli.cli.common import FormatOpt, ForceOpt, JsonOpt, OutputFormat, note, print_table, resolve_format, to_json, write_stdout
+from wsa_cli.cli.common import (
+    FormatOpt, ForceOpt, JsonOpt, OutputFormat, note, print_table, resolve_format, to_csv, to_json, write_stdout,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -107,8 +109,11 @@ def list_templates(fmt: FormatOpt = None, as_json: JsonOpt = False) -> None:
     from wsa_cli.permute.templates import BUILTIN_TEMPLATES
 
     rows = [{"name": n, "description": d} for n, (d, _) in BUILTIN_TEMPLATES.items()]
-    if resolve_format(fmt, as_json) is OutputFormat.table:
+    out_fmt = resolve_format(fmt, as_json)
+    if out_fmt is OutputFormat.table:
         print_table("built-in spec templates", ("name", "description"), [[r["name"], r["description"]] for r in rows])
+    elif out_fmt is OutputFormat.csv:
+        write_stdout(to_csv(rows, ("name", "description")))
     else:
         write_stdout(to_json(rows))
 
@@ -141,10 +146,14 @@ def check(
             raise UsageError(f"--model {model}: pass --input-shape (e.g. 3,32,32)")
         report.functional = functional_check(resolved, state, source, source.input_shape, seed=seed)
     data = {"spec": spec, "checkpoint": checkpoint, "ok": True, **report.to_dict()}
-    if resolve_format(fmt, as_json) is not OutputFormat.table:
+    out_fmt = resolve_format(fmt, as_json)
+    if out_fmt is OutputFormat.json:
         write_stdout(to_json(data))
         return
     rows = [[g, n, sum(1 for v in resolved.axes.values() for e in v if e is not None and e.group == g)] for g, n in report.groups.items()]
+    if out_fmt is OutputFormat.csv:  # one row per group, like the table
+        write_stdout(to_csv([dict(zip(("group", "size", "axes"), r)) for r in rows], ("group", "size", "axes")))
+        return
     print_table(f"{spec}: ok for {checkpoint}", ("group", "size", "axes"), rows,
                 caption=f"{report.permuted_keys} of {report.keys} keys permuted; "
                 f"{len(report.scaling_possible)} layers can be rescaled function-preservingly")
