@@ -547,3 +547,17 @@ def test_plugin_prints_go_to_stderr_not_into_the_json(pm_pair, tmp_path: Path, m
     data = json.loads(res.stdout)  # clean JSON: nothing of the plug-in's on stdout
     assert data["alphas"] == [0.0, 1.0]
     assert "importing chatty" in res.stderr and "debug: evaluating" in res.stderr
+
+
+def test_multi_line_error_from_a_plugin_is_still_one_line(pm_pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = pm_pair
+    (tmp_path / "multiline_eval.py").write_text(
+        "from wsa_cli.errors import ConfigError\n"
+        "def ev(state_dict, device):\n"
+        "    raise ConfigError('first line\\nsecond line')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = invoke(a, b, "--alphas", "0,1", "--eval", "multiline_eval:ev")
+    assert res.exit_code == 8
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: evaluator 'multiline_eval:ev' failed") and "first line second line" in lines[0]

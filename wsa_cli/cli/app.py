@@ -23,6 +23,7 @@ _DEBUG = {"on": False}
 
 
 def _fail(message: str, code: int) -> None:
+    message = " ".join(line.strip() for line in message.strip().splitlines())  # one line, whatever the cause said
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
     raise typer.Exit(code)
