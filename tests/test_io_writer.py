@@ -219,3 +219,5 @@ def test_pickle_suffix_output_is_refused_not_turned_into_a_folder(tmp_path: Path
     with pytest.raises(UsageError, match="wsa writes safetensors"):
         SafetensorsWriter(tmp_path / name, [TensorInfo("w", (2, 2), torch.float32)])
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UsageError, match="wsa writes safetensors"):
+        check_output(tmp_path / name)  # commands check before computing (e.g. before training)

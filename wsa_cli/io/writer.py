@@ -33,6 +33,11 @@ SINGLE_FILE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 
 
+def _refuse_pickle_name(out: Path) -> None:
+    if out.suffix in (".pt", ".pth", ".bin", ".ckpt"):  # would silently become a folder of that name
+        raise UsageError(f"output {out}: wsa writes safetensors; name a .safetensors file or a folder (no suffix)")
+
+
 def check_output(out: str | Path, inputs: Iterable[str | Path] = (), *, force: bool = False) -> Path:
     """Refuse an output that is an input (or contains one) and an existing output without ``force``.
 
@@ -41,6 +46,7 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = (), *, force: b
         PosixPath('merged.safetensors')
     """
     out_path = Path(out)
+    _refuse_pickle_name(out_path)  # before any long computation (training) rather than at write time
     target = out_path.resolve()
     for inp in inputs:
         src = Path(inp).resolve()
@@ -233,10 +239,7 @@ class SafetensorsWriter:
         force: bool = False,
     ) -> None:
         self.out = Path(out)
-        if self.out.suffix in (".pt", ".pth", ".bin", ".ckpt"):  # would silently become a folder of that name
-            raise UsageError(
-                f"output {self.out}: wsa writes safetensors; name a .safetensors file or a folder (no suffix)"
-            )
+        _refuse_pickle_name(self.out)
         self.single_file = self.out.suffix == ".safetensors"
         self.force = force
         shards = plan_shards(list(infos), max_shard_bytes)
