@@ -561,3 +561,26 @@ def test_multi_line_error_from_a_plugin_is_still_one_line(pm_pair, tmp_path: Pat
     assert res.exit_code == 8
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: evaluator 'multiline_eval:ev' failed") and "first line second line" in lines[0]
+
+
+def test_recipe_with_whole_model_rescale_needs_a_rescale_override() -> None:
+    """rescale: fp has no per-tensor meaning for the wsa mode: exit 6 at the recipe line, unless --rescale wins."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from wsa_cli.cli.app import app
+
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    a, b = str(recipes / "models/mlp-s1.safetensors"), str(recipes / "models/mlp-s2.safetensors")
+    recipe = recipes / "permuted-fp.yaml"
+    line = next(i for i, t in enumerate(recipe.read_text().splitlines(), 1) if t.strip() == "rescale: fp")
+    res = CliRunner().invoke(app, ["interpolate", a, b, "--recipe", str(recipe), "--alphas", "0:1:3", "--format", "json"])
+    assert res.exit_code == 6 and f"permuted-fp.yaml:{line}:" in res.stderr and "permuted+fp" in res.stderr
+    res = CliRunner().invoke(app, ["interpolate", a, b, "--recipe", str(recipe), "--rescale", "affine", "--alphas", "0:1:3",
+                                   "--modes", "naive,wsa,permuted+fp", "--format", "json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    import json
+
+    data = json.loads(res.stdout)
+    assert data["scope"]["rescale"] == "affine"

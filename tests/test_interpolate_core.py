@@ -292,3 +292,27 @@ def test_csv_rows_have_curve_then_summary(tmp_path) -> None:  # noqa: ANN001
 def test_no_negative_zero_barriers() -> None:
     s = summarize_curve([0.0, 1.0], [1.0, 1.0], [0.5, 0.5])
     assert math.copysign(1.0, s.acc_barrier) == 1.0 and math.copysign(1.0, s.loss_barrier) == 1.0
+
+
+def test_data_free_csv_names_every_column_once(tmp_path) -> None:  # noqa: ANN001
+    import csv
+    import io
+
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from wsa_cli.cli.app import app
+
+    g = torch.Generator().manual_seed(0)
+    for name in ("a", "b"):
+        save_file({"w": torch.randn(8, 8, generator=g), "v": torch.randn(8, 8, generator=g)}, tmp_path / f"{name}.safetensors")
+    res = CliRunner().invoke(app, ["interpolate", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
+                                   "--alphas", "0:1:5", "--format", "csv"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    header = next(csv.reader(io.StringIO(res.stdout)))
+    assert len(header) == len(set(header)) and "min_std_ratio" in header
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    summary = [r for r in rows if r["row"] == "summary"]
+    curve = [r for r in rows if r["row"] == "curve"]
+    assert summary and all(r["min_std_ratio"] for r in summary)
+    assert min(float(r["min_std_ratio"]) for r in curve if r["mode"] == summary[0]["mode"]) == pytest.approx(float(summary[0]["min_std_ratio"]))

@@ -129,7 +129,7 @@ def command(
 
         if str(spec) not in BUILTIN_TEMPLATES or Path(spec).exists():
             load_spec(spec)
-    from_recipe = options_from_recipe(recipe) if recipe is not None else None
+    from_recipe = options_from_recipe(recipe, rescale=rescale) if recipe is not None else None
     scope = _scope_options(from_recipe, fusion, target, rescale, weights, include, exclude)
     ev = resolve_evaluator(evaluator, recalibrate_bn=recalibrate_bn, split=split) if evaluator is not None else None
     if from_recipe is not None:  # the recipe's permutation block, unless given on the command line

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from wsa_cli.errors import ConfigError
 from wsa_cli.fusion.pipeline import ScopeOptions
+from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,12 @@ class RecipeScope:
     stage: str = ""
 
 
-def options_from_recipe(path: str | Path) -> RecipeScope:
+def options_from_recipe(path: str | Path, *, rescale: str | None = None) -> RecipeScope:
     """Load a merge recipe and return its last stage's scope options.
+
+    ``rescale``: the command line's ``--rescale``, which wins over the recipe's. A recipe's
+    whole-model ``rescale: fp`` has no per-tensor meaning here (interpolation offers it as the
+    mode ``permuted+fp``), so it needs that override.
 
     Example:
         >>> options_from_recipe("recipes/wsa.yaml").scope.fusion  # doctest: +SKIP
@@ -48,6 +53,11 @@ def options_from_recipe(path: str | Path) -> RecipeScope:
     if isinstance(s.target, int) and not -2 <= s.target < 2:
         raise ConfigError(f"scope.target model {s.target} is out of range for 2 checkpoints (use 0 or 1)",
                           path=path, line=s.lines.get("target"))  # fmt: skip
-    scope = ScopeOptions(align=s.align, fusion=s.fusion, target=s.target, rescale=s.rescale, weights=weights, selector=s.selector())
+    if rescale is None and s.rescale in MODEL_RESCALE_MODES:
+        raise ConfigError(f"scope.rescale: {s.rescale} rescales whole models; in wsa interpolate it is the mode "
+                          "permuted+fp (--modes ...,permuted+fp); pass --rescale affine|std|none for the wsa mode",
+                          path=path, line=s.lines.get("rescale"))  # fmt: skip
+    scope = ScopeOptions(align=s.align, fusion=s.fusion, target=s.target, rescale=rescale or s.rescale, weights=weights,
+                         selector=s.selector())  # fmt: skip
     perm = stage.permutation
     return RecipeScope(scope=scope, spec=perm.spec if perm else None, seed=perm.seed if perm else None, stage=stage.name)

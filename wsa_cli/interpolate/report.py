@@ -74,8 +74,13 @@ def summary_columns(result: InterpolationResult) -> list[str]:
 
 
 def csv_columns(result: InterpolationResult) -> list[str]:
-    """``mode, row, alpha, <curve metrics>, <summary metrics>``."""
-    return ["mode", "row", "alpha", *result.metrics, *summary_columns(result)]
+    """``mode, row, alpha, <curve metrics>, <summary metrics>``, each name once.
+
+    A summary metric named like a curve metric (the data-free ``min_std_ratio``, ``max_scope_kl``
+    and their ``_layer``) shares its column: per-alpha values on curve rows, the path's value on
+    the summary row.
+    """
+    return list(dict.fromkeys(["mode", "row", "alpha", *result.metrics, *summary_columns(result)]))
 
 
 def csv_rows(result: InterpolationResult) -> list[dict[str, Any]]:
