@@ -175,3 +175,16 @@ def test_template_that_does_not_fit_is_a_config_error():
     with pytest.raises(ConfigError, match="vgg template does not fit") as exc:
         builtin_spec("digits-cnn", MLP_SHAPES)
     assert exc.value.key == "conv1.weight"
+
+
+def test_guess_orders_numbered_layers_numerically_when_keys_are_sorted() -> None:
+    """safetensors lists keys alphabetically (layers.10 before layers.2); the guess restores 0..11."""
+    from wsa_cli.permute.guess import guess_spec
+
+    shapes = {f"layers.{i}.weight": (6, 6) for i in range(12)}
+    shapes["layers.0.weight"], shapes["layers.11.weight"] = (6, 3), (2, 6)
+    spec = guess_spec(dict(sorted(shapes.items())))
+    for i in range(1, 11):
+        out, inp = spec.axes[f"layers.{i}.weight"]
+        assert (out.group, inp.group) == (f"P_layers.{i}", f"P_layers.{i - 1}")
+    assert spec.axes["layers.11.weight"][0] is None  # the output layer keeps its order

@@ -30,6 +30,11 @@ _BN_LEAVES = {"weight", "bias", "running_mean", "running_var", "num_batches_trac
 UNKNOWN_ACT = "guessed spec: the activation after this layer is unknown (use wsa spec infer or a template)"
 
 
+def _natural(name: str) -> tuple[object, ...]:
+    """Sort key comparing digit runs as numbers: ``layers.2`` before ``layers.10``."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
 def _refuse(why: str, key: str | None = None) -> ConfigError:
     return ConfigError(f"cannot guess a spec: {why}; write one by hand, use 'wsa spec template' or 'wsa spec infer'", key=key)
 
@@ -50,8 +55,15 @@ def guess_spec(shapes: Mapping[str, Sequence[int]]) -> PermutationSpec:
             raise _refuse("a tensor outside any module (no 'module.' prefix)", key)
         prefix, leaf = key.rsplit(".", 1)
         prefixes.setdefault(prefix, {})[leaf] = tuple(shape)
+    order = list(prefixes)
+    if list(shapes) == sorted(shapes):
+        # Keys in plain string order (safetensors lists them so) have lost the module order; digit
+        # runs compared as numbers are the better guess (layers.2 before layers.10). Pickled state
+        # dicts keep the module order and are used as stored.
+        order.sort(key=_natural)
     layers: list[tuple[str, str, tuple[int, ...]]] = []  # (kind, prefix, weight shape); kind: linear/conv/bn
-    for prefix, leaves in prefixes.items():
+    for prefix in order:
+        leaves = prefixes[prefix]
         if "running_mean" in leaves or "running_var" in leaves:
             if not set(leaves) <= _BN_LEAVES:
                 raise _refuse(f"'{prefix}' mixes BatchNorm statistics with other tensors", f"{prefix}.{sorted(set(leaves) - _BN_LEAVES)[0]}")
@@ -80,7 +92,9 @@ def guess_spec(shapes: Mapping[str, Sequence[int]]) -> PermutationSpec:
     for i, (kind, prefix, shape) in enumerate(layers):
         if kind == "bn":
             if prev is None or i == 0 or layers[i - 1][0] == "bn":
-                raise _refuse("a BatchNorm that does not directly follow a Linear/Conv layer", f"{prefix}.running_mean")
+                raise _refuse("a BatchNorm that does not directly follow a Linear/Conv layer in key order (files that list "
+                              "keys alphabetically put e.g. 'bn1' before 'conv1', which names alone cannot undo)",
+                              f"{prefix}.running_mean")  # fmt: skip
             if shape[0] != prev[2]:
                 raise _refuse(f"BatchNorm has {shape[0]} channels but {prev[1]} writes {prev[2]}", f"{prefix}.running_mean")
             if prev[1] == last:
