@@ -291,3 +291,29 @@ def test_corrupt_pickle_is_one_clean_error_without_torch_warnings(tmp_path: Path
             open_checkpoint(path)
     assert "globals" not in str(info.value)
     assert [str(w.message) for w in caught] == []
+
+
+def test_prefixes_are_stripped_for_every_format(tmp_path: Path) -> None:
+    sd = {"module.fc.weight": torch.randn(2, 2), "module.fc.bias": torch.zeros(2)}
+    save_file(sd, tmp_path / "ddp.safetensors")
+    torch.save(sd, tmp_path / "ddp.pt")
+    for name in ("ddp.safetensors", "ddp.pt"):
+        with open_checkpoint(tmp_path / name) as r:  # module. is always removed
+            assert sorted(r.keys()) == ["fc.bias", "fc.weight"]
+            assert torch.equal(r.get("fc.weight"), sd["module.fc.weight"])
+            buf = torch.empty(64, dtype=torch.uint8)
+            assert torch.equal(r.get("fc.weight", out=buf), sd["module.fc.weight"])
+            assert set(r.state_dict()) == {"fc.bias", "fc.weight"}
+        with open_checkpoint(tmp_path / name, strip_prefix="fc.") as r:
+            assert sorted(r.keys()) == ["bias", "weight"]
+        with pytest.raises(CheckpointError, match="--strip-prefix 'zz.'") as info:
+            open_checkpoint(tmp_path / name, strip_prefix="zz.")
+        assert info.value.key == "fc.weight" or info.value.key == "fc.bias"
+
+
+def test_container_key_on_safetensors_is_a_usage_error(tmp_path: Path) -> None:
+    from wsa_cli.errors import UsageError
+
+    save_file({"w": torch.ones(1)}, tmp_path / "m.safetensors")
+    with pytest.raises(UsageError, match="pickled checkpoint"):
+        open_checkpoint(tmp_path / "m.safetensors", container_key="state_dict")

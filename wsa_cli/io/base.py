@@ -47,7 +47,8 @@ class CheckpointReader(abc.ABC):
     """Lazy, read-only view of one model's tensors (one file, a folder, or a set of shards).
 
     Subclasses fill ``_infos`` (key -> :class:`TensorInfo`, in storage order) in ``__init__`` and
-    implement :meth:`_load`. Use as a context manager so file handles are released.
+    implement :meth:`_load`, which receives the tensor's info under its *stored* key (keys may be
+    renamed afterwards by :meth:`strip_key_prefix`). Use as a context manager so file handles are released.
     """
 
     #: Short name of the on-disk format, e.g. ``safetensors`` or ``torch``.
@@ -60,6 +61,8 @@ class CheckpointReader(abc.ABC):
         self.metadata: dict[str, str] = {}
         #: Entries that were found but are not tensors (key -> reason); reported, never fatal.
         self.skipped: dict[str, str] = {}
+        #: Public key -> key as stored, for keys renamed by :meth:`strip_key_prefix`.
+        self._stored: dict[str, str] = {}
 
     # -- interface ---------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -85,15 +88,38 @@ class CheckpointReader(abc.ABC):
         hold the tensor (pickles) ignore it.
         """
         info = self.info(key)  # raises a clear error for unknown keys
+        stored = self._stored.get(key, key)
         if out is not None:
             if out.dtype != torch.uint8 or out.numel() < info.nbytes or out.device.type != "cpu":
                 raise ValueError(f"out must be a CPU uint8 buffer of >= {info.nbytes} bytes")
-            return self._load_into(info, out)
-        return self._load(key)
+            return self._load_into(TensorInfo(stored, info.shape, info.dtype), out)
+        return self._load(TensorInfo(stored, info.shape, info.dtype))
+
+    def strip_key_prefix(self, prefix: str, *, required: bool) -> None:
+        """Remove ``prefix`` from every key (``module.`` from DDP, ``model.`` from Lightning).
+
+        With ``required`` a key without the prefix is an error naming it; without, nothing changes
+        unless every key has the prefix. Keys that would collide or become empty are an error.
+        """
+        keys = list(self._infos)
+        missing = next((k for k in keys if not k.startswith(prefix)), None)
+        if missing is not None:
+            if required:
+                raise CheckpointError(f"--strip-prefix {prefix!r}: the key does not start with it", path=self.path, key=missing)
+            return
+        renamed: dict[str, TensorInfo] = {}
+        for key in keys:
+            new = key[len(prefix) :]
+            if not new or new in renamed:
+                raise CheckpointError(f"removing the prefix {prefix!r} leaves an empty or duplicate key", path=self.path, key=key)
+            info = self._infos[key]
+            renamed[new] = TensorInfo(new, info.shape, info.dtype)
+            self._stored[new] = self._stored.pop(key, key)
+        self._infos = renamed
 
     def _load_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
         """Hook for readers that can read into a caller's buffer; default: plain load."""
-        return self._load(info.key)
+        return self._load(info)
 
     def files(self) -> list[Path]:
         """The files that hold this checkpoint's tensors (used for provenance and overwrite checks)."""
@@ -112,7 +138,8 @@ class CheckpointReader(abc.ABC):
 
     # -- implementation hook -----------------------------------------------------------------
     @abc.abstractmethod
-    def _load(self, key: str) -> torch.Tensor: ...
+    def _load(self, info: TensorInfo) -> torch.Tensor:
+        """Read one tensor; ``info.key`` is the key as stored in the file."""
 
     # -- conveniences ------------------------------------------------------------------------
     def __contains__(self, key: object) -> bool:
@@ -137,4 +164,4 @@ class CheckpointReader(abc.ABC):
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Load every tensor (small models only; merge and inspect stream instead)."""
-        return {k: self._load(k) for k in self._infos}
+        return {k: self.get(k) for k in self._infos}

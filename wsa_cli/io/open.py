@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsa_cli.errors import CheckpointError, InputNotFoundError
+from wsa_cli.errors import CheckpointError, InputNotFoundError, UsageError
 from wsa_cli.io.base import CheckpointReader
 from wsa_cli.io.safetensors_reader import SafetensorsReader, ShardedSafetensorsReader, read_index
 from wsa_cli.io.torch_reader import TORCH_SUFFIXES, TorchReader
@@ -39,14 +39,14 @@ def _sniff(path: Path) -> str | None:
     return None
 
 
-def _open_index(index: Path, extra: list[Path] | None, container_key: str | None, strip_prefix: str | None, shown: Path) -> CheckpointReader:
+def _open_index(index: Path, extra: list[Path] | None, container_key: str | None, shown: Path) -> CheckpointReader:
     shards, weight_map = read_index(index)
     if index.name.endswith(".safetensors.index.json") or all(s.suffix == ".safetensors" for s in shards):
         return ShardedSafetensorsReader(shown, shards, weight_map=weight_map, index_path=index, extra_files=extra)
-    return TorchReader(shown, container_key=container_key, strip_prefix=strip_prefix, shards=shards, extra_files=extra)
+    return TorchReader(shown, container_key=container_key, shards=shards, extra_files=extra)
 
 
-def _open_folder(folder: Path, container_key: str | None, strip_prefix: str | None) -> CheckpointReader:
+def _open_folder(folder: Path, container_key: str | None) -> CheckpointReader:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     indexes = [p for p in files if p.name.endswith(".index.json")]
     st_files = [p for p in files if p.suffix == ".safetensors"]
@@ -60,14 +60,14 @@ def _open_folder(folder: Path, container_key: str | None, strip_prefix: str | No
     if indexes:
         shards, _ = read_index(indexes[0])
         extra = [p for p in files if p not in shards and p != indexes[0] and not _is_weight_file(p) and p.name not in WSA_SIDE_FILES]
-        return _open_index(indexes[0], extra, container_key, strip_prefix, folder)
+        return _open_index(indexes[0], extra, container_key, folder)
     extra = [p for p in files if not _is_weight_file(p) and p.name not in WSA_SIDE_FILES]
     if st_files:
         if len(st_files) == 1:
             return SafetensorsReader(st_files[0], extra_files=extra)
         return ShardedSafetensorsReader(folder, st_files, extra_files=extra)
     if len(pt_files) == 1:
-        return TorchReader(pt_files[0], container_key=container_key, strip_prefix=strip_prefix, extra_files=extra)
+        return TorchReader(pt_files[0], container_key=container_key, extra_files=extra)
     if len(pt_files) > 1:
         names = ", ".join(p.name for p in pt_files)
         raise CheckpointError(f"folder holds several PyTorch checkpoints ({names}) and no index; pass one file", path=folder)
@@ -90,29 +90,38 @@ def open_checkpoint(
         >>> with open_checkpoint("model.safetensors") as ckpt:  # doctest: +SKIP
         ...     print(ckpt.info("fc.weight").shape)
     """
-    reader = _open_any(Path(path), container_key, strip_prefix)
-    if len(reader) == 0:
+    reader = _open_any(Path(path), container_key)
+    try:
+        if len(reader) == 0:
+            raise CheckpointError("checkpoint holds no tensors (empty)", path=path)
+        if container_key and not isinstance(reader, TorchReader):
+            raise UsageError(f"--key {container_key!r} picks an entry inside a pickled checkpoint; "
+                             f"this is a {reader.format_name} checkpoint", path=path)  # fmt: skip
+        reader.strip_key_prefix("module.", required=False)  # DDP wraps every key in module.
+        if strip_prefix:
+            reader.strip_key_prefix(strip_prefix, required=True)
+    except BaseException:
         reader.close()
-        raise CheckpointError("checkpoint holds no tensors (empty)", path=path)
+        raise
     return reader
 
 
-def _open_any(p: Path, container_key: str | None, strip_prefix: str | None) -> CheckpointReader:
+def _open_any(p: Path, container_key: str | None) -> CheckpointReader:
     if not p.exists():
         raise InputNotFoundError("no such file or folder", path=p)
     if p.is_dir():
-        return _open_folder(p, container_key, strip_prefix)
+        return _open_folder(p, container_key)
     if p.name.endswith(".index.json"):
-        return _open_index(p, None, container_key, strip_prefix, p)
+        return _open_index(p, None, container_key, p)
     if p.suffix == ".safetensors":
         return SafetensorsReader(p)
     if p.suffix in TORCH_SUFFIXES:
-        return TorchReader(p, container_key=container_key, strip_prefix=strip_prefix)
+        return TorchReader(p, container_key=container_key)
     kind = _sniff(p)
     if kind == "safetensors":
         return SafetensorsReader(p)
     if kind == "torch":
-        return TorchReader(p, container_key=container_key, strip_prefix=strip_prefix)
+        return TorchReader(p, container_key=container_key)
     raise CheckpointError(
         "unknown checkpoint format (expected .safetensors, .safetensors.index.json, .pt, .pth, .bin, .ckpt or a folder)",
         path=p,

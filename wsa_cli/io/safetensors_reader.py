@@ -104,8 +104,8 @@ class SafetensorsReader(CheckpointReader):
         self._data = _DataFile(self.path)
         self._extra = list(extra_files or [])
 
-    def _load(self, key: str) -> torch.Tensor:
-        return self._data.read(self._infos[key])
+    def _load(self, info: TensorInfo) -> torch.Tensor:
+        return self._data.read(info)
 
     def _load_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
         return self._data.read(info, out)
@@ -164,8 +164,8 @@ class ShardedSafetensorsReader(CheckpointReader):
                 raise CheckpointError(f"{len(missing)} tensor(s) missing from the index", path=where, key=missing[0])
         self._extra = list(extra_files or [])
 
-    def _load(self, key: str) -> torch.Tensor:
-        return self._data[self._owner[key]].read(self._infos[key])
+    def _load(self, info: TensorInfo) -> torch.Tensor:
+        return self._data[self._owner[info.key]].read(info)
 
     def _load_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
         return self._data[self._owner[info.key]].read(info, out)

@@ -8,8 +8,8 @@ cannot be mapped and are loaded whole).
 Containers: a plain state dict is used as is. Otherwise the reader looks, in order, for
 ``state_dict`` (PyTorch Lightning), ``model_state_dict``, ``model``, ``module``, ``net``,
 ``state`` and ``params`` holding a dict of tensors; ``container_key`` picks one explicitly (a dotted
-path such as ``ema.model``). A ``module.`` prefix shared by every key (DDP) is removed;
-``strip_prefix`` removes another (e.g. ``model.`` from Lightning modules).
+path such as ``ema.model``). Key prefixes (``module.`` from DDP, ``--strip-prefix``) are removed by
+:func:`wsa_cli.io.open_checkpoint` for every format alike.
 """
 
 from __future__ import annotations
@@ -87,15 +87,11 @@ def _pick_container(obj: Any, container_key: str | None, path: Path) -> Mapping[
     )
 
 
-def _strip(keys: list[str], prefix: str) -> bool:
-    return bool(keys) and all(k.startswith(prefix) for k in keys)
-
-
 class TorchReader(CheckpointReader):
     """A pickled PyTorch checkpoint (or a set of ``pytorch_model-*.bin`` shards with an index).
 
     Example:
-        >>> with TorchReader("lightning.ckpt", strip_prefix="model.") as r:  # doctest: +SKIP
+        >>> with TorchReader("lightning.ckpt", container_key="state_dict") as r:  # doctest: +SKIP
         ...     r.keys()[:2]
     """
 
@@ -106,7 +102,6 @@ class TorchReader(CheckpointReader):
         path: str | Path,
         *,
         container_key: str | None = None,
-        strip_prefix: str | None = None,
         shards: list[Path] | None = None,
         extra_files: list[Path] | None = None,
     ) -> None:
@@ -123,22 +118,13 @@ class TorchReader(CheckpointReader):
                     self._tensors[key] = value
                 else:
                     self.skipped[key] = f"not a tensor ({type(value).__name__})"
-        keys = list(self._tensors)
-        prefixes = [p for p in ("module.", strip_prefix) if p]
-        for prefix in prefixes:
-            if _strip(keys, prefix):
-                self._tensors = {k[len(prefix) :]: v for k, v in self._tensors.items()}
-                keys = list(self._tensors)
-            elif prefix == strip_prefix:
-                bad = next(k for k in keys if not k.startswith(prefix)) if keys else "?"
-                raise CheckpointError(f"--strip-prefix {prefix!r}: key does not start with it", path=self.path, key=bad)
         if not self._tensors:
             raise CheckpointError("checkpoint holds no tensors", path=self.path)
         self._infos = {k: TensorInfo(k, tuple(v.shape), v.dtype) for k, v in self._tensors.items()}
         self._extra = list(extra_files or [])
 
-    def _load(self, key: str) -> torch.Tensor:
-        return self._tensors[key]
+    def _load(self, info: TensorInfo) -> torch.Tensor:
+        return self._tensors[info.key]
 
     def files(self) -> list[Path]:
         return list(self._files)
