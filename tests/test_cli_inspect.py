@@ -230,3 +230,13 @@ def test_malformed_cuda_device_is_exit_9_with_or_without_cuda(pair: tuple[Path, 
     res = invoke("inspect", str(pair[0]), "--device", "cuda:x")
     assert res.exit_code == ExitCode.DEVICE
     assert res.stderr.strip().splitlines() == ["error: --device 'cuda:x': expected one of auto, cpu, cuda, cuda:N"]
+
+
+def test_complex_tensors_are_listed_not_measured(tmp_path: Path) -> None:
+    save_file({"w": torch.randn(4, 4), "freqs": torch.randn(4, 2, dtype=torch.complex64)}, tmp_path / "c.safetensors")
+    res = invoke("inspect", str(tmp_path / "c.safetensors"), "--all", "--json")
+    assert res.exit_code == 0, res.output
+    ckpt = json.loads(res.stdout)["checkpoints"][0]
+    assert [t["key"] for t in ckpt["tensors"]] == ["w"]
+    assert "complex" in ckpt["skipped"]["freqs"] and ckpt["summary"]["kinds"]["complex"] == 1
+    assert res.stderr == ""  # no torch warning about discarding imaginary parts

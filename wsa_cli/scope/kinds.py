@@ -1,6 +1,6 @@
 """A coarse *kind* for each tensor, from its key, shape and dtype, used in tables and reports.
 
-Kinds: ``integer`` (int/bool), ``buffer`` (BatchNorm running stats, masks, position ids),
+Kinds: ``integer`` (int/bool), ``complex``, ``buffer`` (BatchNorm running stats, masks, position ids),
 ``norm`` (norm scales/shifts), ``embedding``, ``conv`` (ndim >= 3 weight), ``matrix`` (2-D
 weight), ``bias``, ``vector`` (other 1-D floats), ``scalar``.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-LAYER_KINDS = ("matrix", "conv", "embedding", "bias", "norm", "vector", "scalar", "buffer", "integer")
+LAYER_KINDS = ("matrix", "conv", "embedding", "bias", "norm", "vector", "scalar", "buffer", "integer", "complex")
 
 _BUFFER = re.compile(r"(running_mean|running_var|num_batches_tracked|position_ids|\.masked_bias|attn\.bias$|inv_freq)")
 _NORM = re.compile(r"(^|[._])(norm|ln|bn|layernorm|layer_norm|batchnorm|rmsnorm|ln_f|ln_\d+|bn\d+|norm\d+)([._]|$)", re.I)
@@ -28,6 +28,8 @@ def layer_kind(key: str, shape: Sequence[int], dtype: torch.dtype) -> str:
         >>> layer_kind("bn1.num_batches_tracked", (), torch.int64)
         'integer'
     """
+    if dtype.is_complex:
+        return "complex"
     if not dtype.is_floating_point:
         return "integer"
     if _BUFFER.search(key):

@@ -67,15 +67,19 @@ def inspect_checkpoint(
     dtypes: Counter[str] = Counter()
     total_params = layer_params = 0
     measure: list[str] = []
+    unmeasured: dict[str, str] = {}
     for info in infos:
         is_layer = selector.selects(info.key, info.shape, info.dtype)
         kinds[layer_kind(info.key, info.shape, info.dtype)] += 1
         dtypes[str(info.dtype).removeprefix("torch.")] += 1
         total_params += info.numel
         layer_params += info.numel if is_layer else 0
-        if is_layer or all_tensors:
+        if info.dtype.is_complex and all_tensors:
+            unmeasured[info.key] = "complex tensor: scope statistics are defined for real values only"
+        elif is_layer or all_tensors:
             measure.append(info.key)
-        elif progress:
+            continue
+        if progress:
             progress(1, info.key)
     # Two rotating read buffers: the thread fills one while tensor k, in the other, is measured;
     # tensor k's buffer is refilled only after the loop has moved past k.
@@ -104,7 +108,7 @@ def inspect_checkpoint(
         "constant_layers": [t.key for t in measured if t.std == 0.0],
         "mean_of_layer_std": _mean([t.std for t in measured if t.std is not None]),
     }
-    return ModelReport(str(reader.path), reader.format_name, out, summary, dict(reader.skipped))
+    return ModelReport(str(reader.path), reader.format_name, out, summary, {**reader.skipped, **unmeasured})
 
 
 def _mean(values: Sequence[float]) -> float | None:
