@@ -221,3 +221,14 @@ def test_pickle_suffix_output_is_refused_not_turned_into_a_folder(tmp_path: Path
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(UsageError, match="wsa writes safetensors"):
         check_output(tmp_path / name)  # commands check before computing (e.g. before training)
+
+
+def test_missing_output_folders_are_created_and_a_file_in_the_way_is_refused(tmp_path: Path) -> None:
+    from wsa_cli.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "new" / "deeper" / "r.json", "{}")
+    assert (tmp_path / "new" / "deeper" / "r.json").read_text() == "{}"
+    assert check_output(tmp_path / "other" / "m.safetensors") == tmp_path / "other" / "m.safetensors"
+    (tmp_path / "blocker").write_text("")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_output(tmp_path / "blocker" / "m.safetensors")

@@ -57,8 +57,9 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = (), *, force: b
         raise OutputError("output exists; pass --force to replace it", path=out_path)
     if out_path.exists() and out_path.is_dir() != (out_path.suffix == ""):
         raise OutputError("output exists and is of the other kind (file vs folder)", path=out_path)
-    if not target.parent.exists():
-        raise OutputError(f"folder {out_path.parent} does not exist", path=out_path)
+    existing = next(p for p in target.parents if p.exists())  # missing folders are created when writing
+    if not existing.is_dir():
+        raise OutputError(f"{existing} is a file, not a folder", path=out_path)
     return out_path
 
 
@@ -105,6 +106,7 @@ def staged_output(out: str | Path, *, directory: bool = False, force: bool = Tru
     """
     out = Path(out)
     with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)  # like merge, train and align: create missing folders
         if directory:
             stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".wsa-tmp", dir=out.parent))
         else:

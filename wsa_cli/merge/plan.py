@@ -315,7 +315,7 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
     if out_spec is not None:
         output = out_spec.path
         inputs = [f for m in [*models, *([base] if base else [])] for f in (m.files or [m.path])]
-        _check_output(output, inputs, force)
+        check_output(output, inputs, force=force)  # a missing output folder is created when writing
     else:
         output = final_out.parent / f".wsa-stage-{stage.name}.safetensors"
     copy_files = _copy_files(recipe, stage, models, output)
@@ -325,17 +325,6 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
         spec=stage, models=models, base=base, tensors=tensors, output=output, temporary=temporary, scope=scope,
         weights=weights, copy_files=copy_files, max_shard_bytes=out_spec.shard_size if out_spec else None,
     )  # fmt: skip
-
-
-def _check_output(output: Path, inputs: Sequence[Path], force: bool) -> None:
-    """The foundation's guards; a missing output folder is fine (it is created when writing)."""
-    parent = output.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OutputError(f"cannot create the output folder: {parent} is a file", path=output)
-    if output.parent.exists():
-        check_output(output, inputs, force=force)
 
 
 def _copy_files(recipe: Recipe, stage: StageSpec, models: Sequence[InputPlan], output: Path) -> list[Path]:
