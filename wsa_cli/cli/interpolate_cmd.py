@@ -148,12 +148,12 @@ def command(
     if ev is None:
         note("note: no --eval given: showing DATA-FREE DIAGNOSTICS (weight statistics), not loss or accuracy", quiet=quiet)
 
-    _emit(result, out_fmt)
-    if plot is not None:
+    if plot is not None:  # before stdout: a plot that cannot be written fails the run, data or not
         from wsa_cli.interpolate.plot import plot_result
 
         plot_result(result, plot)
         note(f"wrote {plot}", quiet=quiet)
+    _emit(result, out_fmt)
     _check(gates, result)
 
 
@@ -190,17 +190,11 @@ def _check(gates: list[Any], result: Any) -> None:
 
 
 def _check_plot_path(plot: Path, inputs: list[str], force: bool) -> None:
-    from wsa_cli.errors import OutputError
+    from wsa_cli.io import check_output
 
     if plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise UsageError(f"--plot {plot}: use a .png, .svg or .pdf file name")
-    resolved = plot.resolve()
-    if any(Path(p).resolve() == resolved for p in inputs):
-        raise OutputError("refusing to overwrite an input checkpoint with the plot", path=plot)
-    if plot.exists() and not force:
-        raise OutputError("exists; pass --force to replace it", path=plot)
-    if not plot.parent.exists():
-        raise OutputError("the folder does not exist", path=plot.parent)
+    check_output(plot, inputs, force=force)
 
 
 def _scope_options(
