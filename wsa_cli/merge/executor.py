@@ -18,6 +18,7 @@ the model (per-layer scopes before and after, what was copied and why, constant 
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import Future, ThreadPoolExecutor
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -285,7 +286,7 @@ def run_stage(
         entries = {t.key: t for t in plan.tensors}
         order = {t.key: i for i, t in enumerate(plan.tensors)}
         largest = max((t.numel_bytes for t in plan.tensors), default=1)
-        ring = BufferRing(prefetch + 1, len(sources) + 1, largest, pin=pin)
+        ring = BufferRing(prefetch + 2, len(sources) + 1, largest, pin=pin)  # + the key being written
 
         def read(src: Source, key: str, buf: torch.Tensor) -> torch.Tensor:
             return src.get(key, out=buf) if isinstance(src, CheckpointReader) else source_get(src, key)
@@ -300,18 +301,24 @@ def run_stage(
                 ts = [t.pin_memory() for t in ts]
             return ts, b
 
-        scratch = Scratch()
+        scratches = [Scratch(), Scratch()]  # key i merges into scratches[i % 2] while key i-1 is written
         records = []
         with SafetensorsWriter(plan.output, plan.out_infos, metadata=metadata, max_shard_bytes=plan.max_shard_bytes,
-                               force=force or plan.temporary) as writer:  # fmt: skip
-            for key, (ts, b) in read_ahead(load, [t.key for t in plan.tensors], depth=prefetch):
+                               force=force or plan.temporary) as writer, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsa-write") as write_behind:  # fmt: skip
+            pending: Future[None] | None = None
+            for i, (key, (ts, b)) in enumerate(read_ahead(load, [t.key for t in plan.tensors], depth=prefetch)):
                 res = merge_tensor(entries[key], ts, b, scope=plan.scope, weights=plan.weights, seed=plan.spec.seed,
-                                   device=dev, align_base=plan.spec.scope.align_base, scratch=scratch)  # fmt: skip
-                writer.write(key, res.tensor)
+                                   device=dev, align_base=plan.spec.scope.align_base, scratch=scratches[i % 2])  # fmt: skip
+                if pending is not None:
+                    pending.result()  # key i-1 is on disk: its scratch and ring slot may be reused
+                pending = write_behind.submit(writer.write, key, res.tensor)
                 records.append(res.record)
                 del ts, b, res
                 if progress is not None:
                     progress(1, key)
+            if pending is not None:
+                pending.result()
             for f in plan.copy_files:
                 writer.add_copy(f.name, f)
             summary = _summary(plan, records, writer.shard_names)
