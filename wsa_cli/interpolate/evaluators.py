@@ -17,19 +17,16 @@ A plug-in may accept a keyword ``recalibrate_bn``; ``--recalibrate-bn`` then pas
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import inspect
-import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from wsa_cli.errors import PluginError, UsageError, WsaError
+from wsa_cli.plugins import import_callable
 
 EvaluatorFn = Callable[..., Mapping[str, Any]]
 
@@ -95,51 +92,7 @@ def load_plugin(spec: str) -> EvaluatorFn:
         >>> load_plugin("math:dist")  # doctest: +ELLIPSIS
         <built-in function dist>
     """
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"--eval {spec!r}: expected a task name or package.module:function")
-    try:
-        if module_name.endswith(".py"):
-            with contextlib.redirect_stdout(sys.stderr):
-                module = _import_file(Path(module_name))
-        else:
-            cwd = os.getcwd()
-            if cwd not in sys.path:
-                sys.path.insert(0, cwd)
-            with contextlib.redirect_stdout(sys.stderr):
-                module = importlib.import_module(module_name)
-    except PluginError:
-        raise
-    except ModuleNotFoundError as exc:
-        raise PluginError(f"cannot import evaluator {spec!r}: no module named {exc.name!r}") from exc
-    except Exception as exc:  # noqa: BLE001 - importing user code may raise anything
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise PluginError(f"cannot import evaluator {spec!r}: {type(exc).__name__}: {first}") from exc
-    fn: Any = module
-    for part in attr.split("."):
-        if not hasattr(fn, part):
-            raise PluginError(f"cannot import evaluator {spec!r}: module {module_name!r} has no attribute {attr!r}")
-        fn = getattr(fn, part)
-    if not callable(fn):
-        raise PluginError(f"evaluator {spec!r} is not callable (it is a {type(fn).__name__})")
-    return fn
-
-
-def _import_file(path: Path) -> Any:
-    if not path.is_file():
-        raise PluginError(f"cannot import evaluator: no such file {str(path)!r}")
-    name = f"wsa_plugin_{path.stem}_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise PluginError(f"cannot import evaluator: {str(path)!r} is not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
+    return import_callable(spec, what="evaluator", usage=f"--eval {spec!r}: expected a task name or package.module:function")
 
 
 def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:

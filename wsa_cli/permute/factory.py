@@ -13,19 +13,15 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
-import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from wsa_cli.errors import MismatchError, PluginError, UsageError, WsaError
+from wsa_cli.plugins import import_callable
 
 
 @dataclass
@@ -64,43 +60,6 @@ class ModelSource:
         return model.eval()
 
 
-def _import(spec: str) -> Any:
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"--model {spec!r}: expected a built-in task name or package.module:factory")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise PluginError(f"cannot import model factory {spec!r}: no such file")
-            mspec = importlib.util.spec_from_file_location(f"wsa_model_{path.stem}", path)
-            if mspec is None or mspec.loader is None:
-                raise PluginError(f"cannot import model factory {spec!r}: not a Python file")
-            module = importlib.util.module_from_spec(mspec)
-            with contextlib.redirect_stdout(sys.stderr):
-                mspec.loader.exec_module(module)
-        else:
-            if os.getcwd() not in sys.path:
-                sys.path.insert(0, os.getcwd())
-            with contextlib.redirect_stdout(sys.stderr):
-                module = importlib.import_module(module_name)
-    except PluginError:
-        raise
-    except ModuleNotFoundError as exc:
-        raise PluginError(f"cannot import model factory {spec!r}: no module named {exc.name!r}") from exc
-    except Exception as exc:  # noqa: BLE001
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise PluginError(f"cannot import model factory {spec!r}: {type(exc).__name__}: {first}") from exc
-    fn: Any = module
-    for part in attr.split("."):
-        if not hasattr(fn, part):
-            raise PluginError(f"cannot import model factory {spec!r}: {module_name!r} has no attribute {attr!r}")
-        fn = getattr(fn, part)
-    if not callable(fn):
-        raise PluginError(f"model factory {spec!r} is not callable")
-    return fn
-
-
 def load_model_source(spec: str, input_shape: Sequence[int] | None = None) -> ModelSource:
     """Resolve ``--model``: a built-in task name, or ``package.module:factory`` (no arguments)."""
     from wsa_cli.tasks import TASKS
@@ -113,7 +72,7 @@ def load_model_source(spec: str, input_shape: Sequence[int] | None = None) -> Mo
             return task.build_model(width, seed=0)
 
         return ModelSource(spec, build_task, tuple(input_shape) if input_shape else tuple(task.input_shape))
-    fn = _import(spec)
+    fn = import_callable(spec, what="model factory", usage=f"--model {spec!r}: expected a built-in task name or package.module:factory")
     return ModelSource(spec, lambda _state: fn(), tuple(input_shape) if input_shape else None)
 
 
