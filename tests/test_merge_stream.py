@@ -389,10 +389,10 @@ def test_float8_models_merge_like_their_float32_values(tmp_path):
     # tensors larger than one CPU block
     from safetensors.torch import save_file
 
-    from wsa_cli.merge.executor import CPU_BLOCK
+    from wsa_cli.scope.stats import SCOPE_CHUNK
 
     g = torch.Generator().manual_seed(0)
-    big = (CPU_BLOCK // 64 + 1, 64)
+    big = (SCOPE_CHUNK // 64 + 1, 64)
     models = [{"w": torch.randn(*big, generator=g).to(torch.float8_e4m3fn), "s": torch.randn(4, 4, generator=g).to(torch.float8_e4m3fn)} for _ in range(2)]
     for i, m in enumerate(models):
         save_file(m, str(tmp_path / f"m{i}.safetensors"))

@@ -117,6 +117,44 @@ def test_tensor_scope_is_population_std() -> None:
     assert tensor_scope(x).std == pytest.approx(float(x.std(correction=0)))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=60),
+    st.integers(min_value=1, max_value=7),
+    st.floats(-1e4, 1e4),
+)
+def test_tensor_scope_agrees_with_moments_for_any_chunking(values: list[float], chunk: int, offset: float) -> None:
+    """The two-sum blocks (centred again when they would cancel) give the float64 moments' scope,
+    also with a mean far from 0 relative to the spread."""
+    x = torch.tensor(values, dtype=torch.float64) + offset
+    m = tensor_moments(x)
+    s = tensor_scope(x, chunk=chunk)
+    scale = max(1.0, float(x.abs().max()))
+    assert s.mean == pytest.approx(m.mean, rel=1e-12, abs=1e-12 * scale)
+    assert s.std == pytest.approx(math.sqrt(m.var), rel=1e-6, abs=1e-7 * scale)
+
+
+def test_tensor_scope_skips_nonfinite_values_block_by_block() -> None:
+    x = torch.tensor([1.0, float("nan"), 3.0, float("inf"), 5.0, -float("inf"), float("nan"), float("nan")])
+    finite = x[torch.isfinite(x)]
+    for chunk in (1, 2, 3, 8):
+        s = tensor_scope(x, chunk=chunk)
+        assert s.mean == pytest.approx(3.0) and s.std == pytest.approx(float(finite.std(correction=0))), chunk
+    assert tensor_scope(torch.full((4,), float("nan"))) == Scope(0.0, 0.0)
+
+
+def test_tensor_scope_buffer_is_reused_or_replaced_and_input_untouched() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1000, generator=g).bfloat16() + 50  # far from 0: the block is centred in scratch
+    before = x.clone()
+    expected = tensor_scope(x)
+    for buffer in (torch.empty(16, dtype=torch.float64), torch.empty(4096, dtype=torch.float64), torch.empty(8)):
+        got = tensor_scope(x, chunk=300, buffer=buffer)
+        assert (got.mean, got.std) == pytest.approx((expected.mean, expected.std), rel=1e-12)
+    assert torch.equal(x, before)
+    assert tensor_scope(torch.empty(0), buffer=torch.empty(4, dtype=torch.float64)) == Scope(0.0, 0.0)
+
+
 # -- KL ------------------------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_coefficients, re
 from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
 from wsa_cli.io import CheckpointReader, SafetensorsWriter, open_checkpoint
 from wsa_cli.io.prefetch import prefetch as read_ahead
+from wsa_cli.merge.kernel import BlockBuffers, block_size, combine_linear
 from wsa_cli.merge.plan import StagePlan, TensorPlan, plan_recipe
 from wsa_cli.merge.provenance import input_fingerprint, merge_metadata
 from wsa_cli.merge.registry import MethodContext, get_method
@@ -43,43 +44,14 @@ ProgressFn = Callable[[int, str], None]
 REPORT_FORMAT = "wsa-merge-report"
 
 
-#: Elements per block when the CPU accumulates a narrower dtype into float32: blocks that stay in
-#: cache are several times faster than one mixed-dtype ``add_`` over a large tensor.
-CPU_BLOCK = 1 << 17
-
-
-def axpy_(out: torch.Tensor, x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``out += alpha * x`` in ``out``'s dtype; on the CPU a narrower ``x`` is converted block by block.
-
-    Example:
-        >>> axpy_(torch.zeros(3), torch.ones(3, dtype=torch.bfloat16), 0.5)
-        tensor([0.5000, 0.5000, 0.5000])
-    """
-    fp8 = x.dtype.is_floating_point and x.dtype.itemsize == 1  # float8 kinds: torch never promotes them
-    if x.dtype == out.dtype or (not fp8 and (out.device.type != "cpu" or x.numel() <= CPU_BLOCK)):
-        return out.add_(x, alpha=alpha)
-    for o, c in zip(out.view(-1).split(CPU_BLOCK), x.reshape(-1).split(CPU_BLOCK)):
-        o.add_(c.to(out.dtype), alpha=alpha)  # (block,) converted in cache
-    return out
-
-
-def cast_into(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """``dst.copy_(src)`` (a dtype cast), block by block on the CPU for the same cache reason."""
-    if dst.device.type != "cpu" or src.numel() <= CPU_BLOCK:
-        return dst.copy_(src)
-    for d, c in zip(dst.view(-1).split(CPU_BLOCK), src.reshape(-1).split(CPU_BLOCK)):
-        d.copy_(c)
-    return dst
-
-
 def _scope_dict(s: Scope) -> dict[str, float]:
     return {"mean": s.mean, "std": s.std}
 
 
 class Scratch:
     """Reusable flat buffers (one per dtype and device), so a long merge does not page-fault a fresh
-    accumulator for every tensor. A buffer handed out is valid until the next request for the
-    same dtype; :func:`run_stage` writes each result before merging the next key.
+    output buffer for every tensor. A buffer handed out is valid until the next request for the
+    same dtype; :func:`run_stage` writes each result before reusing this scratch.
 
     Example:
         >>> s = Scratch()
@@ -89,6 +61,7 @@ class Scratch:
 
     def __init__(self) -> None:
         self._bufs: dict[tuple[torch.dtype, str], torch.Tensor] = {}
+        self.blocks = BlockBuffers()  # the linear kernel's cache-sized block buffers
 
     def get(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         numel = 1
@@ -172,11 +145,17 @@ def merge_tensor(
     opts = scope if entry.rescale == scope.rescale else dataclasses.replace(scope, rescale=entry.rescale)
     if not entry.align:
         opts = dataclasses.replace(opts, align=False)
+    blocks = scratch.blocks if scratch is not None else BlockBuffers()
+    f64 = blocks.get(wide, device, block_size(device))[2]  # scratch for the scope measurements
+
+    def measure(x: torch.Tensor) -> Scope:
+        return tensor_scope(x, device, buffer=f64)
+
     coef = [(1.0, 0.0)] * len(xs)  # per model: aligned = a * x + b
     coef_base = (1.0, 0.0)
     if entry.layer or entry.align:
         if scopes is None:
-            scopes = [tensor_scope(x, device) for x in xs]
+            scopes = [measure(x) for x in xs]
         record["before"] = [_scope_dict(s) for s in scopes]
         if entry.align:
             target = resolve_target(entry.key, scopes, opts)
@@ -187,31 +166,29 @@ def merge_tensor(
             if constant:
                 record["constant_not_rescaled"] = constant
             if b is not None and align_base:
-                a, c, _ = align_coefficients(base_scope or tensor_scope(b, device), target, opts)
+                a, c, _ = align_coefficients(base_scope or measure(b), target, opts)
                 coef_base = (a, c)
     method = get_method(entry.method or "linear")
+    measured = entry.layer or entry.align
     if method.linear_form is not None:
         cs, c_base = method.linear_form(list(weights), entry.params, b is not None)
-        out = scratch.get(entry.shape, wide, device).zero_() if scratch is not None else torch.zeros(entry.shape, dtype=wide, device=device)
-        shift = 0.0
-        for c, (a, sh), x in zip(cs, coef, xs):
-            if c != 0.0:
-                axpy_(out, x, c * a)  # promotes bf16/fp16 to the accumulator's dtype
-                shift += c * sh
+        terms = [(c * a, x) for c, (a, _), x in zip(cs, coef, xs)]
+        shift = sum(c * sh for c, (_, sh) in zip(cs, coef) if c != 0.0)
         if b is not None and c_base != 0.0:
-            axpy_(out, b, c_base * coef_base[0])
+            terms.append((c_base * coef_base[0], b))
             shift += c_base * coef_base[1]
-        if shift != 0.0:
-            out.add_(shift)
+        out_dtype = entry.out_dtype if entry.out_dtype.is_floating_point else wide
+        out = scratch.get(entry.shape, out_dtype, device) if scratch is not None else torch.empty(entry.shape, dtype=out_dtype, device=device)
+        after = combine_linear([x for _, x in terms], [m for m, _ in terms], shift, out, wide=wide, measure=measured, buffers=blocks)
+        if after is not None:
+            record["after"] = _scope_dict(after)
     else:
         aligned = [x.to(wide) * a + sh if (a, sh) != (1.0, 0.0) else x.to(wide) for (a, sh), x in zip(coef, xs)]
         bb = None if b is None else (b.to(wide) * coef_base[0] + coef_base[1] if coef_base != (1.0, 0.0) else b.to(wide))
         del xs
         out = method.fn(aligned, bb, list(weights), entry.params, MethodContext(entry.key, seed, device))  # (shape,)
-    if entry.layer or entry.align:
-        record["after"] = _scope_dict(tensor_scope(out, device))
-    if out.dtype != entry.out_dtype and scratch is not None and device.type == "cpu":
-        return TensorResult(cast_into(scratch.get(entry.shape, entry.out_dtype, device), out), record)  # no new allocation
+        if measured:
+            record["after"] = _scope_dict(measure(out))
     return TensorResult(out.to(entry.out_dtype).to("cpu"), record)
 
 

@@ -1,0 +1,92 @@
+"""The fused linear kernel against the plain tensor-wide formula, for every dtype and block split."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wsa_cli.merge import kernel
+from wsa_cli.merge.kernel import BlockBuffers, combine_linear
+from wsa_cli.scope.stats import tensor_scope
+
+
+def _reference(xs: list[torch.Tensor], ms: list[float], shift: float, wide: torch.dtype) -> torch.Tensor:
+    """``sum m_i x_i + shift`` tensor-wide in ``wide``, terms added in order (the kernel's order)."""
+    out = torch.zeros(xs[0].shape, dtype=wide)
+    for m, x in zip(ms, xs):
+        if m != 0.0:
+            out.add_(x.to(wide), alpha=m)
+    return out + shift if shift != 0.0 else out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    numel=st.integers(1, 300),
+    block=st.integers(1, 64),
+    k=st.integers(1, 4),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    out_dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    shift=st.sampled_from([0.0, 0.25, -3.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_the_tensor_wide_formula_for_any_block_split(numel, block, k, dtype, out_dtype, shift, seed) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(numel, generator=g).to(dtype) for _ in range(k)]
+    ms = [float(m) for m in torch.randn(k, generator=g)]
+    if k > 1:
+        ms[1] = 0.0  # an input with multiplier 0 contributes nothing
+    ref = _reference(xs, ms, shift, torch.float32)
+    out = torch.empty(numel, dtype=out_dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernel, "SCOPE_CHUNK", block)
+        scope = combine_linear(xs, ms, shift, out, wide=torch.float32, buffers=BlockBuffers())
+    assert torch.equal(out, ref.to(out_dtype))  # same operations in the same order: the same bits
+    want = tensor_scope(ref)
+    assert scope is not None
+    assert scope.mean == pytest.approx(want.mean, rel=1e-9, abs=1e-12)
+    assert scope.std == pytest.approx(want.std, rel=1e-9, abs=1e-12)
+
+
+def test_float64_inputs_accumulate_in_float64_and_measure_false_returns_none() -> None:
+    x = torch.tensor([1.0 + 2.0**-30, 1.0, 2.0], dtype=torch.float64)  # 1 + 2^-30 is not a float32
+    out = torch.empty(3, dtype=torch.float64)
+    assert combine_linear([x, x], [1.0, 1.0], 0.0, out, wide=torch.float64, measure=False) is None
+    assert torch.equal(out, 2 * x)
+
+
+def test_no_terms_gives_the_constant() -> None:
+    out = torch.empty(2, 3)
+    scope = combine_linear([torch.ones(2, 3)], [0.0], 1.5, out, wide=torch.float32)
+    assert torch.equal(out, torch.full((2, 3), 1.5))
+    assert scope is not None and (scope.mean, scope.std) == (1.5, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_inputs_are_converted_not_promoted(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(100, generator=g).to(dtype) for _ in range(2)]
+    out = torch.empty(100, dtype=dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernel, "SCOPE_CHUNK", 7)
+        combine_linear(xs, [0.5, 0.5], 0.0, out, wide=torch.float32)
+    assert torch.equal(out.float(), ((xs[0].float() * 0.5 + xs[1].float() * 0.5)).to(dtype).float())
+
+
+def test_nonfinite_inputs_give_nonfinite_outputs_and_a_finite_scope() -> None:
+    x = torch.tensor([1.0, float("nan"), 3.0, float("inf")])
+    out = torch.empty(4)
+    scope = combine_linear([x], [2.0], 0.0, out, wide=torch.float32)
+    assert math.isnan(out[1]) and math.isinf(out[3])
+    assert scope is not None and (scope.mean, scope.std) == (4.0, 2.0)
+
+
+def test_buffers_are_reused_across_calls() -> None:
+    buffers = BlockBuffers()
+    a = buffers.get(torch.float32, torch.device("cpu"), 10)
+    assert buffers.get(torch.float32, torch.device("cpu"), 5)[0] is a[0]
+    assert buffers.get(torch.float32, torch.device("cpu"), 20)[0] is not a[0]  # grown
+    assert buffers.float64(torch.device("cpu")) is not None
