@@ -232,3 +232,37 @@ def test_missing_output_folders_are_created_and_a_file_in_the_way_is_refused(tmp
     (tmp_path / "blocker").write_text("")
     with pytest.raises(OutputError, match="is a file, not a folder"):
         check_output(tmp_path / "blocker" / "m.safetensors")
+
+
+def test_background_flushes_leave_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a flush after every few bytes, the file is byte-identical and every flush ran."""
+    from wsa_cli.io import writer as writer_mod
+
+    calls = []
+    real = writer_mod._datasync
+    monkeypatch.setattr(writer_mod, "_datasync", lambda fd: (calls.append(fd), real(fd)))
+    tensors = _model()
+    a = save_safetensors(tensors, tmp_path / "a.safetensors", metadata={"x": "1"})
+    monkeypatch.setattr(writer_mod, "FLUSH_BYTES", 16)
+    b = save_safetensors(tensors, tmp_path / "b.safetensors", metadata={"x": "1"})
+    assert a.read_bytes() == b.read_bytes()
+    assert calls  # at least one background flush (they never overlap, so some writes skip one)
+
+
+def test_failed_background_flush_is_output_error_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from wsa_cli.io import writer as writer_mod
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(writer_mod, "_datasync", broken)
+    monkeypatch.setattr(writer_mod, "FLUSH_BYTES", 1)
+    infos = [TensorInfo(f"w{i}", (4,), torch.float32) for i in range(3)]
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(OutputError, match="Input/output error"):
+        with SafetensorsWriter(out, infos) as w:
+            for info in infos:
+                w.write(info.key, torch.zeros(4))
+    assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,9 @@ streamed one at a time: peak memory is one tensor, not one model. Files read bac
 
 Atomicity: everything is written under a temporary name in the target's own folder and moved
 into place with ``os.replace`` only when complete; an error or Ctrl-C removes the temporary
-files and leaves no output.
+files and leaves no output. Each file is fsynced before the rename (so a crash cannot leave a
+renamed but empty model); to keep that final fsync short, a background thread flushes every
+:data:`FLUSH_BYTES` written while the rest is still being produced.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +34,10 @@ from wsa_cli.io.dtypes import DTYPE_TO_TAG
 
 SINGLE_FILE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+#: Bytes written between background ``fdatasync`` calls: the disk works while tensors are still
+#: merged, instead of all at once before the rename.
+FLUSH_BYTES = 256 << 20
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 def _refuse_pickle_name(out: Path) -> None:
@@ -193,6 +200,9 @@ class _ShardFile:
         self.fh = open(path, "wb")  # noqa: SIM115 - closed by finish()/abort()
         self.fh.write(_header_bytes(infos, metadata))
         self.next = 0
+        self._unflushed = 0
+        self._flusher: threading.Thread | None = None
+        self._flush_error: OSError | None = None
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
         info = self.infos[self.next]
@@ -202,8 +212,31 @@ class _ShardFile:
             raise UsageError(
                 f"planned {tuple(info.shape)} {info.dtype}, got {tuple(tensor.shape)} {tensor.dtype}", key=key
             )
-        self.fh.write(tensor_bytes(tensor))
+        data = tensor_bytes(tensor)
+        self.fh.write(data)
         self.next += 1
+        self._unflushed += data.nbytes
+        if self._unflushed >= FLUSH_BYTES and not self.done and (self._flusher is None or not self._flusher.is_alive()):
+            self._raise_flush_error()
+            self.fh.flush()  # hand Python's buffer to the kernel, then let the disk start on it
+            self._unflushed = 0
+            self._flusher = threading.Thread(target=self._flush, name="wsa-flush", daemon=True)
+            self._flusher.start()
+
+    def _flush(self) -> None:
+        try:
+            _datasync(self.fh.fileno())
+        except OSError as exc:  # reported by the next write or close, in the writing thread
+            self._flush_error = exc
+
+    def _raise_flush_error(self) -> None:
+        if self._flush_error is not None:
+            raise self._flush_error
+
+    def _join(self) -> None:
+        if self._flusher is not None:
+            self._flusher.join()
+            self._flusher = None
 
     @property
     def done(self) -> bool:
@@ -211,9 +244,15 @@ class _ShardFile:
 
     def close(self) -> None:
         if not self.fh.closed:
+            self._join()
+            self._raise_flush_error()
             self.fh.flush()
             os.fsync(self.fh.fileno())
             self.fh.close()
+
+    def abort(self) -> None:
+        self._join()  # never close a descriptor a flush still uses
+        self.fh.close()
 
 
 class SafetensorsWriter:
@@ -334,7 +373,7 @@ class SafetensorsWriter:
     def abort(self) -> None:
         """Remove everything written so far; nothing appears at ``out``."""
         for f in self._files:
-            f.fh.close()
+            f.abort()
         shutil.rmtree(self._stage, ignore_errors=True)
 
     def __enter__(self) -> SafetensorsWriter:
