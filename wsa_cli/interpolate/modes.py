@@ -157,9 +157,6 @@ def prepare_wsa(a: StateDict, b: StateDict, opts: ModeOptions) -> tuple[StateDic
 register_mode("naive", prepare_naive, "plain interpolation of the checkpoints as they are")
 register_mode("wsa", prepare_wsa, "both endpoints rescaled onto their fused layer scopes first (as in wsa merge)")
 
-# H6 permutation modes register here
-try:  # noqa: SIM105 - the permutation area is optional until it lands
-    import wsa_cli.permute.modes  # noqa: F401,E402
-except ModuleNotFoundError as _exc:  # pragma: no cover - depends on the permutation area
-    if _exc.name not in ("wsa_cli.permute", "wsa_cli.permute.modes"):
-        raise
+# the permutation modes (permuted, permuted+wsa, permuted+fp) register themselves on import; last,
+# because they build on the registry above
+import wsa_cli.permute.modes  # noqa: E402, F401
