@@ -106,6 +106,10 @@ CASES = [
      "recipe.yaml:2: stages[0] needs a 'name'"),
     ("stage-forward-ref", "stages:\n  - name: one\n    models: [{stage: two}]\n  - name: two\n    models: [a.safetensors]\n"
      "    output: out.safetensors\n", 6, "recipe.yaml:3: stage 'two' is not available here (a stage can only use stages listed before it)"),
+    ("stage-output-mismatch", "stages:\n  - name: pair\n    models: [a.safetensors, b.safetensors]\n  - name: final\n"
+     "    models: [wide.safetensors, {stage: pair}]\n    output: out.safetensors\n", 5,
+     "error: the output of stage 'pair': key 'fc.bias': models[1] does not line up with models[0]: has shape (4,), "
+     "expected (5,) as in "),
     ("stage-duplicate", "stages:\n  - name: s\n    models: [a.safetensors]\n  - name: s\n    models: [b.safetensors]\n"
      "    output: out.safetensors\n", 6, "recipe.yaml:4: stage name 's' is used twice"),
     ("model-path-and-stage", "models:\n  - path: a.safetensors\n    stage: x\noutput: out.safetensors\n", 6,

@@ -94,6 +94,11 @@ class InputPlan:
     def label(self) -> str:
         return self.ref.label
 
+    @property
+    def shown(self) -> str:
+        """How messages name this input: its path, or the stage whose (temporary) output it is."""
+        return f"the output of stage {self.ref.stage!r}" if self.ref.stage is not None else str(self.path)
+
 
 @dataclass
 class StagePlan:
@@ -177,24 +182,24 @@ def _load_input(recipe: Recipe, ref: ModelRef, done: dict[str, StagePlan]) -> In
 
 def _check_fit(ref: InputPlan, other: InputPlan, what: str, dtype_free: bool) -> None:
     """``other`` must hold exactly ``ref``'s keys with the same shapes (and dtypes unless ``dtype_free``)."""
-    where = str(other.path)
+    where = other.shown
     for key, info in ref.infos.items():
         o = other.infos.get(key)
         if o is None:
-            raise MismatchError(f"{what}: tensor is missing (present in {ref.path})", path=where, key=key)
+            raise MismatchError(f"{what}: tensor is missing (present in {ref.shown})", path=where, key=key)
         if o.shape != info.shape:
-            raise MismatchError(f"{what}: has shape {o.shape}, expected {info.shape} as in {ref.path}", path=where, key=key)
+            raise MismatchError(f"{what}: has shape {o.shape}, expected {info.shape} as in {ref.shown}", path=where, key=key)
         if o.dtype != info.dtype:
             both_float = o.dtype.is_floating_point and info.dtype.is_floating_point
             if not (dtype_free and both_float):
                 hint = " (set output.dtype to merge mixed float dtypes)" if both_float else ""
                 raise MismatchError(
-                    f"{what}: has dtype {dtype_name(o.dtype)}, expected {dtype_name(info.dtype)} as in {ref.path}{hint}",
+                    f"{what}: has dtype {dtype_name(o.dtype)}, expected {dtype_name(info.dtype)} as in {ref.shown}{hint}",
                     path=where, key=key,
                 )  # fmt: skip
     extra = [k for k in other.infos if k not in ref.infos]
     if extra:
-        raise MismatchError(f"{what}: tensor is not in {ref.path} ({len(extra)} extra tensor(s))", path=where, key=extra[0])
+        raise MismatchError(f"{what}: tensor is not in {ref.shown} ({len(extra)} extra tensor(s))", path=where, key=extra[0])
 
 
 def _method_at(recipe: Recipe, name: str, line: int | None) -> MergeMethod:
