@@ -317,3 +317,59 @@ def test_folded_alignment_equals_align_then_merge():
         aligned = [align_tensor(x, s, target, opts)[0] for x, s in zip(xs, scopes)]
         b = align_tensor(base, tensor_scope(base), target, opts)[0]
         torch.testing.assert_close(got, m.fn(aligned, b, [1, 2, 3], p, MethodContext("w")), rtol=1e-12, atol=1e-12)
+
+
+BLOCK_METHODS = [("ties", {"density": 0.3}), ("ties", {"density": 0.0}), ("ties", {"density": 1.0}),
+                 ("dare_linear", {"drop_rate": 0.6, "normalize": True}), ("dare_ties", {"drop_rate": 0.4, "scale": 0.7}),
+                 ("slerp", {"t": 0.3})]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "params"), BLOCK_METHODS)
+def test_block_size_does_not_change_the_result(name, params, monkeypatch):
+    """Thresholds and masks are whole-tensor; the rest runs per block: any block size gives the same tensor."""
+    from wsa_cli.merge import kernel
+
+    k = 2 if name == "slerp" else 3
+    xs, base = _tensors(k, shape=(37, 11), seed=5, dtype=torch.float32)
+    m = get_method(name)
+    p = m.resolve_params(params)
+    whole = m.fn(xs, base, [1.0, 2.0, 0.5][:k], p, MethodContext("w", 3))
+    monkeypatch.setattr(kernel, "SCOPE_CHUNK", 10)  # 41 blocks, the last one short
+    blocked = m.fn(xs, base, [1.0, 2.0, 0.5][:k], p, MethodContext("w", 3))
+    if name == "slerp":  # the float64 dot products are summed in another order
+        torch.testing.assert_close(blocked, whole, rtol=1e-6, atol=1e-7)
+    else:
+        assert torch.equal(blocked, whole)
+
+
+@pytest.mark.parametrize(("name", "params"), BLOCK_METHODS)
+def test_block_form_with_alignment_equals_align_then_merge(name, params, monkeypatch):
+    """The executor hands TIES/DARE/SLERP the alignment inside the inputs; same as aligning copies first."""
+    from wsa_cli.fusion.pipeline import ScopeOptions, align_tensor, resolve_target
+    from wsa_cli.merge import kernel
+    from wsa_cli.merge.buffers import Scratch
+    from wsa_cli.merge.executor import merge_tensor
+    from wsa_cli.merge.plan import TensorPlan
+    from wsa_cli.scope.stats import tensor_scope
+
+    monkeypatch.setattr(kernel, "SCOPE_CHUNK", 16)
+    k = 2 if name == "slerp" else 3
+    xs, base = _tensors(k, shape=(9, 13), seed=12, dtype=torch.float32)
+    xs = [x.bfloat16() for x in xs]  # stored narrow: converted per block
+    base = base.bfloat16()
+    w = [1.0, 2.0, 3.0][:k]
+    opts = ScopeOptions(weights=w)
+    m = get_method(name)
+    p = m.resolve_params(params)
+    b = None if name == "slerp" else base
+    entry = TensorPlan("w", tuple(xs[0].shape), torch.bfloat16, torch.float32, "merge", name, p, True, True, "affine")
+    work = Scratch()
+    for _ in range(2):  # the second call reuses the working buffers
+        res = merge_tensor(entry, xs, b, scope=opts, weights=w, seed=1, device=torch.device("cpu"), scratch=Scratch(), work=work)
+        scopes = [tensor_scope(x) for x in xs]
+        target = resolve_target("w", scopes, opts)
+        aligned = [align_tensor(x.float(), s, target, opts)[0] for x, s in zip(xs, scopes)]
+        ab = None if b is None else align_tensor(base.float(), tensor_scope(base), target, opts)[0]
+        want = m.fn(aligned, ab, w, p, MethodContext("w", 1))
+        torch.testing.assert_close(res.tensor, want, rtol=1e-5, atol=1e-6)
+        assert res.record["after"]["std"] == pytest.approx(float(want.std(correction=0)), rel=1e-5)

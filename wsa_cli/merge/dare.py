@@ -13,7 +13,7 @@ Models as a Free Lunch", ICML 2024.
 from __future__ import annotations
 
 from wsa_cli.merge.registry import MergeMethod, Param, register_method
-from wsa_cli.merge.task_vectors import combine_task_vectors
+from wsa_cli.merge.task_vectors import combine_task_vectors, combine_task_vectors_into
 
 _PARAMS = (
     Param("drop_rate", float, 0.9, "p, probability of dropping each task-vector entry", lo=0.0, hi=1.0, hi_open=True),
@@ -21,17 +21,25 @@ _PARAMS = (
 )
 
 
+def _dare_options(params, consensus: bool) -> dict:  # noqa: ANN001
+    extra = {"consensus": True} if consensus else {"normalize": params["normalize"]}
+    return {"scale": params["scale"], "sparsify": "random", "drop_rate": params["drop_rate"], **extra}
+
+
+def _dare_linear_into(out, inputs, base, weights, params, ctx, wide):  # noqa: ANN001, ANN202
+    combine_task_vectors_into(out, inputs, base, weights, ctx, wide=wide, **_dare_options(params, consensus=False))
+
+
+def _dare_ties_into(out, inputs, base, weights, params, ctx, wide):  # noqa: ANN001, ANN202
+    combine_task_vectors_into(out, inputs, base, weights, ctx, wide=wide, **_dare_options(params, consensus=True))
+
+
 def _dare_linear(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
-    return combine_task_vectors(
-        tensors, base, weights, ctx, scale=params["scale"], sparsify="random", drop_rate=params["drop_rate"],
-        normalize=params["normalize"],
-    )  # fmt: skip
+    return combine_task_vectors(tensors, base, weights, ctx, **_dare_options(params, consensus=False))
 
 
 def _dare_ties(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
-    return combine_task_vectors(
-        tensors, base, weights, ctx, scale=params["scale"], sparsify="random", drop_rate=params["drop_rate"], consensus=True
-    )
+    return combine_task_vectors(tensors, base, weights, ctx, **_dare_options(params, consensus=True))
 
 
 REFERENCE = "Yu et al. 2024, Language Models are Super Mario (DARE, ICML)"
@@ -40,6 +48,7 @@ DARE_LINEAR = register_method(
     MergeMethod(
         name="dare_linear",
         fn=_dare_linear,
+        into=_dare_linear_into,
         summary="DARE: drop task-vector entries with prob. p, rescale by 1/(1-p), add (task arithmetic).",
         reference=REFERENCE,
         params=(*_PARAMS, Param("normalize", bool, False, "divide the weighted sum by the sum of the weights")),
@@ -51,6 +60,7 @@ DARE_TIES = register_method(
     MergeMethod(
         name="dare_ties",
         fn=_dare_ties,
+        into=_dare_ties_into,
         summary="DARE drop-and-rescale, then TIES sign election and disjoint mean.",
         reference=REFERENCE + " with Yadav et al. 2023 (TIES)",
         params=_PARAMS,

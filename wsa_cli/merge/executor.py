@@ -33,7 +33,8 @@ from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_coefficients, re
 from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
 from wsa_cli.io import CheckpointReader, SafetensorsWriter, open_checkpoint
 from wsa_cli.io.prefetch import prefetch as read_ahead
-from wsa_cli.merge.kernel import BlockBuffers, block_size, combine_linear
+from wsa_cli.merge.buffers import Scratch
+from wsa_cli.merge.kernel import AlignedInput, block_size, combine_linear
 from wsa_cli.merge.plan import StagePlan, TensorPlan, plan_recipe
 from wsa_cli.merge.provenance import input_fingerprint, merge_metadata
 from wsa_cli.merge.registry import MethodContext, get_method
@@ -46,33 +47,6 @@ REPORT_FORMAT = "wsa-merge-report"
 
 def _scope_dict(s: Scope) -> dict[str, float]:
     return {"mean": s.mean, "std": s.std}
-
-
-class Scratch:
-    """Reusable flat buffers (one per dtype and device), so a long merge does not page-fault a fresh
-    output buffer for every tensor. A buffer handed out is valid until the next request for the
-    same dtype; :func:`run_stage` writes each result before reusing this scratch.
-
-    Example:
-        >>> s = Scratch()
-        >>> s.get((2, 3), torch.float32, torch.device("cpu")).shape
-        torch.Size([2, 3])
-    """
-
-    def __init__(self) -> None:
-        self._bufs: dict[tuple[torch.dtype, str], torch.Tensor] = {}
-        self.blocks = BlockBuffers()  # the linear kernel's cache-sized block buffers
-
-    def get(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        numel = 1
-        for d in shape:
-            numel *= int(d)
-        key = (dtype, str(device))
-        buf = self._bufs.get(key)
-        if buf is None or buf.numel() < numel:
-            buf = torch.empty(max(numel, 1), dtype=dtype, device=device)
-            self._bufs[key] = buf
-        return buf[:numel].view(tuple(shape))
 
 
 class BufferRing:
@@ -115,6 +89,7 @@ def merge_tensor(
     device: torch.device,
     align_base: bool = True,
     scratch: Scratch | None = None,
+    work: Scratch | None = None,
     scopes: Sequence[Scope] | None = None,
     base_scope: Scope | None = None,
 ) -> TensorResult:
@@ -123,9 +98,12 @@ def merge_tensor(
     ``tensors`` are the K models' tensors for ``entry.key`` (any device); the result is on the CPU.
     Methods with a linear form (linear, task_arithmetic, copy) fold the alignment ``a_i w + b_i``
     into their coefficients and accumulate ``sum_i c_i a_i x_i + const`` in one pass over each
-    input; other methods get the K aligned tensors. Either way math runs in float32 (float64 when
-    an input is float64). With ``scratch`` the result may live in a reused buffer (write it before
-    the next call). ``scopes`` / ``base_scope``: the inputs' scopes when already measured.
+    input (:func:`~wsa_cli.merge.kernel.combine_linear`); methods with a block form (TIES, DARE,
+    SLERP) read their inputs aligned block by block; any other method gets the K aligned tensors.
+    Either way math runs in float32 (float64 when an input is float64), and the reported
+    ``after`` scope is the result's before the cast to the output dtype. With ``scratch`` the
+    result may live in a reused buffer (write it before the next call); ``work`` holds working
+    buffers reused across calls. ``scopes`` / ``base_scope``: the inputs' scopes when already measured.
 
     Example:
         >>> from wsa_cli.merge.plan import TensorPlan
@@ -145,7 +123,8 @@ def merge_tensor(
     opts = scope if entry.rescale == scope.rescale else dataclasses.replace(scope, rescale=entry.rescale)
     if not entry.align:
         opts = dataclasses.replace(opts, align=False)
-    blocks = scratch.blocks if scratch is not None else BlockBuffers()
+    work = work if work is not None else Scratch()
+    blocks = work.blocks
     f64 = blocks.get(wide, device, block_size(device))[2]  # scratch for the scope measurements
 
     def measure(x: torch.Tensor) -> Scope:
@@ -170,6 +149,11 @@ def merge_tensor(
                 coef_base = (a, c)
     method = get_method(entry.method or "linear")
     measured = entry.layer or entry.align
+    out_dtype = entry.out_dtype if entry.out_dtype.is_floating_point else wide
+
+    def output(dtype: torch.dtype) -> torch.Tensor:
+        return scratch.get(entry.shape, dtype, device) if scratch is not None else torch.empty(entry.shape, dtype=dtype, device=device)
+
     if method.linear_form is not None:
         cs, c_base = method.linear_form(list(weights), entry.params, b is not None)
         terms = [(c * a, x) for c, (a, _), x in zip(cs, coef, xs)]
@@ -177,18 +161,25 @@ def merge_tensor(
         if b is not None and c_base != 0.0:
             terms.append((c_base * coef_base[0], b))
             shift += c_base * coef_base[1]
-        out_dtype = entry.out_dtype if entry.out_dtype.is_floating_point else wide
-        out = scratch.get(entry.shape, out_dtype, device) if scratch is not None else torch.empty(entry.shape, dtype=out_dtype, device=device)
+        out = output(out_dtype)
         after = combine_linear([x for _, x in terms], [m for m, _ in terms], shift, out, wide=wide, measure=measured, buffers=blocks)
         if after is not None:
             record["after"] = _scope_dict(after)
+        return TensorResult(out.to("cpu"), record)
+    ctx = MethodContext(entry.key, seed, device, scratch=work)
+    if method.into is not None:
+        inputs = [AlignedInput(x, a, sh) for (a, sh), x in zip(coef, xs)]
+        base_in = AlignedInput(b, *coef_base) if b is not None else None
+        result = work.get(entry.shape, wide, device, "result") if out_dtype != wide else output(wide)  # (shape,) wide
+        method.into(result, inputs, base_in, list(weights), entry.params, ctx, wide)
     else:
         aligned = [x.to(wide) * a + sh if (a, sh) != (1.0, 0.0) else x.to(wide) for (a, sh), x in zip(coef, xs)]
         bb = None if b is None else (b.to(wide) * coef_base[0] + coef_base[1] if coef_base != (1.0, 0.0) else b.to(wide))
         del xs
-        out = method.fn(aligned, bb, list(weights), entry.params, MethodContext(entry.key, seed, device))  # (shape,)
-        if measured:
-            record["after"] = _scope_dict(measure(out))
+        result = method.fn(aligned, bb, list(weights), entry.params, ctx)  # (shape,)
+    if measured:
+        record["after"] = _scope_dict(measure(result))
+    out = result if result.dtype == out_dtype else output(out_dtype).copy_(result)
     return TensorResult(out.to(entry.out_dtype).to("cpu"), record)
 
 
@@ -279,6 +270,7 @@ def run_stage(
             return ts, b
 
         scratches = [Scratch(), Scratch()]  # key i merges into scratches[i % 2] while key i-1 is written
+        work = Scratch()  # working buffers, used only while a key is merged
         records = []
         with SafetensorsWriter(plan.output, plan.out_infos, metadata=metadata, max_shard_bytes=plan.max_shard_bytes,
                                force=force or plan.temporary) as writer, \
@@ -286,7 +278,7 @@ def run_stage(
             pending: Future[None] | None = None
             for i, (key, (ts, b)) in enumerate(read_ahead(load, [t.key for t in plan.tensors], depth=prefetch)):
                 res = merge_tensor(entries[key], ts, b, scope=plan.scope, weights=plan.weights, seed=plan.spec.seed,
-                                   device=dev, align_base=plan.spec.scope.align_base, scratch=scratches[i % 2])  # fmt: skip
+                                   device=dev, align_base=plan.spec.scope.align_base, scratch=scratches[i % 2], work=work)  # fmt: skip
                 if pending is not None:
                     pending.result()  # key i-1 is on disk: its scratch and ring slot may be reused
                 pending = write_behind.submit(writer.write, key, res.tensor)

@@ -57,6 +57,35 @@ class BlockBuffers:
         return None
 
 
+class AlignedInput:
+    """One input of a merge with its scope alignment ``a * x + b``, applied block by block.
+
+    Methods that are not linear (TIES, DARE, SLERP) read their inputs through this, so the
+    aligned float32 copy of a whole tensor is never made.
+
+    Example:
+        >>> AlignedInput(torch.tensor([1, 2, 3], dtype=torch.bfloat16), a=2.0, b=1.0).block(1, 3, torch.empty(4))
+        tensor([5., 7.])
+    """
+
+    __slots__ = ("a", "b", "flat", "shape")
+
+    def __init__(self, x: torch.Tensor, a: float = 1.0, b: float = 0.0) -> None:
+        self.flat = x.reshape(-1)  # (n,) stored dtype
+        self.shape = tuple(x.shape)
+        self.a, self.b = float(a), float(b)
+
+    def block(self, start: int, stop: int, buf: torch.Tensor) -> torch.Tensor:
+        """Aligned values ``[start, stop)`` written into (and returned as a view of) flat ``buf``."""
+        v = buf[: stop - start]
+        v.copy_(self.flat[start:stop])  # converted to buf's dtype
+        if self.a != 1.0:
+            v.mul_(self.a)
+        if self.b != 0.0:
+            v.add_(self.b)
+        return v
+
+
 def block_size(device: torch.device) -> int:
     """Elements per block: cache-sized on the CPU, large on CUDA where launches dominate."""
     return SCOPE_CHUNK_CUDA if device.type == "cuda" else SCOPE_CHUNK
@@ -121,4 +150,4 @@ def combine_linear(
     return scope.scope() if scope is not None else None
 
 
-__all__ = ["BlockBuffers", "block_size", "combine_linear"]
+__all__ = ["AlignedInput", "BlockBuffers", "block_size", "combine_linear"]

@@ -15,9 +15,12 @@ import difflib
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from wsa_cli.merge.buffers import Scratch
 
 from wsa_cli.errors import UsageError
 
@@ -65,11 +68,13 @@ class Param:
 
 @dataclass(frozen=True)
 class MethodContext:
-    """What a method may need besides the tensors: the key (for seeded randomness), seed and device."""
+    """What a method may need besides the tensors: the key (for seeded randomness), seed, device,
+    and a pool of reusable working buffers (``None``: the method allocates its own)."""
 
     key: str
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    scratch: Scratch | None = field(default=None, compare=False, repr=False)
 
     def generator_seed(self, index: int) -> int:
         """A stable 63-bit seed for model ``index`` at this key (independent of device and key order).
@@ -87,6 +92,10 @@ MergeFn = Callable[[list[torch.Tensor], "torch.Tensor | None", list[float], Mapp
 #: ``(weights, params, has_base) -> (c_1..c_K, c_base)``. The executor then folds the WSA
 #: rescaling into the coefficients and makes one pass over each input (no aligned copies).
 LinearForm = Callable[[list[float], Mapping[str, Any], bool], tuple[list[float], float]]
+#: For methods that can read their inputs block by block (see :class:`wsa_cli.merge.kernel.AlignedInput`):
+#: ``(out, inputs, base, weights, params, ctx, wide) -> None`` writes the result into ``out``.
+#: The executor passes the WSA alignment inside the inputs, so no aligned copy of a tensor is made.
+IntoFn = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,8 @@ class MergeMethod:
     max_models: int | None = None
     #: optional closed linear form of ``fn`` (see :data:`LinearForm`); must agree with ``fn``
     linear_form: LinearForm | None = None
+    #: optional block-by-block form of ``fn`` (see :data:`IntoFn`); must agree with ``fn``
+    into: IntoFn | None = None
 
     def param_names(self) -> list[str]:
         return [p.name for p in self.params]

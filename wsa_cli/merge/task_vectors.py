@@ -13,16 +13,19 @@ dare_ties                 random drop p       sign election + disjoint mean
 ========================  ==================  =====================================
 
 All four are configured calls of :func:`combine_task_vectors`. Everything works on one tensor
-(one key) at a time, in float32 or better.
+(one key) at a time, in float32 or better. The whole-tensor quantities (TIES's magnitude
+threshold per task vector, DARE's masks) are found first; then everything else runs block by
+block (:func:`combine_task_vectors_into`), so no full-size temporaries are made per key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
+from wsa_cli.merge.buffers import Scratch
+from wsa_cli.merge.kernel import AlignedInput, block_size
 from wsa_cli.merge.registry import MethodContext, weighted_sum
 
 
@@ -44,12 +47,25 @@ def trim_top_k(tau: torch.Tensor, density: float) -> torch.Tensor:
     if k <= 0:
         return torch.zeros_like(tau)
     mag = tau.abs()  # (shape,)
-    flat = mag.reshape(-1)  # (n,)
-    if flat.device.type == "cpu":  # introselect: several times faster than torch.kthvalue on the CPU
-        threshold = torch.as_tensor(np.partition(flat.numpy(), n - k)[n - k], dtype=tau.dtype)
-    else:
-        threshold = torch.kthvalue(flat, n - k + 1).values  # k-th largest magnitude
-    return tau.masked_fill(mag < threshold, 0.0)
+    return tau.masked_fill(mag < kth_largest(mag.reshape(-1).clone(), k), 0.0)
+
+
+def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th largest of the flat ``values`` (1 <= k <= n) as a 0-d tensor; ``values`` is scratch.
+
+    On the CPU ``values`` is partitioned in place with NumPy's introselect (several times faster
+    than ``torch.kthvalue`` there, and no copy); elsewhere ``torch.kthvalue``.
+
+    Example:
+        >>> kth_largest(torch.tensor([0.1, 3.0, 2.0, 0.5]), 2)
+        tensor(2.)
+    """
+    n = values.numel()
+    if values.device.type == "cpu":
+        arr = values.numpy()
+        arr.partition(n - k)
+        return torch.as_tensor(arr[n - k], dtype=values.dtype)
+    return torch.kthvalue(values, n - k + 1).values
 
 
 def dare_mask(shape: Sequence[int], drop_rate: float, seed: int) -> torch.Tensor:
@@ -61,8 +77,14 @@ def dare_mask(shape: Sequence[int], drop_rate: float, seed: int) -> torch.Tensor
         >>> dare_mask((4,), 0.0, seed=1).all().item()
         True
     """
+    return dare_mask_into(torch.empty(tuple(shape), dtype=torch.bool), drop_rate, seed, torch.empty(tuple(shape)))
+
+
+def dare_mask_into(out: torch.Tensor, drop_rate: float, seed: int, uniform: torch.Tensor) -> torch.Tensor:
+    """:func:`dare_mask` written into the bool tensor ``out``, drawing through the float32 scratch ``uniform``."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.rand(tuple(shape), generator=gen, dtype=torch.float32) >= drop_rate
+    torch.rand(out.shape, generator=gen, dtype=torch.float32, out=uniform)
+    return torch.ge(uniform, drop_rate, out=out)
 
 
 def dare_drop(tau: torch.Tensor, drop_rate: float, seed: int) -> torch.Tensor:
@@ -124,25 +146,92 @@ def combine_task_vectors(
 
     ``sparsify``: ``none`` | ``magnitude`` (TIES trim to ``density``) | ``random`` (DARE, drop
     ``drop_rate``, seeded per key and model by ``ctx``). ``consensus``: TIES sign election and
-    disjoint mean; otherwise a weighted sum (divided by ``sum w`` when ``normalize``).
+    disjoint mean; otherwise a weighted sum (divided by ``sum w`` when ``normalize``). The result
+    has the inputs' (float32 or float64) dtype.
 
     Example:
         >>> b = torch.zeros(2)
         >>> combine_task_vectors([torch.tensor([1.0, 2.0]), torch.tensor([3.0, -2.0])], b, [1, 1], MethodContext("k"))
         tensor([4., 0.])
     """
-    taus = []
-    for i, t in enumerate(tensors):
-        tau = t - base  # (shape,) task vector of model i
-        if sparsify == "magnitude":
-            tau = trim_top_k(tau, density)
-        elif sparsify == "random":
-            tau = dare_drop(tau, drop_rate, ctx.generator_seed(i))
-        taus.append(tau)
-    if consensus:
-        merged = disjoint_mean(taus, weights, elect_sign(taus, weights))
-    else:
-        merged = weighted_sum(taus, weights)
-        if normalize:
-            merged /= float(sum(weights))
-    return base + scale * merged
+    out = torch.empty(base.shape, dtype=base.dtype, device=base.device)
+    combine_task_vectors_into(
+        out, [AlignedInput(t) for t in tensors], AlignedInput(base), weights, ctx, wide=base.dtype, scale=scale,
+        sparsify=sparsify, density=density, drop_rate=drop_rate, consensus=consensus, normalize=normalize,
+    )  # fmt: skip
+    return out
+
+
+def combine_task_vectors_into(
+    out: torch.Tensor,
+    inputs: Sequence[AlignedInput],
+    base: AlignedInput,
+    weights: Sequence[float],
+    ctx: MethodContext,
+    *,
+    wide: torch.dtype,
+    scale: float = 1.0,
+    sparsify: str = "none",
+    density: float = 1.0,
+    drop_rate: float = 0.0,
+    consensus: bool = False,
+    normalize: bool = False,
+) -> None:
+    """:func:`combine_task_vectors` on aligned inputs, written into ``out`` (any float dtype) block by block.
+
+    First the whole-tensor quantities: per model the TIES threshold (the ``k``-th largest
+    ``|tau_i|``, from one full-size scratch buffer) or the DARE keep-mask. Then, per block of
+    :func:`~wsa_cli.merge.kernel.block_size` values: the task vectors ``tau_i = x_i - base``
+    (aligned, in ``wide``), sparsified, combined, ``base + scale * merged``, cast into ``out``.
+    Element for element these are the same operations as on whole tensors, so the bits do not
+    depend on the block size.
+    """
+    n = out.numel()
+    dev = out.device
+    pool = ctx.scratch if ctx.scratch is not None else Scratch()
+    step = block_size(dev)
+    blk = min(step, max(n, 1))
+    k_keep = int(density * n)
+    trim = sparsify == "magnitude" and k_keep < n
+    drop = sparsify == "random" and drop_rate > 0.0
+    thresholds: list[torch.Tensor | None] = [None] * len(inputs)
+    if trim and k_keep > 0:
+        mag = pool.get((n,), wide, dev, "tv.magnitude")  # (n,) |tau_i|, one model at a time
+        a_buf, b_buf = pool.get((blk,), wide, dev, "tv.a"), pool.get((blk,), wide, dev, "tv.b")
+        for i, x in enumerate(inputs):
+            for start in range(0, n, step):
+                stop = min(n, start + step)
+                torch.sub(x.block(start, stop, a_buf), base.block(start, stop, b_buf), out=mag[start:stop])
+            thresholds[i] = kth_largest(mag.abs_(), k_keep)
+    masks: list[torch.Tensor | None] = [None] * len(inputs)
+    if drop:
+        uniform = pool.get(base.shape, torch.float32, torch.device("cpu"), "tv.uniform")
+        for i in range(len(inputs)):  # drawn on the CPU, as dare_mask does, so CUDA drops the same entries
+            keep = dare_mask_into(pool.get(base.shape, torch.bool, torch.device("cpu"), f"tv.keep{i}"), drop_rate, ctx.generator_seed(i), uniform)
+            masks[i] = keep.reshape(-1).to(dev)
+    taus = [pool.get((blk,), wide, dev, f"tv.tau{i}") for i in range(len(inputs))]
+    base_buf = pool.get((blk,), wide, dev, "tv.base")
+    flat_out = out.view(-1)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        b = base.block(start, stop, base_buf)  # (block,)
+        block_taus = []
+        for i, x in enumerate(inputs):
+            tau = x.block(start, stop, taus[i]).sub_(b)  # (block,) task vector of model i
+            if trim:
+                if k_keep <= 0:
+                    tau.zero_()
+                else:
+                    tau.masked_fill_(tau.abs() < thresholds[i], 0.0)
+            elif drop:
+                tau.div_(1.0 - drop_rate).masked_fill_(~masks[i][start:stop], 0.0)
+            block_taus.append(tau)
+        if consensus:
+            merged = disjoint_mean(block_taus, weights, elect_sign(block_taus, weights))
+        else:
+            merged = weighted_sum(block_taus, weights)
+            if normalize:
+                merged /= float(sum(weights))
+        if scale != 1.0:
+            merged.mul_(scale)
+        flat_out[start:stop].copy_(merged.add_(b))  # base + scale * merged, cast to the output dtype

@@ -11,7 +11,7 @@ Reference: Yadav et al., "TIES-Merging: Resolving Interference When Merging Mode
 from __future__ import annotations
 
 from wsa_cli.merge.registry import MergeMethod, Param, register_method
-from wsa_cli.merge.task_vectors import combine_task_vectors
+from wsa_cli.merge.task_vectors import combine_task_vectors, combine_task_vectors_into
 
 
 def _ties(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
@@ -20,10 +20,18 @@ def _ties(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
     )
 
 
+def _ties_into(out, inputs, base, weights, params, ctx, wide):  # noqa: ANN001, ANN202
+    combine_task_vectors_into(
+        out, inputs, base, weights, ctx, wide=wide, scale=params["scale"], sparsify="magnitude", density=params["density"],
+        consensus=True,
+    )  # fmt: skip
+
+
 TIES = register_method(
     MergeMethod(
         name="ties",
         fn=_ties,
+        into=_ties_into,
         summary="TIES: trim task vectors to top-k% magnitude, elect sign, disjoint mean.",
         reference="Yadav et al. 2023, TIES-Merging (NeurIPS)",
         params=(
