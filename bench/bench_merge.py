@@ -89,12 +89,18 @@ def write_models(folder: Path, k: int, size_gb: float, dtype_name: str, with_bas
             "model_bytes": sum(i.nbytes for i in infos), "files": names}  # fmt: skip
 
 
+def _input_files(folder: Path, k: int) -> list[Path]:
+    """Every file the merge reads: the K models, and the base model when the method needs one."""
+    base = folder / "base.safetensors"
+    return [folder / f"m{i}.safetensors" for i in range(k)] + ([base] if base.exists() else [])
+
+
 def child_baseline(folder: Path, k: int) -> dict:
     import torch  # imported before the clock, like the merge child
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    paths = [folder / f"m{i}.safetensors" for i in range(k)]
+    paths = _input_files(folder, k)
     out = folder / "plain-out.safetensors"
     t0 = time.perf_counter()
     handles = [safe_open(str(p), framework="pt") for p in paths]
@@ -122,7 +128,7 @@ def child_baseline(folder: Path, k: int) -> dict:
 def child_floor(folder: Path, k: int) -> dict:
     """The I/O floor, no safetensors at all: read every input file into one reused buffer with
     ``readinto``, write one model's worth of bytes from a buffer, then fsync."""
-    paths = [folder / f"m{i}.safetensors" for i in range(k)]
+    paths = _input_files(folder, k)
     out = folder / "floor-out.bin"
     buf = memoryview(bytearray(64 << 20))
     t0 = time.perf_counter()
@@ -130,7 +136,7 @@ def child_floor(folder: Path, k: int) -> dict:
         with open(p, "rb", buffering=0) as fh:
             while fh.readinto(buf):
                 pass
-    size = paths[0].stat().st_size
+    size = paths[0].stat().st_size  # one model's worth of output
     with open(out, "wb", buffering=0) as fh:
         left = size
         while left:
