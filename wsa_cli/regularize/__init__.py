@@ -4,7 +4,7 @@ Example:
     >>> import torch
     >>> from wsa_cli.fusion import Scope
     >>> reg = ScopeRegularizer(Scope(0.0, 0.1), coef=0.01)
-    >>> float(reg(torch.nn.Linear(8, 8))) >= 0
+    >>> reg(torch.nn.Linear(8, 8)).item() >= 0
     True
 """
 

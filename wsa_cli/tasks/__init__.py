@@ -2,7 +2,7 @@
 
 Example:
     >>> from wsa_cli.tasks import train_model, evaluate
-    >>> state, metrics = train_model("digits-mlp", seed=1, epochs=3, width=32)
+    >>> state, metrics = train_model("digits-mlp", seed=1, epochs=5, width=32)
     >>> evaluate("digits-mlp", state, "cpu")["accuracy"] > 0.8
     True
 """

@@ -27,7 +27,7 @@ class DataSplit:
     Example:
         >>> d = load_digits_split()
         >>> tuple(d.x_train.shape), d.y_train.dtype
-        ((1437, 64), torch.int64)
+        ((1438, 64), torch.int64)
     """
 
     x_train: torch.Tensor  # (N_train, *input_shape) float32
@@ -62,7 +62,7 @@ def load_digits_split(seed: int = 0) -> DataSplit:
 
     Example:
         >>> load_digits_split(0).x_test.shape
-        torch.Size([360, 64])
+        torch.Size([359, 64])
     """
     x, y = _sklearn_digits()
     x_t = torch.as_tensor(x, dtype=torch.float32) / 16.0  # (1797, 64) in [0, 1]

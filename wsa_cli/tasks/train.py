@@ -83,7 +83,7 @@ def train_model(
     called as ``progress(1, label)`` after each epoch.
 
     Example:
-        >>> sd, m = train_model("digits-mlp", seed=0, epochs=2, width=16)
+        >>> sd, m = train_model("digits-mlp", seed=0, epochs=5, width=16)
         >>> m["test_accuracy"] > 0.5
         True
     """
