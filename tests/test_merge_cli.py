@@ -101,3 +101,24 @@ def test_pickled_inputs_merge_to_safetensors(tmp_path):
     out = load_file(tmp_path / "m.safetensors")
     for k in a:
         torch.testing.assert_close(out[k], (a[k] + b[k]) / 2)
+
+
+def test_scope_file_measured_on_other_sizes_is_warned_not_refused(tmp_path, pair):
+    """A scope file fused from differently sized layers still applies, but wsa says so (dry run and run)."""
+    g = torch.Generator().manual_seed(9)
+    wide = tmp_path / "wide.safetensors"
+    save_safetensors({"l1.weight": torch.randn(8, 5, generator=g), "l1.bias": torch.randn(8, generator=g),
+                      "l2.weight": torch.randn(3, 8, generator=g)}, wide)  # fmt: skip
+    assert _cli("scope", "fuse", str(wide), "-o", str(tmp_path / "wide.json"), "--quiet").exit_code == 0
+    assert _cli("scope", "fuse", str(pair[0]), "-o", str(tmp_path / "same.json"), "--quiet").exit_code == 0
+    for scopes, warned in (("wide.json", True), ("same.json", False)):
+        (tmp_path / "r.yaml").write_text(f"models: [a.safetensors, b.safetensors]\nscope: {{target: {scopes}}}\noutput: m.safetensors\n")
+        for extra in (["--dry-run"], []):
+            res = _cli("merge", str(tmp_path / "r.yaml"), "--device", "cpu", "--json", "--force", *extra)
+            assert res.exit_code == 0, res.output
+            stage = json.loads(res.stdout)["stages"][0]
+            if warned:
+                assert "2 layer(s) of the scope file were measured on tensors of another size" in res.stderr
+                assert "'l1.weight': 40 values there, 30 here" in res.stderr and len(stage["warnings"]) == 1
+            else:
+                assert "warning" not in res.stderr and stage["warnings"] == []

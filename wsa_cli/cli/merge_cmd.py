@@ -38,8 +38,11 @@ def command(
 ) -> None:
     """Merge checkpoints following a YAML recipe, with Weight Scope Alignment before any method.
 
-    Everything is validated before a tensor is read (recipe keys and types, files, keys, shapes and dtypes of the models, the base model, the output). Tensors stream one at a time; the output is written atomically with a JSON merge report next to it. --dry-run prints the plan. See docs/merge.md and docs/recipes.md.
-    """  # noqa: E501 - one line per paragraph: the help text is reflowed
+    Everything is validated before a tensor is read (recipe keys and types, files, keys, shapes
+    and dtypes of the models, the base model, the output). Tensors stream one at a time; the
+    output is written atomically with a JSON merge report next to it. --dry-run prints the plan.
+    See docs/merge.md and docs/recipes.md.
+    """
     from wsa_cli.device import resolve_device
     from wsa_cli.merge.executor import run_plans
     from wsa_cli.merge.plan import plan_recipe
@@ -50,6 +53,9 @@ def command(
     plans = plan_recipe(parsed, force=force)
     dev = resolve_device(device)
     result = {"recipe": str(parsed.path), "recipe_sha256": parsed.sha256, "dry_run": dry_run, "device": str(dev)}
+    for plan in plans:
+        for warning in plan.warnings:
+            note(f"warning: {warning}", quiet=quiet)
     if dry_run:
         result["stages"] = [p.to_dict() for p in plans]
         _emit_plan(result, out_fmt)

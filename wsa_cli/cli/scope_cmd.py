@@ -49,8 +49,9 @@ def fuse(
 ) -> None:
     """Fuse the per-layer scopes N(mean, std^2) of CHECKPOINTS into one unified scope per layer.
 
-    The scope file is a training target (wsa train --wsa-target), an inspect --target, and a recipe scope.target. Reads one tensor at a time. See docs/scope.md.
-    """  # noqa: E501 - one line per paragraph: the help text is reflowed
+    The scope file is a training target (wsa train --wsa-target), an inspect --target, and a
+    recipe scope.target. Reads one tensor at a time. See docs/scope.md.
+    """
     from wsa_cli.device import resolve_device
     from wsa_cli.fusion.pipeline import ScopeOptions, fused_scope_table
     from wsa_cli.io import atomic_write_text, check_output, open_checkpoint

@@ -328,6 +328,7 @@ def _summary(plan: StagePlan, records: list[dict[str, Any]], shards: list[str]) 
         "aligned": sum(bool(r.get("aligned")) for r in records),
         "constant_not_rescaled": constant,
         "copied_files": [p.name for p in plan.copy_files],
+        "warnings": list(plan.warnings),
         "report": None,
     }
 

@@ -114,6 +114,8 @@ class StagePlan:
     weights: list[float]
     copy_files: list[Path]
     max_shard_bytes: int | None
+    #: things that do not stop the merge but that a person should see (``wsa merge`` prints them)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def out_infos(self) -> list[TensorInfo]:
@@ -154,6 +156,7 @@ class StagePlan:
             "copy_files": [p.name for p in self.copy_files],
             "max_shard_bytes": self.max_shard_bytes,
             "counts": {"tensors": len(self.tensors), **counts, "aligned": sum(t.align for t in self.tensors)},
+            "warnings": list(self.warnings),
             "tensors": [t.to_dict() for t in self.tensors],
         }  # fmt: skip
 
@@ -164,6 +167,13 @@ def _target_repr(target: object) -> Any:
     if isinstance(target, int):
         return {"model": target}
     return str(target)
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def _cfg(recipe: Recipe, line: int | None, message: str) -> ConfigError:
@@ -291,6 +301,7 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
     out_dtype = out_spec.dtype if out_spec is not None else None
     tensors: list[TensorPlan] = []
     rule_hits = [0] * len(stage.overrides)
+    resized: list[tuple[str, int, int]] = []  # (key, numel in the scope file, numel here)
     for key, info in ref.infos.items():
         if not info.dtype.is_floating_point:
             tensors.append(TensorPlan(key, info.shape, info.dtype, info.dtype, "copy", None, {}, False, False, tensor_rescale,
@@ -306,10 +317,19 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
                 rescale = rule.rescale or rescale
                 rule_index = i
                 break
-        if align and table is not None and key not in table.layers:
-            raise MismatchError("the target scope file has no entry for this layer", path=str(target), key=key)
+        if align and table is not None:
+            if key not in table.layers:
+                raise MismatchError("the target scope file has no entry for this layer", path=str(target), key=key)
+            measured_on = table.numel.get(key)
+            if measured_on is not None and measured_on != _numel(info.shape):
+                resized.append((key, measured_on, _numel(info.shape)))
         tensors.append(TensorPlan(key, info.shape, info.dtype, out_dtype or info.dtype, "merge", m.name, p, layer, align,
                                   rescale, rule=rule_index))  # fmt: skip
+    warnings = []
+    if resized:
+        key, there, here = resized[0]
+        warnings.append(f"{target}: {len(resized)} layer(s) of the scope file were measured on tensors of another size "
+                        f"(e.g. {key!r}: {there} values there, {here} here); check that the file belongs to these models")  # fmt: skip
     for i, hits in enumerate(rule_hits):
         if hits == 0:
             rule = stage.overrides[i]
@@ -329,6 +349,7 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
     return StagePlan(
         spec=stage, models=models, base=base, tensors=tensors, output=output, temporary=temporary, scope=scope,
         weights=weights, copy_files=copy_files, max_shard_bytes=out_spec.shard_size if out_spec else None,
+        warnings=warnings,
     )  # fmt: skip
 
 
