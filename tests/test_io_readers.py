@@ -317,3 +317,67 @@ def test_container_key_on_safetensors_is_a_usage_error(tmp_path: Path) -> None:
     save_file({"w": torch.ones(1)}, tmp_path / "m.safetensors")
     with pytest.raises(UsageError, match="pickled checkpoint"):
         open_checkpoint(tmp_path / "m.safetensors", container_key="state_dict")
+
+
+def test_views_equal_reads_for_every_dtype_shard_and_prefix(tmp_path: Path) -> None:
+    tensors = _all_dtypes()
+    save_file({f"module.{k}": v for k, v in tensors.items()}, str(tmp_path / "m.safetensors"))
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    keys = list(tensors)
+    save_file({k: tensors[k] for k in keys[:4]}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({k: tensors[k] for k in keys[4:]}, str(folder / "model-00002-of-00002.safetensors"))
+    for path in (tmp_path / "m.safetensors", folder):
+        with open_checkpoint(path) as r:
+            views = {k: r.view(k) for k in r.keys()}
+            for k, v in views.items():
+                r.will_need(k)
+                assert _same(v, tensors[k]) and _same(v, r.get(k)), (path, k)
+                r.release(k)  # unmapped, not lost: the next touch reads the page cache again
+                assert _same(v, tensors[k]), (path, k)
+        assert _same(views["f32"], tensors["f32"])  # a view outlives its reader (the map stays while it does)
+
+
+def test_unaligned_tensor_is_copied_not_viewed(tmp_path: Path) -> None:
+    """safetensors does not promise aligned offsets: a float32 at an odd offset is read, not viewed."""
+    import struct
+
+    header = json.dumps({"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+                         "b": {"dtype": "F32", "shape": [2], "data_offsets": [1, 9]}}).encode()  # fmt: skip
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x07" + struct.pack("<2f", 1.5, -2.0))
+    with SafetensorsReader(path) as r:
+        b = r.view("b")
+        assert b.tolist() == [1.5, -2.0] and r.view("a").tolist() == [7]
+        assert b.untyped_storage().nbytes() == 8  # its own memory, not the map
+
+
+def test_release_unmaps_the_pages_of_a_view(tmp_path: Path) -> None:
+    """After release the process no longer holds the tensor's pages (its RSS drops back)."""
+
+    def rss_kib() -> int:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+    save_file({"w": torch.ones(16 << 20, dtype=torch.uint8)}, str(tmp_path / "big.safetensors"))  # 16 MiB
+    with SafetensorsReader(tmp_path / "big.safetensors") as r:
+        v = r.view("w")
+        before = rss_kib()
+        assert int(v.sum()) == 16 << 20  # touches every page
+        touched = rss_kib()
+        r.release("w")
+        released = rss_kib()
+    assert touched - before > 12 << 10  # most of the 16 MiB became resident
+    assert touched - released > 12 << 10  # and most of it went again
+    assert int(v.sum()) == 16 << 20  # still readable after release
+
+
+def test_file_truncated_before_mapping_is_a_clean_error(tmp_path: Path) -> None:
+    save_file({"w": torch.ones(1024)}, str(tmp_path / "m.safetensors"))
+    r = SafetensorsReader(tmp_path / "m.safetensors")
+    with open(tmp_path / "m.safetensors", "r+b") as fh:
+        fh.truncate(200)
+    with pytest.raises(CheckpointError, match="truncated"):
+        r.view("w")
+    r.close()

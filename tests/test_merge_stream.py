@@ -351,7 +351,8 @@ def test_cuda_path_matches_cpu_when_available(tmp_path, models):
 
 
 def test_streaming_holds_only_a_few_keys_at_once(tmp_path, monkeypatch):
-    """Reads run ahead of writes by at most prefetch + 2 keys: memory is bounded by tensors, not models."""
+    """Reads run ahead of writes by at most prefetch + 2 keys, and every mapped tensor is released
+    once it is written: memory is bounded by tensors, not models."""
     import wsa_cli.merge.executor as executor
     from wsa_cli.io.base import CheckpointReader
 
@@ -361,14 +362,21 @@ def test_streaming_holds_only_a_few_keys_at_once(tmp_path, monkeypatch):
     lock = threading.Lock()
     read_keys: set[str] = set()
     written: list[str] = []
+    released: list[str] = []
     worst = {"ahead": 0}
-    real_get = CheckpointReader.get
+    real_view, real_release = CheckpointReader.view, CheckpointReader.release
 
-    def get(self, key, out=None):
+    def view(self, key):
         with lock:
             read_keys.add(key)
             worst["ahead"] = max(worst["ahead"], len(read_keys) - len(written))
-        return real_get(self, key, out=out)
+        return real_view(self, key)
+
+    def release(self, key):
+        with lock:
+            assert key in written  # never unmapped before its output is on disk
+            released.append(key)
+        real_release(self, key)
 
     class Writer(executor.SafetensorsWriter):
         def write(self, key, tensor):
@@ -376,11 +384,13 @@ def test_streaming_holds_only_a_few_keys_at_once(tmp_path, monkeypatch):
                 written.append(key)
             super().write(key, tensor)
 
-    monkeypatch.setattr(CheckpointReader, "get", get)
+    monkeypatch.setattr(CheckpointReader, "view", view)
+    monkeypatch.setattr(CheckpointReader, "release", release)
     monkeypatch.setattr(executor, "SafetensorsWriter", Writer)
     r = _recipe(tmp_path, "models: [s0.safetensors, s1.safetensors, s2.safetensors]\noutput: out.safetensors\n")
     merge_recipe(r, device="cpu")
     assert len(written) == 40 and read_keys == set(written)
+    assert sorted(released) == sorted(written * 3)  # each key, once per input model
     assert 1 <= worst["ahead"] <= 1 + 2  # default prefetch depth 1, plus the key being merged and the one being read
 
 

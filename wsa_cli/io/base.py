@@ -8,6 +8,7 @@ inspect and interpolate only ever use this interface, so a new format is one new
 from __future__ import annotations
 
 import abc
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,27 @@ class CheckpointReader(abc.ABC):
             return self._load_into(TensorInfo(stored, info.shape, info.dtype), out)
         return self._load(TensorInfo(stored, info.shape, info.dtype))
 
+    def view(self, key: str) -> torch.Tensor:
+        """One tensor without a copy where the format allows it (a memory-mapped safetensors file).
+
+        The result aliases the file's pages: never write to it, and call :meth:`release` when
+        done with it so that the process does not keep those pages mapped (a full pass over a
+        model would otherwise grow to the model's size). Other formats return :meth:`get`.
+        """
+        return self._view(self._stored_info(key))
+
+    def will_need(self, key: str) -> None:
+        """Hint that :meth:`view` of ``key`` comes soon: the OS starts reading it from disk."""
+        self._advise(self._stored_info(key), getattr(mmap, "MADV_WILLNEED", -1))
+
+    def release(self, key: str) -> None:
+        """Unmap the pages of a :meth:`view` of ``key`` (the data stays in the OS page cache)."""
+        self._advise(self._stored_info(key), getattr(mmap, "MADV_DONTNEED", -1))
+
+    def _stored_info(self, key: str) -> TensorInfo:
+        info = self.info(key)
+        return TensorInfo(self._stored.get(key, key), info.shape, info.dtype)
+
     def strip_key_prefix(self, prefix: str, *, required: bool) -> None:
         """Remove ``prefix`` from every key (``module.`` from DDP, ``model.`` from Lightning).
 
@@ -120,6 +142,13 @@ class CheckpointReader(abc.ABC):
     def _load_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
         """Hook for readers that can read into a caller's buffer; default: plain load."""
         return self._load(info)
+
+    def _view(self, info: TensorInfo) -> torch.Tensor:
+        """Hook for readers that can map a tensor without copying it; default: plain load."""
+        return self._load(info)
+
+    def _advise(self, info: TensorInfo, advice: int) -> None:
+        """Hook: ``madvise`` a mapped tensor's pages (``advice`` -1: unsupported here); default: nothing."""
 
     def files(self) -> list[Path]:
         """The files that hold this checkpoint's tensors (used for provenance and overwrite checks)."""

@@ -1,15 +1,21 @@
 """Lazy readers for ``.safetensors`` files and Hugging Face sharded folders (index + shards).
 
 ``safe_open`` validates each file's header (dtypes, shapes, offsets that cover the file). Tensor
-data is then read with ``os.preadv`` straight into a fresh tensor, instead of through
-``safe_open``'s memory map: the map would keep every page read so far resident in the process, so
-the memory of a full pass over a model would grow with the model, while a read keeps it at one
-tensor.
+data is then read in one of two ways:
+
+* :meth:`~CheckpointReader.get`: ``os.preadv`` straight into a fresh tensor or the caller's
+  buffer (a copy out of the page cache; what inspect, interpolate and CUDA merges use);
+* :meth:`~CheckpointReader.view`: a zero-copy view into a private memory map of the file (what
+  CPU merges use: the merge reads the page cache directly, no copy). ``safe_open``'s own map
+  would keep every page read so far mapped, so the memory of a full pass would grow with the
+  model; here :meth:`~CheckpointReader.release` unmaps a tensor's pages once it has been merged,
+  so the process holds a few tensors, never the model.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from pathlib import Path
 
@@ -34,7 +40,7 @@ def _open(path: Path):  # noqa: ANN202 - safetensors' handle type is private
 
 
 class _DataFile:
-    """Byte offsets of every tensor in one safetensors file, and positioned reads of them."""
+    """Byte offsets of every tensor in one safetensors file; positioned reads and mapped views of them."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -44,6 +50,8 @@ class _DataFile:
         base = 8 + n
         self.offsets = {k: (base + v["data_offsets"][0], base + v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"}
         self.fd = os.open(path, os.O_RDONLY)
+        self._map: mmap.mmap | None = None
+        self._bytes: torch.Tensor | None = None  # (file size,) uint8 over the map
 
     def read(self, info: TensorInfo, buffer: torch.Tensor | None = None) -> torch.Tensor:
         """Read one tensor, into ``buffer`` (a uint8 tensor of >= nbytes) when given."""
@@ -65,10 +73,44 @@ class _DataFile:
             done += got
         return out
 
+    def view(self, info: TensorInfo) -> torch.Tensor:
+        """One tensor as a view into the file's memory map (no copy), or a read when it cannot be one."""
+        start, end = self.offsets[info.key]
+        if end - start != info.nbytes:
+            raise CheckpointError(f"header says {end - start} bytes, shape/dtype need {info.nbytes}", path=self.path, key=info.key)
+        if info.nbytes == 0 or start % info.dtype.itemsize:  # empty, or not aligned for its dtype: copy
+            return self.read(info)
+        return self._mapped()[start:end].view(info.dtype).reshape(info.shape)
+
+    def _mapped(self) -> torch.Tensor:
+        if self._bytes is None:
+            size = os.fstat(self.fd).st_size
+            if max((e for _, e in self.offsets.values()), default=0) > size:
+                raise CheckpointError("file ended inside tensor data (truncated?)", path=self.path)
+            # private and copy-on-write: never written, but torch wants a writable buffer
+            self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_COPY)
+            self._bytes = torch.frombuffer(self._map, dtype=torch.uint8)
+        return self._bytes
+
+    def advise(self, info: TensorInfo, advice: int) -> None:
+        """``madvise`` the whole pages inside one tensor's bytes (no-op where unsupported or unmapped)."""
+        if advice < 0 or self._map is None or not hasattr(self._map, "madvise"):
+            return
+        start, end = self.offsets[info.key]
+        page = mmap.PAGESIZE
+        first, last = -(-start // page) * page, end // page * page  # only pages wholly inside the tensor
+        if last > first:
+            self._map.madvise(advice, first, last - first)
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        # never mmap.close(): views hold a reference to the map (torch.frombuffer), not a buffer
+        # export, so closing it would unmap pages they still point to. Dropping our references
+        # unmaps it when the last view is gone.
+        self._bytes = None
+        self._map = None
 
     def __del__(self) -> None:  # a reader used without `with` still releases its descriptor
         self.close()
@@ -109,6 +151,12 @@ class SafetensorsReader(CheckpointReader):
 
     def _load_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
         return self._data.read(info, out)
+
+    def _view(self, info: TensorInfo) -> torch.Tensor:
+        return self._data.view(info)
+
+    def _advise(self, info: TensorInfo, advice: int) -> None:
+        self._data.advise(info, advice)
 
     def extra_files(self) -> list[Path]:
         return list(self._extra)
@@ -169,6 +217,12 @@ class ShardedSafetensorsReader(CheckpointReader):
 
     def _load_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
         return self._data[self._owner[info.key]].read(info, out)
+
+    def _view(self, info: TensorInfo) -> torch.Tensor:
+        return self._data[self._owner[info.key]].view(info)
+
+    def _advise(self, info: TensorInfo, advice: int) -> None:
+        self._data[self._owner[info.key]].advise(info, advice)
 
     def files(self) -> list[Path]:
         return list(self._shards)

@@ -256,8 +256,22 @@ def run_stage(
         largest = max((t.numel_bytes for t in plan.tensors), default=1)
         ring = BufferRing(prefetch + 2, len(sources) + 1, largest, pin=pin)  # + the key being written
 
+        views = dev.type == "cpu"  # the merge reads mapped files directly; CUDA copies from pinned buffers
+
         def read(src: Source, key: str, buf: torch.Tensor) -> torch.Tensor:
-            return src.get(key, out=buf) if isinstance(src, CheckpointReader) else source_get(src, key)
+            if not isinstance(src, CheckpointReader):
+                return source_get(src, key)
+            if views:
+                src.will_need(key)  # starts reading from disk what the page cache lacks
+                return src.view(key)
+            return src.get(key, out=buf)
+
+        def release(key: str) -> None:
+            # key is merged and written: unmap its pages, so the process holds a few tensors, not the model
+            if views:
+                for src in [*sources, *([base_reader] if base_reader is not None else [])]:
+                    if isinstance(src, CheckpointReader):
+                        src.release(key)
 
         def load(key: str) -> tuple[list[torch.Tensor], torch.Tensor | None]:
             # runs in the prefetch thread: only reading, into this key's slot of the buffer ring
@@ -276,18 +290,21 @@ def run_stage(
                                force=force or plan.temporary) as writer, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsa-write") as write_behind:  # fmt: skip
             pending: Future[None] | None = None
+            written = None  # the key being written (its inputs may alias the output: copied tensors)
             for i, (key, (ts, b)) in enumerate(read_ahead(load, [t.key for t in plan.tensors], depth=prefetch)):
                 res = merge_tensor(entries[key], ts, b, scope=plan.scope, weights=plan.weights, seed=plan.spec.seed,
                                    device=dev, align_base=plan.spec.scope.align_base, scratch=scratches[i % 2], work=work)  # fmt: skip
                 if pending is not None:
-                    pending.result()  # key i-1 is on disk: its scratch and ring slot may be reused
-                pending = write_behind.submit(writer.write, key, res.tensor)
+                    pending.result()  # key i-1 is on disk: its scratch, ring slot and mapped pages may go
+                    release(written)
+                pending, written = write_behind.submit(writer.write, key, res.tensor), key
                 records.append(res.record)
                 del ts, b, res
                 if progress is not None:
                     progress(1, key)
             if pending is not None:
                 pending.result()
+                release(written)
             for f in plan.copy_files:
                 writer.add_copy(f.name, f)
             summary = _summary(plan, records, writer.shard_names)
