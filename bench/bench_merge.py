@@ -230,6 +230,8 @@ def main() -> None:
             "method": args.method, "device": args.device, "threads": args.threads or "default", "layout": {k: layout[k] for k in ("hidden", "blocks", "tensors")},
             "write_inputs_s": round(write_s, 3),
             "plain_read_write_s": round(a["wall_s"], 3), "wsa_merge_s": round(b["wall_s"], 3),
+            "spread_s": {name: [round(min(r["wall_s"] for r in runs), 3), round(max(r["wall_s"] for r in runs), 3)]
+                         for name, runs in (("plain", plain), ("floor", floor), ("merge", merged))},
             "time_ratio": round(b["wall_s"] / a["wall_s"], 3),
             "plain_read_write_fsync_s": round(min(r["wall_fsync_s"] for r in plain), 3),
             "time_ratio_vs_fsynced_plain": round(b["wall_s"] / min(r["wall_fsync_s"] for r in plain), 3),
@@ -254,6 +256,8 @@ def main() -> None:
             print(f"time ratio (b)/(a): {result['time_ratio']:.2f}x   (target <= 2x);  (b)/(a'): "
                   f"{result['time_ratio_vs_fsynced_plain']:.2f}x;  (b)/(c): {result['time_ratio_vs_io_floor']:.2f}x;  "
                   f"(b)/(c'): {result['time_ratio_vs_fsynced_io_floor']:.2f}x")
+            spread = "; ".join(f"{k} {lo:.3f}-{hi:.3f} s" for k, (lo, hi) in result["spread_s"].items())
+            print(f"spread over {args.repeat} runs (fastest is reported above): {spread}")
             print(f"merge peak RSS above its start: {result['merge_peak_rss_net_mb']} MB = "
                   f"{result['peak_over_largest_tensor']}x the largest tensor = {result['peak_over_model_size']}x one model")  # fmt: skip
     finally:
