@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsa_cli.merge import kernel
-from wsa_cli.merge.kernel import BlockBuffers, combine_linear
+from wsa_cli.merge.buffers import Scratch
+from wsa_cli.merge.kernel import combine_linear
 from wsa_cli.scope.stats import tensor_scope
 
 
@@ -43,7 +44,7 @@ def test_matches_the_tensor_wide_formula_for_any_block_split(numel, block, k, dt
     out = torch.empty(numel, dtype=out_dtype)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(kernel, "SCOPE_CHUNK", block)
-        scope = combine_linear(xs, ms, shift, out, wide=torch.float32, buffers=BlockBuffers())
+        scope = combine_linear(xs, ms, shift, out, wide=torch.float32, pool=Scratch())
     assert torch.equal(out, ref.to(out_dtype))  # same operations in the same order: the same bits
     want = tensor_scope(ref)
     assert scope is not None
@@ -85,8 +86,13 @@ def test_nonfinite_inputs_give_nonfinite_outputs_and_a_finite_scope() -> None:
 
 
 def test_buffers_are_reused_across_calls() -> None:
-    buffers = BlockBuffers()
-    a = buffers.get(torch.float32, torch.device("cpu"), 10)
-    assert buffers.get(torch.float32, torch.device("cpu"), 5)[0] is a[0]
-    assert buffers.get(torch.float32, torch.device("cpu"), 20)[0] is not a[0]  # grown
-    assert buffers.float64(torch.device("cpu")) is not None
+    pool = Scratch()
+    cpu = torch.device("cpu")
+    a = pool.get((10,), torch.float32, cpu, "kernel.acc")
+    assert pool.get((5,), torch.float32, cpu, "kernel.acc").data_ptr() == a.data_ptr()
+    assert pool.get((20,), torch.float32, cpu, "kernel.acc").data_ptr() != a.data_ptr()  # grown
+    out = torch.empty(8)
+    combine_linear([torch.ones(8)], [2.0], 0.0, out, wide=torch.float32, pool=pool)
+    before = pool.get((8,), torch.float64, cpu, "f64").data_ptr()
+    combine_linear([torch.ones(8)], [3.0], 0.0, out, wide=torch.float32, pool=pool)
+    assert pool.get((8,), torch.float64, cpu, "f64").data_ptr() == before and torch.equal(out, torch.full((8,), 3.0))

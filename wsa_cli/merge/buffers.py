@@ -12,8 +12,6 @@ from collections.abc import Sequence
 
 import torch
 
-from wsa_cli.merge.kernel import BlockBuffers
-
 
 class Scratch:
     """Flat buffers by name, dtype and device, grown as needed and handed out as views.
@@ -30,7 +28,6 @@ class Scratch:
 
     def __init__(self) -> None:
         self._bufs: dict[tuple[str, torch.dtype, str], torch.Tensor] = {}
-        self.blocks = BlockBuffers()  # the linear kernel's cache-sized block buffers
 
     def get(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device, name: str = "") -> torch.Tensor:
         numel = 1

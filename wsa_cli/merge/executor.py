@@ -124,8 +124,7 @@ def merge_tensor(
     if not entry.align:
         opts = dataclasses.replace(opts, align=False)
     work = work if work is not None else Scratch()
-    blocks = work.blocks
-    f64 = blocks.get(wide, device, block_size(device))[2]  # scratch for the scope measurements
+    f64 = work.get((block_size(device),), torch.float64, device, "f64")  # scratch for the scope measurements
 
     def measure(x: torch.Tensor) -> Scope:
         return tensor_scope(x, device, buffer=f64)
@@ -162,7 +161,7 @@ def merge_tensor(
             terms.append((c_base * coef_base[0], b))
             shift += c_base * coef_base[1]
         out = output(out_dtype)
-        after = combine_linear([x for _, x in terms], [m for m, _ in terms], shift, out, wide=wide, measure=measured, buffers=blocks)
+        after = combine_linear([x for _, x in terms], [m for m, _ in terms], shift, out, wide=wide, measure=measured, pool=work)
         if after is not None:
             record["after"] = _scope_dict(after)
         return TensorResult(out.to("cpu"), record)
@@ -274,7 +273,7 @@ def run_stage(
                         src.release(key)
 
         def load(key: str) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-            # runs in the prefetch thread: only reading, into this key's slot of the buffer ring
+            # runs in the prefetch thread: only reading (CPU: mapped views; CUDA: into this key's ring slot)
             entry, slot = entries[key], order[key]
             srcs = sources[:1] if entry.action == "copy" else sources
             ts = [read(s, key, ring.get(slot, i)) for i, s in enumerate(srcs)]

@@ -22,39 +22,8 @@ from collections.abc import Sequence
 import torch
 
 from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.merge.buffers import Scratch
 from wsa_cli.scope.stats import SCOPE_CHUNK, SCOPE_CHUNK_CUDA, RunningScope
-
-
-class BlockBuffers:
-    """The three reusable block buffers of :func:`combine_linear`: accumulator, converted input, float64.
-
-    Kept by the caller across tensors so that a long merge allocates (and page-faults) them once.
-
-    Example:
-        >>> b = BlockBuffers()
-        >>> b.get(torch.float32, torch.device("cpu"), 4)[0].shape
-        torch.Size([4])
-    """
-
-    def __init__(self) -> None:
-        self._bufs: dict[tuple[torch.dtype, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def get(self, wide: torch.dtype, device: torch.device, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        key = (wide, str(device))
-        bufs = self._bufs.get(key)
-        if bufs is None or bufs[0].numel() < size:
-            size = max(size, 1)
-            bufs = (torch.empty(size, dtype=wide, device=device), torch.empty(size, dtype=wide, device=device),
-                    torch.empty(size, dtype=torch.float64, device=device))  # fmt: skip
-            self._bufs[key] = bufs
-        return bufs
-
-    def float64(self, device: torch.device) -> torch.Tensor | None:
-        """Any float64 block buffer already held on ``device`` (a scratch for :func:`tensor_scope`)."""
-        for (_, dev), bufs in self._bufs.items():
-            if dev == str(device):
-                return bufs[2]
-        return None
 
 
 class AlignedInput:
@@ -99,14 +68,16 @@ def combine_linear(
     *,
     wide: torch.dtype,
     measure: bool = True,
-    buffers: BlockBuffers | None = None,
+    pool: Scratch | None = None,
 ) -> Scope | None:
     """Write ``sum_i multipliers[i] * xs[i] + shift`` into ``out`` (any float dtype); return its scope.
 
     ``xs`` are same-shaped tensors on ``out``'s device, in any float dtypes; the sum is formed in
     ``wide`` and cast to ``out.dtype`` block by block. Inputs with multiplier 0 are never read.
     The returned scope (``measure=True``) is that of the ``wide`` result before the cast, as
-    :func:`~wsa_cli.scope.stats.tensor_scope` would measure it.
+    :func:`~wsa_cli.scope.stats.tensor_scope` would measure it. ``pool``: where the three
+    cache-sized block buffers (accumulator, converted input, float64) come from, kept by the caller
+    so that a long merge allocates them once.
 
     Example:
         >>> out = torch.empty(3)
@@ -119,7 +90,10 @@ def combine_linear(
     flat_out = out.view(-1)
     terms = [(m, x.reshape(-1)) for m, x in zip(multipliers, xs) if m != 0.0]
     step = block_size(out.device)
-    acc_buf, tmp_buf, f64_buf = (buffers or BlockBuffers()).get(wide, out.device, min(step, n))
+    pool = pool if pool is not None else Scratch()
+    blk = (min(step, n),)
+    acc_buf, tmp_buf = pool.get(blk, wide, out.device, "kernel.acc"), pool.get(blk, wide, out.device, "kernel.tmp")
+    f64_buf = pool.get(blk, torch.float64, out.device, "f64")
     scope = RunningScope() if measure else None
     direct = out.dtype == wide  # accumulate straight into the output: no cast pass
     for start in range(0, n, step):
@@ -150,4 +124,4 @@ def combine_linear(
     return scope.scope() if scope is not None else None
 
 
-__all__ = ["AlignedInput", "BlockBuffers", "block_size", "combine_linear"]
+__all__ = ["AlignedInput", "block_size", "combine_linear"]

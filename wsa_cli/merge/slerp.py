@@ -70,7 +70,7 @@ def slerp_into(out: torch.Tensor, inputs: list[AlignedInput], t: float, dot_thre
         s01 += float(torch.dot(a, b))
     c0, c1 = slerp_coefficients(math.sqrt(s00), math.sqrt(s11), s01, t, dot_threshold)
     combine_linear([p0.flat, p1.flat], [c0 * p0.a, c1 * p1.a], c0 * p0.b + c1 * p1.b, out.view(-1), wide=wide, measure=False,
-                   buffers=pool.blocks)  # fmt: skip
+                   pool=pool)  # fmt: skip
 
 
 def _slerp(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202

@@ -29,27 +29,6 @@ from wsa_cli.merge.kernel import AlignedInput, block_size
 from wsa_cli.merge.registry import MethodContext, weighted_sum
 
 
-def trim_top_k(tau: torch.Tensor, density: float) -> torch.Tensor:
-    """TIES *trim*: keep the ``k = floor(density * n)`` largest-magnitude entries, zero the rest.
-
-    Entries tied with the k-th largest magnitude are kept too (as in the paper's code). The trim
-    is per tensor (per key), because the merge streams one tensor at a time; Yadav et al. trim
-    over the whole flattened model -- a documented difference.
-
-    Example:
-        >>> trim_top_k(torch.tensor([0.1, -3.0, 2.0, 0.5]), 0.5)
-        tensor([ 0., -3.,  2.,  0.])
-    """
-    n = tau.numel()
-    k = int(density * n)
-    if k >= n:
-        return tau.clone()
-    if k <= 0:
-        return torch.zeros_like(tau)
-    mag = tau.abs()  # (shape,)
-    return tau.masked_fill(mag < kth_largest(mag.reshape(-1).clone(), k), 0.0)
-
-
 def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k``-th largest of the flat ``values`` (1 <= k <= n) as a 0-d tensor; ``values`` is scratch.
 
@@ -85,19 +64,6 @@ def dare_mask_into(out: torch.Tensor, drop_rate: float, seed: int, uniform: torc
     gen = torch.Generator(device="cpu").manual_seed(seed)
     torch.rand(out.shape, generator=gen, dtype=torch.float32, out=uniform)
     return torch.ge(uniform, drop_rate, out=out)
-
-
-def dare_drop(tau: torch.Tensor, drop_rate: float, seed: int) -> torch.Tensor:
-    """DARE (Yu et al., 2024): drop each entry with probability p, rescale survivors by 1/(1-p).
-
-    Example:
-        >>> dare_drop(torch.ones(3), 0.0, seed=0)
-        tensor([1., 1., 1.])
-    """
-    if drop_rate <= 0.0:
-        return tau.clone()
-    keep = dare_mask(tau.shape, drop_rate, seed).to(tau.device)
-    return (tau / (1.0 - drop_rate)).masked_fill_(~keep, 0.0)
 
 
 def elect_sign(taus: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -180,7 +146,9 @@ def combine_task_vectors_into(
     """:func:`combine_task_vectors` on aligned inputs, written into ``out`` (any float dtype) block by block.
 
     First the whole-tensor quantities: per model the TIES threshold (the ``k``-th largest
-    ``|tau_i|``, from one full-size scratch buffer) or the DARE keep-mask. Then, per block of
+    ``|tau_i|``, ``k = floor(density * n)``, from one full-size scratch buffer; entries tied with
+    it are kept too, as in the paper's code) or the DARE keep-mask (survivors are rescaled by
+    ``1 / (1 - p)``). Then, per block of
     :func:`~wsa_cli.merge.kernel.block_size` values: the task vectors ``tau_i = x_i - base``
     (aligned, in ``wide``), sparsified, combined, ``base + scale * merged``, cast into ``out``.
     Element for element these are the same operations as on whole tensors, so the bits do not
