@@ -230,7 +230,7 @@ def tensor_scope(
     step = chunk or (SCOPE_CHUNK_CUDA if dev.type == "cuda" else SCOPE_CHUNK)
     flat = tensor.detach().reshape(-1)
     want = min(step, flat.numel())
-    if buffer is None or buffer.numel() < want or buffer.dtype != torch.float64:
+    if buffer is None or buffer.numel() < want or buffer.dtype != torch.float64 or buffer.device != dev:
         buffer = torch.empty(max(want, 1), dtype=torch.float64, device=dev)
     acc = RunningScope()
     for part in flat.split(step):
