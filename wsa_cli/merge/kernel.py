@@ -17,7 +17,7 @@ round to the narrow dtype or run several times slower.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -60,6 +60,18 @@ def block_size(device: torch.device) -> int:
     return SCOPE_CHUNK_CUDA if device.type == "cuda" else SCOPE_CHUNK
 
 
+def block_ranges(n: int, device: torch.device) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each block of ``n`` flat elements on ``device``; the last may be short.
+
+    Example:
+        >>> list(block_ranges(5, torch.device("cpu")))
+        [(0, 5)]
+    """
+    step = block_size(device)
+    for start in range(0, n, step):
+        yield start, min(n, start + step)
+
+
 def combine_linear(
     xs: Sequence[torch.Tensor],
     multipliers: Sequence[float],
@@ -89,15 +101,13 @@ def combine_linear(
     n = out.numel()
     flat_out = out.view(-1)
     terms = [(m, x.reshape(-1)) for m, x in zip(multipliers, xs) if m != 0.0]
-    step = block_size(out.device)
     pool = pool if pool is not None else Scratch()
-    blk = (min(step, n),)
+    blk = (min(block_size(out.device), n),)
     acc_buf, tmp_buf = pool.get(blk, wide, out.device, "kernel.acc"), pool.get(blk, wide, out.device, "kernel.tmp")
     f64_buf = pool.get(blk, torch.float64, out.device, "f64")
     scope = RunningScope() if measure else None
     direct = out.dtype == wide  # accumulate straight into the output: no cast pass
-    for start in range(0, n, step):
-        stop = min(n, start + step)
+    for start, stop in block_ranges(n, out.device):
         acc = flat_out[start:stop] if direct else acc_buf[: stop - start]  # (block,) wide
         if not terms:
             acc.zero_()
@@ -124,4 +134,4 @@ def combine_linear(
     return scope.scope() if scope is not None else None
 
 
-__all__ = ["AlignedInput", "block_size", "combine_linear"]
+__all__ = ["AlignedInput", "block_ranges", "block_size", "combine_linear"]

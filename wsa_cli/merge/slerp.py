@@ -16,7 +16,7 @@ import math
 import torch
 
 from wsa_cli.merge.buffers import Scratch
-from wsa_cli.merge.kernel import AlignedInput, block_size, combine_linear
+from wsa_cli.merge.kernel import AlignedInput, block_ranges, block_size, combine_linear
 from wsa_cli.merge.registry import MergeMethod, MethodContext, Param, register_method
 
 
@@ -56,13 +56,11 @@ def slerp_into(out: torch.Tensor, inputs: list[AlignedInput], t: float, dot_thre
     p0, p1 = inputs
     n, dev = out.numel(), out.device
     pool = ctx.scratch if ctx.scratch is not None else Scratch()
-    step = block_size(dev)
-    blk = min(step, max(n, 1))
+    blk = min(block_size(dev), max(n, 1))
     a_buf, b_buf = pool.get((blk,), wide, dev, "slerp.a"), pool.get((blk,), wide, dev, "slerp.b")
     a64, b64 = pool.get((blk,), torch.float64, dev, "slerp.a64"), pool.get((blk,), torch.float64, dev, "slerp.b64")
     s00 = s11 = s01 = 0.0
-    for start in range(0, n, step):
-        stop = min(n, start + step)
+    for start, stop in block_ranges(n, dev):
         a = a64[: stop - start].copy_(p0.block(start, stop, a_buf))  # (block,) aligned p0 in float64
         b = b64[: stop - start].copy_(p1.block(start, stop, b_buf))
         s00 += float(torch.dot(a, a))

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from wsa_cli.merge.buffers import Scratch
-from wsa_cli.merge.kernel import AlignedInput, block_size
+from wsa_cli.merge.kernel import AlignedInput, block_ranges, block_size
 from wsa_cli.merge.registry import MethodContext, weighted_sum
 
 
@@ -157,8 +157,7 @@ def combine_task_vectors_into(
     n = out.numel()
     dev = out.device
     pool = ctx.scratch if ctx.scratch is not None else Scratch()
-    step = block_size(dev)
-    blk = min(step, max(n, 1))
+    blk = min(block_size(dev), max(n, 1))
     k_keep = int(density * n)
     trim = sparsify == "magnitude" and k_keep < n
     drop = sparsify == "random" and drop_rate > 0.0
@@ -167,8 +166,7 @@ def combine_task_vectors_into(
         mag = pool.get((n,), wide, dev, "tv.magnitude")  # (n,) |tau_i|, one model at a time
         a_buf, b_buf = pool.get((blk,), wide, dev, "tv.a"), pool.get((blk,), wide, dev, "tv.b")
         for i, x in enumerate(inputs):
-            for start in range(0, n, step):
-                stop = min(n, start + step)
+            for start, stop in block_ranges(n, dev):
                 torch.sub(x.block(start, stop, a_buf), base.block(start, stop, b_buf), out=mag[start:stop])
             thresholds[i] = kth_largest(mag.abs_(), k_keep)
     masks: list[torch.Tensor | None] = [None] * len(inputs)
@@ -180,8 +178,7 @@ def combine_task_vectors_into(
     taus = [pool.get((blk,), wide, dev, f"tv.tau{i}") for i in range(len(inputs))]
     base_buf = pool.get((blk,), wide, dev, "tv.base")
     flat_out = out.view(-1)
-    for start in range(0, n, step):
-        stop = min(n, start + step)
+    for start, stop in block_ranges(n, dev):
         b = base.block(start, stop, base_buf)  # (block,)
         block_taus = []
         for i, x in enumerate(inputs):
