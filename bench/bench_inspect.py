@@ -76,7 +76,7 @@ def plain_read(path: Path, cold: bool = False) -> float:
 # Runs `wsa ARGS...` (or, with no args, only the imports) and reports the process's own peak RSS.
 PEAK_WRAPPER = """
 import sys
-import torch, wsa_cli.cli.app, wsa_cli.scope.report, wsa_cli.io
+import torch, wsa_cli.cli.app, wsa_cli.inspection.report, wsa_cli.io
 try:
     if len(sys.argv) > 1:
         wsa_cli.cli.app.app(args=sys.argv[1:], prog_name="wsa", standalone_mode=False)

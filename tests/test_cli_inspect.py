@@ -166,7 +166,7 @@ def test_device_cuda_without_cuda(pair: tuple[Path, Path]) -> None:
 
 
 def test_internal_error_is_exit_70_and_debug_shows_traceback(pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import wsa_cli.scope.report as report
+    import wsa_cli.inspection.report as report
 
     def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise ZeroDivisionError("simulated bug")

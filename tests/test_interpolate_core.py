@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsa_cli.errors import UsageError
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions
 from wsa_cli.interpolate import (
     MODES,
@@ -244,7 +244,7 @@ def test_register_mode_plugs_in() -> None:
         a, b = get_mode("swap-test").prepare({"w": 1}, {"w": 2}, ModeOptions())
         assert (a, b) == ({"w": 2}, {"w": 1})
     finally:
-        del MODES["swap-test"]
+        MODES.unregister("swap-test")
 
 
 def test_wsa_mode_lands_both_endpoints_on_the_fused_scope() -> None:

@@ -115,7 +115,7 @@ class LayerNormNet(nn.Module):
 
 
 def test_layernorm_residual_and_scale_rules_keep_the_function():
-    from wsa_cli.fusion.gaussian import Scope
+    from wsa_cli.scope.gaussian import Scope
     from wsa_cli.permute import apply_permutation, function_preserving_rescale, random_perms
     from wsa_cli.scope.stats import tensor_scope
 

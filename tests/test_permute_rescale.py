@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # the shared helper module next to this file
 from permute_helpers import CASES, outputs, spec_for
-from wsa_cli.fusion.gaussian import Scope, gaussian_kl
+from wsa_cli.scope.gaussian import Scope, gaussian_kl
 from wsa_cli.permute import function_preserving_rescale
 from wsa_cli.permute.rescale import kl_optimal_scale
 from wsa_cli.scope.stats import tensor_scope

@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # the shared helper module next 
 from permute_helpers import CASES, canonical, spec_for
 from wsa_cli.errors import ConfigError, ExitCode, InputNotFoundError
 from wsa_cli.permute.guess import guess_spec
-from wsa_cli.permute.spec import AxisGroup, PermutationSpec, load_spec, parse_spec_text, shapes_of
+from wsa_cli.permute.spec import AxisGroup, PermutationSpec, shapes_of
+from wsa_cli.permute.specfile import load_spec, parse_spec_text, render_spec
 
 MLP_SHAPES = {"fc1.weight": (8, 4), "fc1.bias": (8,), "fc2.weight": (3, 8), "fc2.bias": (3,)}
 GOOD = textwrap.dedent(
@@ -48,7 +49,7 @@ def test_good_spec_loads_and_resolves(tmp_path):
 
 def test_yaml_round_trip(tmp_path):
     spec = load_spec(write(tmp_path, GOOD), shapes=MLP_SHAPES)
-    again = parse_spec_text(spec.to_yaml(header="x")).resolve(MLP_SHAPES)
+    again = parse_spec_text(render_spec(spec, header="x")).resolve(MLP_SHAPES)
     assert again.axes == spec.axes and again.sizes == spec.sizes and again.scaling == spec.scaling
 
 
@@ -88,7 +89,8 @@ def test_wrong_number_of_axes_and_unknown_key(tmp_path):
         (GOOD.replace("version: 1", "version: 9"), "not supported", 2),
         (GOOD.replace("fc1.bias: [P]", "fc1.bias: [P*x]"), "expected a group name", 6),
         (GOOD + "extra: 1\n", "unknown section 'extra'", 12),
-        (GOOD.replace("axes:", "axes: [\n"), "not valid YAML", None),
+        (GOOD.replace("axes:", "axes: [\n"), "YAML syntax error", 7),
+        (GOOD.replace("  fc1.bias: [P]\n", "  fc1.bias: [P]\n  fc1.bias: [P]\n"), "key 'fc1.bias' appears twice", 7),
         (GOOD.replace("{with: [fc1.bias]", "{wit: [fc1.bias]"), "unknown field 'wit'", 11),
     ],
 )

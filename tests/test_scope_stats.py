@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from wsa_cli.fusion import Scope, gaussian_kl
 from wsa_cli.scope import LayerSelector, layer_kind, stats_from_moments, tensor_moments, tensor_scope
-from wsa_cli.scope.report import layer_histogram
+from wsa_cli.inspection.report import layer_histogram
 
 # Every dtype's values are exact in float64 and all products and sums are float64, so the only
 # difference from numpy/scipy is summation order.

@@ -87,7 +87,25 @@ class WsaError(Exception):
 
 
 class UsageError(WsaError):
-    """A command-line value is invalid (bad alpha grid, malformed ``--fail-above``...)."""
+    """A command-line value is invalid (bad alpha grid, malformed ``--fail-above``...).
+
+    Raised by the CLI layer, which knows the flag; library code raises :class:`InvalidValueError`.
+    """
+
+    exit_code = ExitCode.USAGE
+
+
+class InvalidValueError(WsaError):
+    """A value given to a library function is invalid: an unknown name, a number out of range, bad text.
+
+    Library code raises this without naming where the value came from; the caller that knows
+    (the recipe parser: a file and line; the CLI: a flag) re-raises it as :class:`ConfigError` or
+    :class:`UsageError`. Reaching the CLI unconverted, it is bad usage (exit 2).
+
+    Example:
+        >>> str(InvalidValueError("must be >= 0, got -1", key="fc.weight"))
+        "key 'fc.weight': must be >= 0, got -1"
+    """
 
     exit_code = ExitCode.USAGE
 

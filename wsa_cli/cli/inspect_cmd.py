@@ -91,7 +91,7 @@ def command(
     from wsa_cli.device import resolve_device
     from wsa_cli.fusion.scopefile import parse_target
     from wsa_cli.io import open_checkpoint
-    from wsa_cli.scope.report import compare_reports, inspect_checkpoint, layer_histogram
+    from wsa_cli.inspection.report import compare_reports, inspect_checkpoint, layer_histogram
     from wsa_cli.scope.selection import LayerSelector
 
     out_fmt = resolve_format(fmt, as_json)
@@ -124,7 +124,7 @@ def command(
         for r in readers:
             r.close()
 
-    from wsa_cli.scope.report import kl_to_target
+    from wsa_cli.inspection.report import kl_to_target
 
     tensor_rows = [
         [{**t.to_dict(), "kl_to_target": kl_to_target(t, tgt)} for t in rep.tensors] for rep in reports
@@ -211,7 +211,7 @@ def _checkpoint_json(report: Any, rows: list[dict]) -> dict[str, Any]:
 
 
 def _target_json(tgt: Any) -> Any:
-    from wsa_cli.fusion.gaussian import Scope
+    from wsa_cli.scope.gaussian import Scope
 
     if tgt is None:
         return None

@@ -124,7 +124,7 @@ def command(
         _check_plot_path(plot, [a, b], force)
     dev = resolve_device(device)
     if spec is not None:  # a missing or broken --spec fails now, even when no mode ends up using it
-        from wsa_cli.permute.spec import load_spec
+        from wsa_cli.permute.specfile import load_spec
         from wsa_cli.permute.templates import BUILTIN_TEMPLATES
 
         if str(spec) not in BUILTIN_TEMPLATES or Path(spec).exists():

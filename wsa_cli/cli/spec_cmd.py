@@ -36,7 +36,9 @@ def _emit_spec(
 ) -> None:
     from wsa_cli.io import atomic_write_text, check_output
 
-    text = spec.to_yaml(header=header, with_sizes=with_sizes)
+    from wsa_cli.permute.specfile import render_spec
+
+    text = render_spec(spec, header=header, with_sizes=with_sizes)
     if out is None:
         write_stdout(text)
         return
@@ -133,7 +135,7 @@ def check(
     from wsa_cli.io import open_checkpoint
     from wsa_cli.permute.check import functional_check, structural_report
     from wsa_cli.permute.factory import load_model_source, parse_input_shape
-    from wsa_cli.permute.spec import load_spec
+    from wsa_cli.permute.specfile import load_spec
 
     with open_checkpoint(checkpoint) as r:
         state = r.state_dict()

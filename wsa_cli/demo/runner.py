@@ -170,7 +170,7 @@ def _train(cfg: DemoConfig, result: DemoResult, say: ProgressFn) -> dict[str, Pa
 def _inspect(cfg: DemoConfig, result: DemoResult, paths: dict[str, Path], say: ProgressFn) -> None:
     from wsa_cli.io import open_checkpoint
     from wsa_cli.io.writer import atomic_write_text
-    from wsa_cli.scope.report import compare_reports, inspect_checkpoint
+    from wsa_cli.inspection.report import compare_reports, inspect_checkpoint
 
     reports = {}
     for name, path in paths.items():

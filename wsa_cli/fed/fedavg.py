@@ -18,7 +18,7 @@ import torch
 
 from wsa_cli.errors import MismatchError
 from wsa_cli.fusion.fuse import fuse_scopes, normalize_weights
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.rescale import rescale_tensor
 from wsa_cli.scope.selection import LayerSelector
 from wsa_cli.scope.stats import tensor_scope

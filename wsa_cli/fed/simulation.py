@@ -31,7 +31,7 @@ import torch
 from wsa_cli.device import resolve_device
 from wsa_cli.errors import UsageError
 from wsa_cli.fed.fedavg import align_states, fedavg, fuse_client_scopes
-from wsa_cli.fusion.gaussian import Scope, gaussian_kl
+from wsa_cli.scope.gaussian import Scope, gaussian_kl
 from wsa_cli.fusion.scopefile import ScopeTable
 from wsa_cli.regularize.targets import scopes_of_state_dict
 from wsa_cli.scope.selection import LayerSelector

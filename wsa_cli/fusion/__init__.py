@@ -1,6 +1,6 @@
 """Scope math: Gaussian scopes, their KL divergence, fusion of K scopes, rescaling onto a scope."""
 
-from wsa_cli.fusion.gaussian import Scope, gaussian_kl
+from wsa_cli.scope.gaussian import Scope, gaussian_kl
 from wsa_cli.fusion.fuse import FUSION_METHODS, fuse_scopes, normalize_weights
 from wsa_cli.fusion.rescale import RESCALE_MODES, rescale_tensor
 from wsa_cli.fusion.scopefile import ScopeTable, load_scope_file

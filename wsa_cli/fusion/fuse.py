@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from wsa_cli.errors import UsageError
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 
 
 def normalize_weights(weights: Sequence[float] | None, k: int) -> list[float]:

@@ -38,7 +38,7 @@ import torch
 
 from wsa_cli.errors import MismatchError, UsageError
 from wsa_cli.fusion.fuse import FUSION_METHODS, fuse_scopes, normalize_weights
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.rescale import RESCALE_MODES, rescale_tensor
 from wsa_cli.fusion.scopefile import ScopeTable, load_scope_file
 from wsa_cli.io.base import CheckpointReader

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from wsa_cli.errors import UsageError
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 
 RESCALE_MODES = ("affine", "std", "none")
 #: Rescale modes that act on a whole model at once (recipe ``scope.rescale`` only).

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from wsa_cli.errors import ConfigError, InputNotFoundError
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 
 SCOPE_FORMAT = "wsa-scopes"
 SCOPE_VERSION = 1

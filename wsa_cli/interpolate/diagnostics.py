@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from wsa_cli.fusion.gaussian import gaussian_kl
+from wsa_cli.scope.gaussian import gaussian_kl
 from wsa_cli.fusion.pipeline import ScopeOptions, resolve_target
 from wsa_cli.interpolate.path import lerp_tensor
 from wsa_cli.scope.stats import tensor_scope

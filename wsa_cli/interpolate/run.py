@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,7 @@ def run_interpolation(
     every alpha, so peak memory is about one model (modes that return in-memory endpoints, such
     as the permutation modes, still hold them).
     """
-    opts = options or ModeOptions()
+    opts = dataclasses.replace(options or ModeOptions(), cache={})  # work shared by this run's modes only
     mode_objs = [m if isinstance(m, Mode) else get_mode(m) for m in modes]
     if not mode_objs:
         raise UsageError("no interpolation mode given; choose from " + ", ".join(MODES))

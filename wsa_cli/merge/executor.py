@@ -28,7 +28,7 @@ import torch
 
 from wsa_cli import __version__
 from wsa_cli.device import resolve_device
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_coefficients, resolve_target, source_get
 from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
 from wsa_cli.io import CheckpointReader, SafetensorsWriter, open_checkpoint

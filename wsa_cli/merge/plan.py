@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from wsa_cli.errors import ConfigError, MismatchError, OutputError, UsageError, WsaError
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions
 from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
 from wsa_cli.fusion.scopefile import ScopeTable
@@ -380,7 +380,7 @@ def _check_permutation(recipe: Recipe, stage: StageSpec, models: Sequence[InputP
     k = len(models)
     if not 0 <= perm.reference < k:
         raise _cfg(recipe, perm.lines.get("reference", perm.line), f"permutation.reference {perm.reference} is out of range for {k} models")
-    from wsa_cli.permute.spec import load_spec
+    from wsa_cli.permute.specfile import load_spec
 
     shapes = {key: info.shape for key, info in models[perm.reference].infos.items()}
     try:

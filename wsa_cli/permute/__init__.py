@@ -15,7 +15,8 @@ Example:
 from wsa_cli.permute.apply import apply_permutation, random_perms
 from wsa_cli.permute.matching import MatchResult, weight_matching
 from wsa_cli.permute.rescale import function_preserving_rescale
-from wsa_cli.permute.spec import AxisGroup, PermutationSpec, ScaleRule, load_spec
+from wsa_cli.permute.spec import AxisGroup, PermutationSpec, ScaleRule
+from wsa_cli.permute.specfile import load_spec, render_spec
 from wsa_cli.permute.templates import BUILTIN_TEMPLATES, builtin_spec
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "builtin_spec",
     "function_preserving_rescale",
     "load_spec",
+    "render_spec",
     "random_perms",
     "weight_matching",
 ]

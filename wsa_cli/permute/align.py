@@ -25,7 +25,8 @@ import torch
 from wsa_cli.errors import ConfigError, MismatchError, UsageError
 from wsa_cli.permute.apply import apply_permutation, check_perms
 from wsa_cli.permute.matching import MatchResult, weight_matching
-from wsa_cli.permute.spec import PermutationSpec, load_spec, shapes_of
+from wsa_cli.permute.spec import PermutationSpec, shapes_of
+from wsa_cli.permute.specfile import load_spec
 
 #: aligned outputs must match the originals to this fraction of the output magnitude
 VERIFY_RTOL = 1e-4

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from wsa_cli.errors import ConfigError
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 from wsa_cli.permute.apply import apply_permutation, identity_perms, random_perms
 from wsa_cli.permute.factory import ModelSource
 from wsa_cli.permute.rescale import function_preserving_rescale

@@ -20,7 +20,8 @@ import torch
 
 from wsa_cli.errors import ConfigError
 from wsa_cli.permute.align import align_states, check_same_shapes
-from wsa_cli.permute.spec import load_spec, shapes_of
+from wsa_cli.permute.spec import shapes_of
+from wsa_cli.permute.specfile import load_spec
 
 
 def permute_inputs(

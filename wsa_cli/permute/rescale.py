@@ -33,7 +33,7 @@ from collections.abc import Mapping
 
 import torch
 
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 from wsa_cli.permute.spec import PermutationSpec, ScaleRule
 from wsa_cli.scope.stats import tensor_scope
 

@@ -58,10 +58,10 @@ import torch
 
 from wsa_cli.errors import ConfigError, InputNotFoundError, UsageError
 from wsa_cli.fusion.fuse import FUSION_METHODS
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES, RESCALE_MODES
 from wsa_cli.io.dtypes import DTYPE_NAMES
-from wsa_cli.recipe.yamlnodes import YList, YMap, YNode, YScalar, load_yaml_file
+from wsa_cli.yamlnodes import YList, YMap, YNode, YScalar, load_yaml_file
 from wsa_cli.scope.selection import LayerSelector
 
 DEFAULT_METHOD = "linear"

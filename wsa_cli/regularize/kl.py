@@ -7,7 +7,7 @@ its weights (the convention of the whole tool). The penalty for one layer, in th
     KL(N(mu_l, s_l^2) || N(mu_t, s_t^2)) = ln(s_t/s_l) + (s_l^2 + (mu_l - mu_t)^2) / (2 s_t^2) - 1/2
 
 ``reverse`` swaps the two Gaussians: ``KL(N(mu_t, s_t^2) || N(mu_l, s_l^2))``.
-Both are computed by :func:`wsa_cli.fusion.gaussian_kl`, so inspect, merge and training share one
+Both are computed by :func:`wsa_cli.scope.gaussian_kl`, so inspect, merge and training share one
 formula. Gradients flow into the weights through ``mu_l`` and ``s_l``:
 ``d mu_l / d w_i = 1/n`` and ``d s_l / d w_i = (w_i - mu_l) / (n s_l)``.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from wsa_cli.errors import UsageError
-from wsa_cli.fusion.gaussian import Scope, gaussian_kl
+from wsa_cli.scope.gaussian import Scope, gaussian_kl
 
 KL_DIRECTIONS = ("forward", "reverse")
 

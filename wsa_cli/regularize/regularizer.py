@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from wsa_cli.errors import ConfigError, UsageError
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 from wsa_cli.regularize.kl import KL_DIRECTIONS, layer_kl
 from wsa_cli.regularize.targets import TargetLike, check_table_covers, resolve_target
 from wsa_cli.scope.selection import LayerSelector

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from wsa_cli.errors import ConfigError, InputNotFoundError, UsageError
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.scopefile import ScopeTable, load_scope_file
 from wsa_cli.fusion.scopefile import parse_target as _parse_scope_target
 from wsa_cli.scope.selection import LayerSelector

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 
 #: Elements per chunk on the CPU: 2 MiB of float64 stays in cache across the passes below.
 CPU_CHUNK = 1 << 18

@@ -22,7 +22,7 @@ from torch import nn
 
 from wsa_cli.device import resolve_device
 from wsa_cli.errors import UsageError
-from wsa_cli.fusion.gaussian import Scope
+from wsa_cli.scope.gaussian import Scope
 from wsa_cli.regularize import KL_DIRECTIONS, REDUCTIONS, ScopeRegularizer
 from wsa_cli.regularize.targets import TargetLike
 from wsa_cli.scope.selection import LayerSelector

@@ -1,4 +1,4 @@
-"""Interpolation modes that undo permutations first (registered into ``wsa interpolate``, contract C4).
+"""Interpolation modes that undo permutations first (listed in :mod:`wsa_cli.interpolate.modes`).
 
 * ``permuted`` -- B's hidden units put into A's order by weight matching (``--spec``, ``--seed``),
   then the plain line between A and the permuted B.
@@ -8,32 +8,33 @@
   function-preserving scales (each endpoint still computes what it computed; only where the spec's
   ``scaling:`` rules allow it).
 
-Weight matching runs once per (A, B, spec, seed) even when several of these modes are asked for.
+Weight matching runs once per (A, B, spec, seed) even when several of these modes are asked for:
+its result is kept in the run's ``ModeOptions.cache``, which lives only as long as the run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 
-from wsa_cli.errors import UsageError
-from wsa_cli.interpolate.modes import ModeOptions, prepare_wsa, register_mode
+from wsa_cli.errors import InvalidValueError
+from wsa_cli.interpolate.mode_base import ModeOptions
+from wsa_cli.interpolate.plain_modes import prepare_wsa
 from wsa_cli.permute.apply import apply_permutation
 from wsa_cli.permute.matching import weight_matching
 from wsa_cli.permute.rescale import function_preserving_rescale
-from wsa_cli.permute.spec import load_spec, shapes_of
+from wsa_cli.permute.spec import shapes_of
+from wsa_cli.permute.specfile import load_spec
 
 StateDict = Mapping[str, torch.Tensor]
-_CACHE: dict[tuple[Any, ...], tuple[StateDict, StateDict, dict[str, torch.Tensor]]] = {}
 
 
 def _permuted_b(name: str, a: StateDict, b: StateDict, opts: ModeOptions) -> dict[str, torch.Tensor]:
     if opts.spec is None:
-        raise UsageError(f"mode '{name}' needs --spec (a permutation spec file or a built-in template such as digits-mlp)")
-    key = (id(a), id(b), str(opts.spec), opts.seed)
-    hit = _CACHE.get(key)
+        raise InvalidValueError(f"mode '{name}' needs a permutation spec (a spec file or a built-in template such as digits-mlp)")
+    key = ("permuted", id(a), id(b), str(opts.spec), opts.seed)
+    hit = opts.cache.get(key)
     if hit is not None and hit[0] is a and hit[1] is b:
         return hit[2]
     ref = dict(a.items())
@@ -41,8 +42,7 @@ def _permuted_b(name: str, a: StateDict, b: StateDict, opts: ModeOptions) -> dic
     other = dict(b.items())
     res = weight_matching(spec, ref, other, seed=opts.seed, device=opts.device)
     out = apply_permutation(spec, other, res.perms)
-    _CACHE.clear()  # keep one pair: the endpoints of one wsa interpolate run
-    _CACHE[key] = (a, b, out)
+    opts.cache[key] = (a, b, out)  # the endpoints are kept alive with it, so their ids stay theirs
     return out
 
 
@@ -68,8 +68,3 @@ def prepare_permuted_fp(a: StateDict, b: StateDict, opts: ModeOptions) -> tuple[
     fa, _ = function_preserving_rescale(spec, pa, targets, device=opts.device)
     fb, _ = function_preserving_rescale(spec, pb, targets, device=opts.device)
     return fa, fb
-
-
-register_mode("permuted", prepare_permuted, "B's hidden units permuted into A's order (weight matching; needs --spec)")
-register_mode("permuted+wsa", prepare_permuted_wsa, "permuted, then both rescaled onto their fused layer scopes (needs --spec)")
-register_mode("permuted+fp", prepare_permuted_fp, "permuted, then function-preserving rescale toward the fused scopes (needs --spec)")

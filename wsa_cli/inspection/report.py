@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from wsa_cli.fusion.fuse import fuse_scopes
-from wsa_cli.fusion.gaussian import Scope, gaussian_kl
+from wsa_cli.scope.gaussian import Scope, gaussian_kl
 from wsa_cli.fusion.scopefile import ScopeTable
 from wsa_cli.io.base import CheckpointReader
 from wsa_cli.io.prefetch import prefetch

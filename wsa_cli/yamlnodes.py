@@ -1,4 +1,6 @@
-"""Load YAML keeping the line of every value, so recipe errors read ``recipe.yaml:LINE: message``.
+"""Load YAML keeping the line of every value, so errors read ``recipe.yaml:LINE: message``.
+
+The one YAML loader of wsa: recipes and permutation specs both go through it.
 
 ``yaml.compose`` gives a node tree whose nodes carry ``start_mark``; we turn it into small
 wrappers -- :class:`YMap`, :class:`YList`, :class:`YScalar` -- that hold plain Python values and
@@ -94,8 +96,11 @@ def _convert(node: yaml.Node, path: Path, constructor: yaml.constructor.SafeCons
     raise ConfigError(f"unsupported YAML node {type(node).__name__}", path=path, line=line)  # pragma: no cover
 
 
-def load_yaml_text(text: str, path: str | Path) -> YNode:
-    """Parse YAML text (one document) into line-carrying nodes; syntax errors name their line."""
+def load_yaml_text(text: str, path: str | Path, *, what: str = "recipe") -> YNode:
+    """Parse YAML text (one document) into line-carrying nodes; syntax errors name their line.
+
+    ``what`` names the kind of file in messages ("recipe is empty").
+    """
     p = Path(path)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -106,11 +111,11 @@ def load_yaml_text(text: str, path: str | Path) -> YNode:
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {exc}", path=p) from None
     if node is None:
-        raise ConfigError("recipe is empty", path=p, line=1)
+        raise ConfigError(f"{what} is empty", path=p, line=1)
     return _convert(node, p, yaml.constructor.SafeConstructor())
 
 
-def load_yaml_file(path: str | Path) -> tuple[YNode, str]:
+def load_yaml_file(path: str | Path, *, what: str = "recipe") -> tuple[YNode, str]:
     """Read and parse a YAML file; return the nodes and the raw text (for hashing)."""
     from wsa_cli.errors import InputNotFoundError
 
@@ -118,9 +123,9 @@ def load_yaml_file(path: str | Path) -> tuple[YNode, str]:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputNotFoundError("recipe not found", path=p) from None
+        raise InputNotFoundError(f"{what} not found", path=p) from None
     except IsADirectoryError:
-        raise ConfigError("recipe is a folder, expected a YAML file", path=p) from None
+        raise ConfigError(f"{what} is a folder, expected a YAML file", path=p) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read recipe ({exc})", path=p) from None
-    return load_yaml_text(text, p), text
+        raise ConfigError(f"cannot read {what} ({exc})", path=p) from None
+    return load_yaml_text(text, p, what=what), text
