@@ -1,6 +1,6 @@
 """Barrier experiment: does a function-preserving rescale raise the naive barrier, and does wsa undo it?
 
-Trains two digits-mlp classifiers from different seeds (contract C1 ``train_model``), then builds
+Trains two digits-mlp classifiers from different seeds (``wsa_cli.tasks.train_model``), then builds
 more checkpoints: model B with its first hidden layer scaled up by ``c`` (``fc1.weight`` and
 ``fc1.bias`` times c) and the next layer scaled down (``fc2.weight`` divided by c). ReLU is
 positively homogeneous, so B and every scaled B compute the same function (the script checks

@@ -1,7 +1,7 @@
 """Permutation alignment experiment: barriers naive / wsa / permuted / permuted+wsa / permuted+fp, and align timing.
 
 Part 1 (barriers). For each built-in task and width, train two models from different seeds
-(contract C1 ``train_model``), then measure the loss/accuracy barrier on the line between them
+(``wsa_cli.tasks.train_model``), then measure the loss/accuracy barrier on the line between them
 (``wsa interpolate``'s library, test split) under every mode side by side:
 
 * ``naive``          the checkpoints as they are;

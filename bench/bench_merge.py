@@ -158,7 +158,7 @@ def child_merge(recipe: Path, device: str) -> dict:
     res = merge_recipe(recipe, device=device, force=True)
     wall = time.perf_counter() - t0
     peak = _status_kib("VmHWM")
-    return {"wall_s": wall, "rss_before_kib": rss0, "peak_kib": peak, "tensors": res["stages"][-1]["tensors"]}
+    return {"wall_s": wall, "rss_before_kib": rss0, "peak_kib": peak, "tensors": res.final["tensors"]}
 
 
 def _run_child(args: list[str]) -> dict:

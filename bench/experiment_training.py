@@ -4,7 +4,7 @@ Part A -- linear-mode barrier between two independently trained models, with and
 regularizer (coefficient ``--wsa-coef``, target ``init``: the scopes of the seed-0
 initialisation, the same for every seed). Pairs are trained from different seeds (different
 inits), and, as a second setting, from one shared init with SGD vs Adam. Barriers come from the
-``wsa interpolate`` library (contract C4) with the built-in task evaluator, for the ``naive``
+``wsa interpolate`` library (:mod:`wsa_cli.interpolate`) with the built-in task evaluator, for the ``naive``
 path and the ``wsa`` path (both endpoints rescaled onto their fused scope first).
 
 Part B -- federated learning on label-skewed Dirichlet shards: FedAvg vs FedAvg + WSA (the

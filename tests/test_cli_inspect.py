@@ -12,16 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
-from wsa_cli.cli.app import app
 from wsa_cli.errors import ExitCode
-
-runner = CliRunner()
-
-
-def invoke(*args: str):  # noqa: ANN201
-    return runner.invoke(app, list(args))
 
 
 @pytest.fixture()
@@ -44,8 +36,8 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "a.safetensors", tmp_path / "b.safetensors"
 
 
-def test_single_json(pair: tuple[Path, Path]) -> None:
-    res = invoke("inspect", str(pair[0]), "--json")
+def test_single_json(pair: tuple[Path, Path], cli) -> None:
+    res = cli("inspect", str(pair[0]), "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     (ckpt,) = data["checkpoints"]
@@ -58,16 +50,16 @@ def test_single_json(pair: tuple[Path, Path]) -> None:
     assert fc1["shape"] == [32, 16] and fc1["kind"] == "matrix" and fc1["kl_to_target"] is None
 
 
-def test_all_tensors_and_sort_top(pair: tuple[Path, Path]) -> None:
-    res = invoke("inspect", str(pair[0]), "--all", "--sort", "std", "--top", "2", "--format", "json")
+def test_all_tensors_and_sort_top(pair: tuple[Path, Path], cli) -> None:
+    res = cli("inspect", str(pair[0]), "--all", "--sort", "std", "--top", "2", "--format", "json")
     rows = json.loads(res.stdout)["checkpoints"][0]["tensors"]
     assert len(rows) == 2 and rows[0]["std"] >= rows[1]["std"]
-    res = invoke("inspect", str(pair[0]), "--all", "--format", "json")
+    res = cli("inspect", str(pair[0]), "--all", "--format", "json")
     assert {r["kind"] for r in json.loads(res.stdout)["checkpoints"][0]["tensors"]} == {"matrix", "bias", "integer"}
 
 
-def test_comparison_ranks_and_reports_mismatches(pair: tuple[Path, Path]) -> None:
-    res = invoke("inspect", str(pair[0]), str(pair[1]), "--format", "json")
+def test_comparison_ranks_and_reports_mismatches(pair: tuple[Path, Path], cli) -> None:
+    res = cli("inspect", str(pair[0]), str(pair[1]), "--format", "json")
     assert res.exit_code == 0, res.output
     cmp = json.loads(res.stdout)["comparison"]
     keys = [layer["key"] for layer in cmp["layers"]]
@@ -80,57 +72,57 @@ def test_comparison_ranks_and_reports_mismatches(pair: tuple[Path, Path]) -> Non
     assert "do not line up" in res.stderr
 
 
-def test_comparison_csv(pair: tuple[Path, Path]) -> None:
-    res = invoke("inspect", str(pair[0]), str(pair[1]), "--format", "csv", "--target", "0,0.05")
+def test_comparison_csv(pair: tuple[Path, Path], cli) -> None:
+    res = cli("inspect", str(pair[0]), str(pair[1]), "--format", "csv", "--target", "0,0.05")
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert [r["key"] for r in rows] == ["fc1.weight", "fc2.weight"]
     assert {"std_0", "std_1", "kl_to_fused_0", "std_ratio", "mean_shift", "max_kl", "kl_to_target_1"} <= set(rows[0])
     assert rows[0]["shape"] == "32x16"
 
 
-def test_target_kl_and_scope_file(pair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_target_kl_and_scope_file(pair: tuple[Path, Path], tmp_path: Path, cli) -> None:
     scopes = {"format": "wsa-scopes", "version": 1, "layers": {"fc1.weight": {"mean": 0.0, "std": 0.1}}}
     (tmp_path / "scopes.json").write_text(json.dumps(scopes))
-    res = invoke("inspect", str(pair[0]), "--target", str(tmp_path / "scopes.json"), "--json")
+    res = cli("inspect", str(pair[0]), "--target", str(tmp_path / "scopes.json"), "--json")
     rows = {r["key"]: r for r in json.loads(res.stdout)["checkpoints"][0]["tensors"]}
     assert rows["fc1.weight"]["kl_to_target"] > 0 and rows["fc2.weight"]["kl_to_target"] is None
 
 
-def test_fail_above_gates(pair: tuple[Path, Path]) -> None:
-    ok = invoke("inspect", str(pair[0]), str(pair[1]), "--json", "--fail-above", "kl_to_fused=100")
+def test_fail_above_gates(pair: tuple[Path, Path], cli) -> None:
+    ok = cli("inspect", str(pair[0]), str(pair[1]), "--json", "--fail-above", "kl_to_fused=100")
     assert ok.exit_code == 0
-    bad = invoke("inspect", str(pair[0]), str(pair[1]), "--json", "--fail-above", "std_ratio=1.5")
+    bad = cli("inspect", str(pair[0]), str(pair[1]), "--json", "--fail-above", "std_ratio=1.5")
     assert bad.exit_code == ExitCode.GATE_FAILED
     assert "std_ratio" in bad.stderr and json.loads(bad.stdout)["metrics"]["std_ratio"] > 1.5  # data still printed
-    typo = invoke("inspect", str(pair[0]), "--fail-above", "kl_to_fusd=1")
+    typo = cli("inspect", str(pair[0]), "--fail-above", "kl_to_fusd=1")
     assert typo.exit_code == ExitCode.USAGE and "unknown metric" in typo.stderr
-    needs_target = invoke("inspect", str(pair[0]), "--fail-above", "kl_to_target=1")
+    needs_target = cli("inspect", str(pair[0]), "--fail-above", "kl_to_target=1")
     assert needs_target.exit_code == ExitCode.USAGE
 
 
-def test_histogram_json_and_text(pair: tuple[Path, Path]) -> None:
-    res = invoke("inspect", str(pair[0]), "--histogram", "fc1.weight", "--bins", "10", "--json")
+def test_histogram_json_and_text(pair: tuple[Path, Path], cli) -> None:
+    res = cli("inspect", str(pair[0]), "--histogram", "fc1.weight", "--bins", "10", "--json")
     (h,) = json.loads(res.stdout)["histograms"]
     assert sum(h["counts"]) == 32 * 16 and len(h["edges"]) == 11
-    text = invoke("inspect", str(pair[0]), "--histogram", "fc1.weight", "--format", "table")
+    text = cli("inspect", str(pair[0]), "--histogram", "fc1.weight", "--format", "table")
     assert "fc1.weight" in text.stdout and "#" in text.stdout
-    missing = invoke("inspect", str(pair[0]), "--histogram", "nope")
+    missing = cli("inspect", str(pair[0]), "--histogram", "nope")
     assert missing.exit_code == ExitCode.USAGE and "nope" in missing.stderr
 
 
-def test_nan_and_constant_layers_are_reported_not_fatal(tmp_path: Path) -> None:
+def test_nan_and_constant_layers_are_reported_not_fatal(tmp_path: Path, cli) -> None:
     w = torch.randn(8, 8)
     w[0, 0] = float("nan")
     w[1, 1] = float("inf")
     save_file({"bad.weight": w, "const.weight": torch.full((4, 4), 0.5)}, tmp_path / "m.safetensors")
-    res = invoke("inspect", str(tmp_path / "m.safetensors"), "--json")
+    res = cli("inspect", str(tmp_path / "m.safetensors"), "--json")
     assert res.exit_code == 0
     data = json.loads(res.stdout)
     summary = data["checkpoints"][0]["summary"]
     assert (summary["nan_values"], summary["inf_values"]) == (1, 1)
     assert summary["constant_layers"] == ["const.weight"]
     assert "NaN" in res.stderr
-    gate = invoke("inspect", str(tmp_path / "m.safetensors"), "--json", "--fail-above", "nonfinite=0")
+    gate = cli("inspect", str(tmp_path / "m.safetensors"), "--json", "--fail-above", "nonfinite=0")
     assert gate.exit_code == ExitCode.GATE_FAILED
 
 
@@ -142,52 +134,54 @@ def test_nan_and_constant_layers_are_reported_not_fatal(tmp_path: Path) -> None:
         (lambda p: _write(p / "t.safetensors", b"\x20\x00\x00\x00\x00\x00\x00\x00{\"a\":"), ExitCode.BAD_CHECKPOINT, "corrupt or truncated"),
     ],
 )
-def test_errors_are_one_line_with_exit_code(tmp_path: Path, setup, code, message) -> None:  # noqa: ANN001
+def test_errors_are_one_line_with_exit_code(tmp_path: Path, setup, code, message, cli) -> None:  # noqa: ANN001
     path = setup(tmp_path)
-    res = invoke("inspect", str(path))
+    res = cli("inspect", str(path))
     assert res.exit_code == code
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and path.name in lines[0] and message in lines[0]
     assert "Traceback" not in res.output
 
 
-def test_usage_errors(pair: tuple[Path, Path]) -> None:
-    assert invoke("inspect", str(pair[0]), "--sort", "bogus").exit_code == ExitCode.USAGE
-    assert invoke("inspect", str(pair[0]), str(pair[1]), "--weights", "1").exit_code == ExitCode.USAGE
-    assert invoke("inspect", str(pair[0]), "--target", "0,-1").exit_code == ExitCode.BAD_CONFIG
-    assert invoke("inspect", str(pair[0]), "--format", "xml").exit_code == ExitCode.USAGE
+def test_usage_errors(pair: tuple[Path, Path], cli) -> None:
+    assert cli("inspect", str(pair[0]), "--sort", "bogus").exit_code == ExitCode.USAGE
+    assert cli("inspect", str(pair[0]), str(pair[1]), "--weights", "1").exit_code == ExitCode.USAGE
+    assert cli("inspect", str(pair[0]), "--target", "0,-1").exit_code == ExitCode.BAD_CONFIG
+    assert cli("inspect", str(pair[0]), "--format", "xml").exit_code == ExitCode.USAGE
 
 
-def test_device_cuda_without_cuda(pair: tuple[Path, Path]) -> None:
+def test_device_cuda_without_cuda(pair: tuple[Path, Path], cli) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA present: the unavailable-device path cannot be exercised here")
-    res = invoke("inspect", str(pair[0]), "--device", "cuda")
+    res = cli("inspect", str(pair[0]), "--device", "cuda")
     assert res.exit_code == ExitCode.DEVICE and "CUDA is not available" in res.stderr
 
 
-def test_internal_error_is_exit_70_and_debug_shows_traceback(pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import wsa_cli.inspection.report as report
+def test_internal_error_is_exit_70_and_debug_shows_traceback(pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, cli) -> None:
+    import wsa_cli.inspection.inspect as report
 
     def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise ZeroDivisionError("simulated bug")
 
     monkeypatch.setattr(report, "inspect_checkpoint", boom)
-    res = invoke("inspect", str(pair[0]))
+    res = cli("inspect", str(pair[0]))
     assert res.exit_code == ExitCode.INTERNAL and "internal error (ZeroDivisionError" in res.stderr
     assert "Traceback" not in res.stderr
-    res = invoke("--debug", "inspect", str(pair[0]))
+    res = cli("--debug", "inspect", str(pair[0]))
     assert res.exit_code == ExitCode.INTERNAL and "Traceback" in res.stderr
 
 
-def test_inputs_are_not_modified(pair: tuple[Path, Path]) -> None:
+def test_inputs_are_not_modified(pair: tuple[Path, Path], cli) -> None:
     before = [p.read_bytes() for p in pair]
-    invoke("inspect", str(pair[0]), str(pair[1]), "--all", "--json")
+    res = cli("inspect", str(pair[0]), str(pair[1]), "--all", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["format"] == "wsa-inspect"  # it really read both files
     assert [p.read_bytes() for p in pair] == before
 
 
 def test_pipe_gives_json_and_help_does_not_import_torch(pair: tuple[Path, Path]) -> None:
     out = subprocess.run([sys.executable, "-m", "wsa_cli", "inspect", str(pair[0])], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout)["command"] == "inspect"  # piped stdout defaults to JSON
+    assert json.loads(out.stdout)["format"] == "wsa-inspect"  # piped stdout defaults to JSON
     probe = "import sys, wsa_cli.cli.app; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
@@ -209,9 +203,9 @@ def _write(path: Path, data: bytes) -> Path:
         (["nosuchcommand"], "wsa", "No such command 'nosuchcommand'"),
     ],
 )
-def test_click_usage_errors_are_one_line_exit_2(args: list[str], where: str, what: str) -> None:
+def test_click_usage_errors_are_one_line_exit_2(args: list[str], where: str, what: str, cli) -> None:
     # typer's boxed multi-line usage panel is replaced by the house format: error: <where>: <what>
-    res = invoke(*args)
+    res = cli(*args)
     assert res.exit_code == ExitCode.USAGE
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
@@ -219,22 +213,22 @@ def test_click_usage_errors_are_one_line_exit_2(args: list[str], where: str, wha
     assert res.stdout == ""
 
 
-def test_no_arguments_still_shows_help() -> None:
+def test_no_arguments_still_shows_help(cli) -> None:
     for args in ([], ["scope"], ["spec"]):
-        res = invoke(*args)
+        res = cli(*args)
         assert "Usage: wsa" in res.output and "error:" not in res.output
 
 
-def test_malformed_cuda_device_is_exit_9_with_or_without_cuda(pair: tuple[Path, Path]) -> None:
+def test_malformed_cuda_device_is_exit_9_with_or_without_cuda(pair: tuple[Path, Path], cli) -> None:
     # torch.device("cuda:x") raises RuntimeError on a CUDA machine; it must not become exit 70
-    res = invoke("inspect", str(pair[0]), "--device", "cuda:x")
+    res = cli("inspect", str(pair[0]), "--device", "cuda:x")
     assert res.exit_code == ExitCode.DEVICE
     assert res.stderr.strip().splitlines() == ["error: --device 'cuda:x': expected one of auto, cpu, cuda, cuda:N"]
 
 
-def test_complex_tensors_are_listed_not_measured(tmp_path: Path) -> None:
+def test_complex_tensors_are_listed_not_measured(tmp_path: Path, cli) -> None:
     save_file({"w": torch.randn(4, 4), "freqs": torch.randn(4, 2, dtype=torch.complex64)}, tmp_path / "c.safetensors")
-    res = invoke("inspect", str(tmp_path / "c.safetensors"), "--all", "--json")
+    res = cli("inspect", str(tmp_path / "c.safetensors"), "--all", "--json")
     assert res.exit_code == 0, res.output
     ckpt = json.loads(res.stdout)["checkpoints"][0]
     assert [t["key"] for t in ckpt["tensors"]] == ["w"]

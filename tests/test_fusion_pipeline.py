@@ -1,4 +1,4 @@
-"""Scope alignment pipeline (contract C2) and the fusion / rescale invariants it relies on."""
+"""The scope-alignment pipeline that wsa merge uses (wsa_cli.fusion.pipeline) and the fusion / rescale invariants it relies on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsa_cli.errors import MismatchError, UsageError
+from wsa_cli.errors import MismatchError, InvalidValueError
 from wsa_cli.fusion import Scope, ScopeTable, fuse_scopes, rescale_tensor
 from wsa_cli.fusion.pipeline import ScopeOptions, align_tensor, compute_target_scopes, resolve_target
 from wsa_cli.io import save_safetensors, open_checkpoint
@@ -140,13 +140,13 @@ def test_pipeline_errors() -> None:
         compute_target_scopes([a, {"w": torch.zeros(2, 3)}], ScopeOptions(), "cpu")
     with pytest.raises(MismatchError, match="missing"):
         compute_target_scopes([a, {"v": torch.zeros(2, 2)}], ScopeOptions(), "cpu")
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         ScopeOptions(fusion="median")
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         ScopeOptions(rescale="shift")
-    with pytest.raises(UsageError, match="out of range"):
+    with pytest.raises(InvalidValueError, match="out of range"):
         resolve_target("w", [Scope(0, 1)], ScopeOptions(target=3))
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         compute_target_scopes([a, a], ScopeOptions(weights=[1.0]), "cpu")
 
 
@@ -163,7 +163,7 @@ def test_tensor_scope_and_moments_never_modify_their_input() -> None:
 
 def test_target_with_commas_that_is_not_mean_std_is_a_config_error(tmp_path, monkeypatch):
     from wsa_cli.errors import ConfigError, ExitCode
-    from wsa_cli.fusion.scopefile import parse_target
+    from wsa_cli.fusion.targets import parse_target
 
     monkeypatch.chdir(tmp_path)
     for text in ("1,2,3", "0,x"):

@@ -223,7 +223,7 @@ def test_gate_errors(pm_pair, plugin) -> None:  # noqa: ANN001
     typo = invoke(a, b, "--eval", f"{PLUGIN}:bump", "--fail-above", "los_barrier=1")
     assert typo.exit_code == ExitCode.USAGE and "unknown metric 'los_barrier'" in typo.stderr
     no_eval = invoke(a, b, "--fail-above", "loss_barrier=1")
-    assert no_eval.exit_code == ExitCode.USAGE and "barrier metrics need --eval" in no_eval.stderr
+    assert no_eval.exit_code == ExitCode.USAGE and "barrier metrics need an evaluator" in no_eval.stderr
     diag = invoke(a, b, "--alphas", "0:1:5", "--json", "--fail-above", "std_shrinkage=0.5")
     assert diag.exit_code == ExitCode.GATE_FAILED and "std_shrinkage = 1 > 0.5" in diag.stderr
 
@@ -255,7 +255,7 @@ def test_batchnorm_warning_and_recalibration(cnn_pair, plugin) -> None:  # noqa:
     assert data_free.exit_code == 0 and "may overstate the barrier" in data_free.stderr
     assert sum("overstate" in line for line in data_free.stderr.splitlines()) == 1  # one line
     needs_eval = invoke(a, b, "--recalibrate-bn")
-    assert needs_eval.exit_code == ExitCode.USAGE and "--recalibrate-bn needs --eval" in needs_eval.stderr
+    assert needs_eval.exit_code == ExitCode.USAGE and "--recalibrate-bn: needs an evaluator" in needs_eval.stderr
     kw = invoke(a, b, "--eval", f"{PLUGIN}:with_bn", "--alphas", "0,1", "--modes", "naive", "--json", "--recalibrate-bn")
     assert kw.exit_code == 0 and json.loads(kw.stdout)["modes"][0]["curve"][0]["loss"] == 1.0
     no_kw = invoke(a, b, "--eval", f"{PLUGIN}:bump", "--recalibrate-bn")
@@ -320,7 +320,7 @@ def test_evaluator_that_fails_to_import(tmp_path: Path, pm_pair, monkeypatch) ->
         (("--modes", "naive,bogus"), ExitCode.USAGE, "unknown interpolation mode 'bogus'"),
         (("--eval", "digits-nope"), ExitCode.USAGE, "digits-mlp"),
         (("--target", "5"), ExitCode.USAGE, "model index must be 0 (A) or 1 (B)"),
-        (("--weights", "1,2,3"), ExitCode.USAGE, "interpolation has 2 checkpoints, got 3 weights"),
+        (("--weights", "1,2,3"), ExitCode.USAGE, "error: --weights '1,2,3': 3 weights for 2 checkpoints"),
         (("--fusion", "median"), ExitCode.USAGE, "unknown fusion method 'median'"),
         (("--device", "tpu"), ExitCode.DEVICE, "--device 'tpu'"),
     ],
@@ -363,7 +363,7 @@ def test_plot_without_matplotlib_is_a_clear_usage_error(pm_pair, tmp_path, monke
     a, b = pm_pair
     res = invoke(a, b, "--plot", tmp_path / "p.png")
     assert res.exit_code == ExitCode.USAGE
-    assert res.stderr.strip() == "error: --plot needs matplotlib, which is not installed; run: pip install matplotlib"
+    assert res.stderr.strip() == "error: --plot: needs matplotlib, which is not installed; install the extra: pip install 'wsa[plot]'"
     assert not (tmp_path / "p.png").exists()
 
 
@@ -458,7 +458,7 @@ def test_the_documented_plugin_example_runs(digits_pair, tmp_path, monkeypatch) 
 def test_permutation_modes_plug_in(digits_pair) -> None:  # noqa: ANN001
     a, b, _ = digits_pair
     need = invoke(a, b, "--modes", "naive,permuted")
-    assert need.exit_code == ExitCode.USAGE and "mode 'permuted' needs --spec" in need.stderr
+    assert need.exit_code == ExitCode.USAGE and "--spec: is needed by mode 'permuted'" in need.stderr
     res = invoke(a, b, "--eval", "digits-mlp", "--modes", "naive,permuted", "--spec", "digits-mlp", "--alphas", "0:1:5", "--json")
     assert res.exit_code == 0, res.output
     naive, permuted = json.loads(res.stdout)["modes"]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsa_cli.merge import kernel
-from wsa_cli.merge.buffers import Scratch
+from wsa_cli.buffers import Scratch
 from wsa_cli.merge.kernel import combine_linear
 from wsa_cli.scope.stats import tensor_scope
 

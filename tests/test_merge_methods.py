@@ -6,6 +6,8 @@ The references below do not import wsa's method code: they re-derive each formul
 * TIES: Yadav et al. 2023 -- trim top-k% by magnitude, elect sign by sum, disjoint mean;
 * DARE: Yu et al. 2024 -- drop with p, rescale by 1 / (1 - p) (mask taken from wsa, the rest re-derived);
 * SLERP: Shoemake 1985.
+Every built-in method must have an entry in :data:`REFERENCES` (a test over the registry fails
+naming a method without one), and every block form is checked over the registry too.
 Then the same comparison runs end to end through `wsa merge` on real files (alignment off and on).
 """
 
@@ -21,9 +23,10 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from wsa_cli.cli.app import app
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
 from wsa_cli.io import save_safetensors
-from wsa_cli.merge import MethodContext, all_methods, get_method
+from wsa_cli.merge import METHODS, BlockInputs, MethodContext, all_methods, get_method
+from wsa_cli.merge.kernel import AlignedInput
 from wsa_cli.merge.task_vectors import dare_mask
 
 # -- references (NumPy, float64) --------------------------------------------------------------------
@@ -71,6 +74,34 @@ def ref_slerp(p0, p1, t):
     return (np.sin((1 - t) * omega) * p0 + np.sin(t * omega) * p1) / np.sin(omega)
 
 
+def ref_dare(xs, base, p, lam, w, ctx, consensus, normalize=False):
+    """DARE: drop with p (the mask is wsa's seeded one), rescale by 1 / (1 - p), then sum or TIES-combine."""
+    taus = []
+    for i, x in enumerate(xs):
+        tau = x - base
+        if p > 0:
+            keep = dare_mask(tau.shape, p, ctx.generator_seed(i)).numpy()
+            tau = np.where(keep, tau / (1 - p), 0.0)
+        taus.append(tau)
+    if consensus:
+        return base + lam * ref_ties_combine(taus, w)
+    div = np.sum(w) if normalize else 1.0
+    return base + lam * sum(wi * t for wi, t in zip(w, taus)) / div
+
+
+#: One independent reference per built-in method: ``(xs, base, w, params, ctx) -> ndarray``
+#: over float64 NumPy arrays with the method's resolved parameters.
+REFERENCES = {
+    "linear": lambda xs, base, w, p, ctx: ref_average(xs, w) if p["normalize"] else sum(wi * x for wi, x in zip(w, xs)),
+    "task_arithmetic": lambda xs, base, w, p, ctx: ref_task_arithmetic(xs, base, p["scale"] / (np.sum(w) if p["normalize"] else 1.0), w),
+    "ties": lambda xs, base, w, p, ctx: ref_ties(xs, base, p["density"], p["scale"], w),
+    "dare_linear": lambda xs, base, w, p, ctx: ref_dare(xs, base, p["drop_rate"], p["scale"], w, ctx, False, p["normalize"]),
+    "dare_ties": lambda xs, base, w, p, ctx: ref_dare(xs, base, p["drop_rate"], p["scale"], w, ctx, True),
+    "slerp": lambda xs, base, w, p, ctx: ref_slerp(xs[0], xs[1], p["t"]),
+    "copy": lambda xs, base, w, p, ctx: base if p["model"] == -1 else xs[p["model"]],
+}
+
+
 def ref_wsa_align(xs, w):
     """Moment fusion + affine rescale (the WSA step), re-derived."""
     mus = np.array([x.mean() for x in xs])
@@ -98,6 +129,14 @@ def _run(name, xs, base, w, params, key="fc.weight", seed=0):
 
 def _np(t):
     return t.detach().to(torch.float64).numpy()
+
+
+def _model_count(m, want=3):
+    """A model count the method accepts, as close to ``want`` as it allows."""
+    return max(m.min_models, min(want, m.max_models or want))
+
+
+BUILTIN_NAMES = [m.name for m in all_methods() if METHODS.is_builtin(m.name)]
 
 
 # -- direct method calls ----------------------------------------------------------------------------------
@@ -147,18 +186,7 @@ def test_dare_matches_yu(name, p):
     xs, base = _tensors(3, shape=(40, 30), seed=7)
     seed, key, lam, w = 13, "layer.weight", 0.8, [1, 2, 1]
     got = _run(name, xs, base, w, {"drop_rate": p, "scale": lam}, key=key, seed=seed)
-    ctx = MethodContext(key, seed)
-    taus = []
-    for i, x in enumerate(xs):
-        tau = _np(x) - _np(base)
-        if p > 0:
-            keep = dare_mask(tau.shape, p, ctx.generator_seed(i)).numpy()
-            tau = np.where(keep, tau / (1 - p), 0.0)
-        taus.append(tau)
-    if name == "dare_linear":
-        want = _np(base) + lam * sum(wi * t for wi, t in zip(w, taus))
-    else:
-        want = _np(base) + lam * ref_ties_combine(taus, w)
+    want = ref_dare([_np(x) for x in xs], _np(base), p, lam, w, MethodContext(key, seed), consensus=name == "dare_ties")
     np.testing.assert_allclose(_np(got), want, rtol=1e-12, atol=1e-12)
 
 
@@ -196,24 +224,72 @@ def test_copy_and_parameter_validation():
     assert torch.equal(_run("copy", xs, base, [1, 1], {"model": 1}), xs[1])
     assert torch.equal(_run("copy", xs, base, [1, 1], {"model": -1}), base)
     m = get_method("ties")
-    with pytest.raises(UsageError, match="did you mean 'density'"):
+    with pytest.raises(InvalidValueError, match="did you mean 'density'"):
         m.resolve_params({"densty": 0.3})
-    with pytest.raises(UsageError, match="<= 1"):
+    with pytest.raises(InvalidValueError, match="<= 1"):
         m.resolve_params({"density": 1.5})
-    with pytest.raises(UsageError, match="must be a number"):
+    with pytest.raises(InvalidValueError, match="must be a number"):
         m.resolve_params({"density": "high"})
-    with pytest.raises(UsageError, match="did you mean 'ties'"):
+    with pytest.raises(InvalidValueError, match="did you mean 'ties'"):
         get_method("tie")
-    with pytest.raises(UsageError, match="at most 2"):
+    with pytest.raises(InvalidValueError, match="at most 2"):
         get_method("slerp").check_model_count(3)
+
+
+def test_copy_declares_when_it_reads_the_base_and_checks_its_index():
+    copy = get_method("copy")
+    assert copy.uses_base({"model": -1}) and not copy.uses_base({"model": 0}) and not copy.needs_base
+    assert get_method("ties").uses_base({}) and not get_method("linear").uses_base({"normalize": True})
+    copy.validate({"model": -1}, 2, has_base=True)
+    with pytest.raises(InvalidValueError, match="method 'copy' needs a base model"):
+        copy.validate({"model": -1}, 2, has_base=False)
+    with pytest.raises(InvalidValueError, match="model index 2 is out of range for 2 models"):
+        copy.validate({"model": 2}, 2, has_base=True)
+    with pytest.raises(InvalidValueError, match="needs a base model"):
+        get_method("ties").validate({"density": 0.2, "scale": 1.0}, 2, has_base=False)
+
+
+@pytest.mark.parametrize("name", [m.name for m in all_methods()])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_numeric_parameters_refuse_nan_and_infinities(name, bad):
+    numeric = [p for p in get_method(name).params if p.type in (int, float)]
+    for p in numeric:
+        with pytest.raises(InvalidValueError, match=f"parameter '{p.name}' must be a finite number, got {bad!r}"):
+            get_method(name).resolve_params({p.name: bad})
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_every_builtin_method_matches_its_independent_reference(name):
+    """A built-in method without an entry in REFERENCES fails here, by name."""
+    if name not in REFERENCES:
+        pytest.fail(f"built-in method {name!r} has no independent reference in REFERENCES (tests/test_merge_methods.py)")
+    m = get_method(name)
+    k = _model_count(m)
+    xs, base = _tensors(k, seed=17)
+    w = [1.0, 2.0, 0.5][:k]
+    params = m.resolve_params({})
+    b = base if m.uses_base(params) else None
+    ctx = MethodContext("fc.weight", 3)
+    got = m.fn(xs, b, w, params, ctx)
+    want = REFERENCES[name]([_np(x) for x in xs], None if b is None else _np(b), w, params, ctx)
+    np.testing.assert_allclose(_np(got), want, rtol=1e-10, atol=1e-12)
 
 
 def test_every_method_documents_parameters_and_reference():
     names = [m.name for m in all_methods()]
-    assert {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp"} <= set(names)
+    assert {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "copy"} <= set(names)
+    assert names == sorted(names)
     for m in all_methods():
         assert m.summary and m.reference
         assert all(p.doc for p in m.params)
+
+
+def test_every_builtin_method_has_a_docs_row():
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "methods.md").read_text()
+    missing = [name for name in BUILTIN_NAMES if f"| `{name}` |" not in text]
+    assert not missing, f"docs/methods.md has no table row for {missing}"
 
 
 # -- end to end through wsa merge -----------------------------------------------------------------------------
@@ -319,9 +395,27 @@ def test_folded_alignment_equals_align_then_merge():
         torch.testing.assert_close(got, m.fn(aligned, b, [1, 2, 3], p, MethodContext("w")), rtol=1e-12, atol=1e-12)
 
 
-BLOCK_METHODS = [("ties", {"density": 0.3}), ("ties", {"density": 0.0}), ("ties", {"density": 1.0}),
-                 ("dare_linear", {"drop_rate": 0.6, "normalize": True}), ("dare_ties", {"drop_rate": 0.4, "scale": 0.7}),
-                 ("slerp", {"t": 0.3})]  # fmt: skip
+#: Extra parameter sets for the block-form tests (every method with a block form also runs with its defaults).
+BLOCK_PARAMS = {
+    "ties": [{"density": 0.3}, {"density": 0.0}, {"density": 1.0}],
+    "dare_linear": [{"drop_rate": 0.6, "normalize": True}],
+    "dare_ties": [{"drop_rate": 0.4, "scale": 0.7}],
+    "slerp": [{"t": 0.3}],
+}
+#: Block forms whose bits do not depend on the block size (the others sum float64 partials in block order).
+BIT_EXACT_BLOCKS = {"ties", "dare_linear", "dare_ties"}
+BLOCK_METHODS = [(m.name, params) for m in all_methods() if m.into is not None for params in [{}, *BLOCK_PARAMS.get(m.name, [])]]
+
+
+def _run_into(m, xs, base, w, params, ctx):
+    out = torch.empty(xs[0].shape, dtype=xs[0].dtype)
+    job = BlockInputs(out, [AlignedInput(x) for x in xs], None if base is None else AlignedInput(base), list(w), params, ctx, xs[0].dtype)
+    m.into(job)
+    return out
+
+
+def test_every_block_form_is_covered():
+    assert {"ties", "dare_linear", "dare_ties", "slerp"} <= {name for name, _ in BLOCK_METHODS}
 
 
 @pytest.mark.parametrize(("name", "params"), BLOCK_METHODS)
@@ -329,17 +423,20 @@ def test_block_size_does_not_change_the_result(name, params, monkeypatch):
     """Thresholds and masks are whole-tensor; the rest runs per block: any block size gives the same tensor."""
     from wsa_cli.merge import kernel
 
-    k = 2 if name == "slerp" else 3
-    xs, base = _tensors(k, shape=(37, 11), seed=5, dtype=torch.float32)
     m = get_method(name)
+    k = _model_count(m)
+    xs, base = _tensors(k, shape=(37, 11), seed=5, dtype=torch.float32)
     p = m.resolve_params(params)
-    whole = m.fn(xs, base, [1.0, 2.0, 0.5][:k], p, MethodContext("w", 3))
+    b = base if m.uses_base(p) else None
+    w = [1.0, 2.0, 0.5][:k]
+    whole = _run_into(m, xs, b, w, p, MethodContext("w", 3))  # 407 values: one block
+    torch.testing.assert_close(whole, m.fn(xs, b, w, p, MethodContext("w", 3)), rtol=1e-6, atol=1e-7)  # agrees with fn
     monkeypatch.setattr(kernel, "SCOPE_CHUNK", 10)  # 41 blocks, the last one short
-    blocked = m.fn(xs, base, [1.0, 2.0, 0.5][:k], p, MethodContext("w", 3))
-    if name == "slerp":  # the float64 dot products are summed in another order
-        torch.testing.assert_close(blocked, whole, rtol=1e-6, atol=1e-7)
-    else:
+    blocked = _run_into(m, xs, b, w, p, MethodContext("w", 3))
+    if name in BIT_EXACT_BLOCKS:
         assert torch.equal(blocked, whole)
+    else:
+        torch.testing.assert_close(blocked, whole, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(("name", "params"), BLOCK_METHODS)
@@ -347,21 +444,21 @@ def test_block_form_with_alignment_equals_align_then_merge(name, params, monkeyp
     """The executor hands TIES/DARE/SLERP the alignment inside the inputs; same as aligning copies first."""
     from wsa_cli.fusion.pipeline import ScopeOptions, align_tensor, resolve_target
     from wsa_cli.merge import kernel
-    from wsa_cli.merge.buffers import Scratch
+    from wsa_cli.buffers import Scratch
     from wsa_cli.merge.executor import merge_tensor
     from wsa_cli.merge.plan import TensorPlan
     from wsa_cli.scope.stats import tensor_scope
 
     monkeypatch.setattr(kernel, "SCOPE_CHUNK", 16)
-    k = 2 if name == "slerp" else 3
+    m = get_method(name)
+    k = _model_count(m)
     xs, base = _tensors(k, shape=(9, 13), seed=12, dtype=torch.float32)
     xs = [x.bfloat16() for x in xs]  # stored narrow: converted per block
     base = base.bfloat16()
     w = [1.0, 2.0, 3.0][:k]
     opts = ScopeOptions(weights=w)
-    m = get_method(name)
     p = m.resolve_params(params)
-    b = None if name == "slerp" else base
+    b = base if m.uses_base(p) else None
     entry = TensorPlan("w", tuple(xs[0].shape), torch.bfloat16, torch.float32, "merge", name, p, True, True, "affine")
     work = Scratch()
     for _ in range(2):  # the second call reuses the working buffers

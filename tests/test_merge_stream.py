@@ -11,9 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from wsa_cli.cli.app import app
 from wsa_cli.errors import MismatchError
 from wsa_cli.io import save_safetensors
 from wsa_cli.merge.executor import merge_recipe
@@ -48,13 +46,9 @@ def _recipe(tmp_path: Path, body: str, name: str = "recipe.yaml") -> Path:
     return p
 
 
-def _cli(*args: str):
-    return CliRunner().invoke(app, list(args))
-
-
-def test_integer_tensors_copied_and_report_written(tmp_path, models):
+def test_integer_tensors_copied_and_report_written(tmp_path, models, cli):
     r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors, m2.safetensors]\noutput: out.safetensors\n")
-    res = _cli("merge", str(r), "--format", "json", "--device", "cpu")
+    res = cli("merge", str(r), "--format", "json", "--device", "cpu")
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)["stages"][0]
     assert summary["copied"] == 1 and summary["merged"] == 4 and summary["aligned"] == 2
@@ -78,39 +72,50 @@ def test_integer_tensors_copied_and_report_written(tmp_path, models):
     assert inputs[0]["files"][0]["bytes"] == models[0].stat().st_size
 
 
-def test_aligned_layers_land_on_fused_scope_with_identical_models(tmp_path):
+def test_aligned_layers_land_on_fused_scope_with_identical_models(tmp_path, cli):
     # the same layer at different scales: after alignment all K copies are identical, so the
-    # average has exactly the target scope
+    # average has exactly the target scope. Moment matching is the fusion here because the plain
+    # average of w and 3w (std 2 s) misses it (sqrt(5) s): only a real rescale lands there.
     base = _model(0)
-    for i, s in enumerate([1.0, 3.0]):
-        save_safetensors({k: (v * s if v.is_floating_point() else v) for k, v in base.items()}, tmp_path / f"s{i}.safetensors")
-    r = _recipe(tmp_path, "models: [s0.safetensors, s1.safetensors]\nscope: {fusion: stats-mean}\noutput: out.safetensors\n")
-    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+    scaled = [{k: (v * s if v.is_floating_point() else v) for k, v in base.items()} for s in (1.0, 3.0)]
+    for i, sd in enumerate(scaled):
+        save_safetensors(sd, tmp_path / f"s{i}.safetensors")
+    r = _recipe(tmp_path, "models: [s0.safetensors, s1.safetensors]\nscope: {fusion: moments}\noutput: out.safetensors\n")
+    res = cli("merge", str(r), "--device", "cpu")
+    assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "out.wsa-merge-report.json").read_text())
-    for rec in report["tensors"]:
-        if rec.get("aligned"):
-            assert rec["after"]["std"] == pytest.approx(rec["target"]["std"], rel=1e-5)
-            assert rec["after"]["mean"] == pytest.approx(rec["target"]["mean"], abs=1e-6)
+    records = {rec["key"]: rec for rec in report["tensors"]}
+    assert {k for k, rec in records.items() if rec.get("aligned")} == {"fc1.weight", "fc2.weight"}  # the layers
+    merged = load_file(tmp_path / "out.safetensors")
+    for key in ("fc1.weight", "fc2.weight"):
+        scopes = [tensor_scope(sd[key]) for sd in scaled]
+        mean = sum(s.mean for s in scopes) / 2
+        std = (sum(s.std**2 + (s.mean - mean) ** 2 for s in scopes) / 2) ** 0.5
+        assert abs(std - 2 * scopes[0].std) > 0.1 * std  # plain averaging would not get there
+        got = tensor_scope(merged[key])
+        assert got.std == pytest.approx(std, rel=1e-5) and got.mean == pytest.approx(mean, abs=1e-6), key
+        assert records[key]["target"]["std"] == pytest.approx(std, rel=1e-5)  # and the report says so
+        assert records[key]["after"]["std"] == pytest.approx(std, rel=1e-5)
 
 
-def test_constant_layer_is_not_rescaled_and_reported(tmp_path):
+def test_constant_layer_is_not_rescaled_and_reported(tmp_path, cli):
     a, b = _model(1), _model(2)
     a["fc2.weight"] = torch.zeros_like(a["fc2.weight"])
     save_safetensors(a, tmp_path / "a.safetensors")
     save_safetensors(b, tmp_path / "b.safetensors")
     r = _recipe(tmp_path, "models: [a.safetensors, b.safetensors]\noutput: out.safetensors\n")
-    res = _cli("merge", str(r), "--format", "json", "--device", "cpu")
+    res = cli("merge", str(r), "--format", "json", "--device", "cpu")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["stages"][0]["constant_not_rescaled"] == ["fc2.weight"]
     report = json.loads((tmp_path / "out.wsa-merge-report.json").read_text())
     assert report["constant_not_rescaled"] == [{"key": "fc2.weight", "models": [0], "why": "constant layer (std 0) cannot be rescaled"}]
 
 
-def test_output_dtype_follows_inputs_or_recipe(tmp_path):
+def test_output_dtype_follows_inputs_or_recipe(tmp_path, cli):
     for i in range(2):
         save_safetensors(_model(i, dtype=torch.bfloat16), tmp_path / f"h{i}.safetensors")
     r = _recipe(tmp_path, "models: [h0.safetensors, h1.safetensors]\noutput: out.safetensors\n")
-    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+    assert cli("merge", str(r), "--device", "cpu").exit_code == 0
     out = load_file(tmp_path / "out.safetensors")
     assert out["fc1.weight"].dtype == torch.bfloat16 and out["bn1.num_batches_tracked"].dtype == torch.int64
     # math in float32: equals the float32 average rounded once to bf16
@@ -118,21 +123,21 @@ def test_output_dtype_follows_inputs_or_recipe(tmp_path):
     want = ((ins[0]["fc1.bias"].float() + ins[1]["fc1.bias"].float()) / 2).to(torch.bfloat16)
     assert torch.equal(out["fc1.bias"], want)
     r = _recipe(tmp_path, "models: [h0.safetensors, h1.safetensors]\noutput: {path: out32.safetensors, dtype: float32}\n")
-    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+    assert cli("merge", str(r), "--device", "cpu").exit_code == 0
     assert load_file(tmp_path / "out32.safetensors")["fc1.weight"].dtype == torch.float32
 
 
-def test_mixed_dtypes_need_output_dtype(tmp_path):
+def test_mixed_dtypes_need_output_dtype(tmp_path, cli):
     save_safetensors(_model(0, dtype=torch.float16), tmp_path / "a.safetensors")
     save_safetensors(_model(1, dtype=torch.bfloat16), tmp_path / "b.safetensors")
     r = _recipe(tmp_path, "models: [a.safetensors, b.safetensors]\noutput: out.safetensors\n")
-    res = _cli("merge", str(r), "--device", "cpu")
+    res = cli("merge", str(r), "--device", "cpu")
     assert res.exit_code == 5 and "dtype bfloat16, expected float16" in res.stderr and "output.dtype" in res.stderr
     r = _recipe(tmp_path, "models: [a.safetensors, b.safetensors]\noutput: {path: out.safetensors, dtype: float32}\n")
-    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+    assert cli("merge", str(r), "--device", "cpu").exit_code == 0
 
 
-def test_sharded_folder_output_with_config_files(tmp_path):
+def test_sharded_folder_output_with_config_files(tmp_path, cli):
     src = tmp_path / "hf_model"
     src.mkdir()
     save_safetensors(_model(0), src / "model.safetensors")
@@ -140,7 +145,7 @@ def test_sharded_folder_output_with_config_files(tmp_path):
     (src / "tokenizer.json").write_text("{}\n")
     save_safetensors(_model(1), tmp_path / "b.safetensors")
     r = _recipe(tmp_path, "models: [hf_model, b.safetensors]\noutput: {path: merged, shard_size: 300}\n")
-    res = _cli("merge", str(r), "--device", "cpu", "--format", "json")
+    res = cli("merge", str(r), "--device", "cpu", "--format", "json")
     assert res.exit_code == 0, res.output
     out = tmp_path / "merged"
     index = json.loads((out / "model.safetensors.index.json").read_text())
@@ -154,24 +159,24 @@ def test_sharded_folder_output_with_config_files(tmp_path):
     assert (out / "wsa-merge-report.json").exists()
     # and the folder is itself a valid input (the report is not mistaken for a model file)
     r2 = _recipe(tmp_path, "models: [merged, b.safetensors]\noutput: again.safetensors\n", "r2.yaml")
-    assert _cli("merge", str(r2), "--device", "cpu").exit_code == 0
+    assert cli("merge", str(r2), "--device", "cpu").exit_code == 0
 
 
-def test_deterministic_byte_identical(tmp_path, models):
+def test_deterministic_byte_identical(tmp_path, models, cli):
     r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors, m2.safetensors]\nbase: m0.safetensors\n"
                           "method: dare_ties\nparameters: {drop_rate: 0.5}\nseed: 7\noutput: {path: o, shard_size: 400}\n")  # fmt: skip
     runs = []
     for _ in range(2):
-        assert _cli("merge", str(r), "--device", "cpu", "--force").exit_code == 0
+        assert cli("merge", str(r), "--device", "cpu", "--force").exit_code == 0
         runs.append({p.name: p.read_bytes() for p in sorted((tmp_path / "o").iterdir())})
     assert len(runs[0]) > 2 and runs[0] == runs[1]  # shards, index and report: byte for byte
     # a different seed changes the DARE masks, so the test can fail
     r2 = _recipe(tmp_path, r.read_text().replace("seed: 7", "seed: 8"), "r2.yaml")
-    assert _cli("merge", str(r2), "--device", "cpu", "--force").exit_code == 0
+    assert cli("merge", str(r2), "--device", "cpu", "--force").exit_code == 0
     assert {p.name: p.read_bytes() for p in sorted((tmp_path / "o").iterdir())} != runs[0]
 
 
-def test_interrupted_write_leaves_no_output(tmp_path, models, monkeypatch):
+def test_interrupted_write_leaves_no_output(tmp_path, models, monkeypatch, cli):
     import wsa_cli.merge.executor as executor
 
     real = executor.merge_tensor
@@ -189,29 +194,29 @@ def test_interrupted_write_leaves_no_output(tmp_path, models, monkeypatch):
         merge_recipe(r, device="cpu")
     r2 = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: {path: outdir, shard_size: 300}\n", "r2.yaml")
     calls["n"] = 0
-    res = _cli("merge", str(r2), "--device", "cpu")
+    res = cli("merge", str(r2), "--device", "cpu")
     assert res.exit_code == 130 and calls["n"] == 3
     leftovers = sorted(p.name for p in tmp_path.iterdir())
     assert leftovers == sorted(["m0.safetensors", "m1.safetensors", "m2.safetensors", "recipe.yaml", "r2.yaml"])
 
 
-def test_refuses_existing_output_and_input_overwrite(tmp_path, models):
+def test_refuses_existing_output_and_input_overwrite(tmp_path, models, cli):
     r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: m0.safetensors\n")
-    res = _cli("merge", str(r), "--device", "cpu", "--force")
+    res = cli("merge", str(r), "--device", "cpu", "--force")
     assert res.exit_code == 7 and "overwrite input" in res.stderr
     r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: out.safetensors\n")
-    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+    assert cli("merge", str(r), "--device", "cpu").exit_code == 0
     before = (tmp_path / "out.safetensors").read_bytes()
-    res = _cli("merge", str(r), "--device", "cpu")
+    res = cli("merge", str(r), "--device", "cpu")
     assert res.exit_code == 7 and "--force" in res.stderr
-    assert _cli("merge", str(r), "--device", "cpu", "--force").exit_code == 0
+    assert cli("merge", str(r), "--device", "cpu", "--force").exit_code == 0
     assert (tmp_path / "out.safetensors").read_bytes() == before
 
 
-def test_dry_run_prints_plan_and_writes_nothing(tmp_path, models):
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, models, cli):
     r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noverrides:\n  - match: fc2.*\n    method: copy\n"
                           "    parameters: {model: 1}\n    align: false\noutput: out.safetensors\n")  # fmt: skip
-    res = _cli("merge", str(r), "--dry-run", "--format", "json", "--device", "cpu")
+    res = cli("merge", str(r), "--dry-run", "--format", "json", "--device", "cpu")
     assert res.exit_code == 0, res.output
     plan = json.loads(res.stdout)
     assert plan["dry_run"] is True
@@ -219,14 +224,14 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, models):
     assert rows["fc2.weight"]["method"] == "copy" and rows["fc2.weight"]["align"] is False and rows["fc2.weight"]["override"] == 0
     assert rows["fc1.weight"]["align"] is True and rows["bn1.num_batches_tracked"]["action"] == "copy"
     assert not (tmp_path / "out.safetensors").exists()
-    res = _cli("merge", str(r), "--dry-run", "--format", "csv", "--device", "cpu")
+    res = cli("merge", str(r), "--dry-run", "--format", "csv", "--device", "cpu")
     assert res.exit_code == 0 and res.stdout.splitlines()[0].startswith("stage,key,shape")
     # the override really copies model 1's tensor bit for bit
-    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+    assert cli("merge", str(r), "--device", "cpu").exit_code == 0
     assert torch.equal(load_file(tmp_path / "out.safetensors")["fc2.weight"], load_file(models[1])["fc2.weight"])
 
 
-def test_multi_stage_merges_an_earlier_output(tmp_path, models):
+def test_multi_stage_merges_an_earlier_output(tmp_path, models, cli):
     r = _recipe(tmp_path, """
 stages:
   - name: pair
@@ -240,7 +245,7 @@ stages:
     scope: {align: false}
     output: final.safetensors
 """)
-    res = _cli("merge", str(r), "--device", "cpu", "--format", "json")
+    res = cli("merge", str(r), "--device", "cpu", "--format", "json")
     assert res.exit_code == 0, res.output
     stages = json.loads(res.stdout)["stages"]
     assert [s["name"] for s in stages] == ["pair", "final"] and stages[0]["temporary"]
@@ -251,33 +256,33 @@ stages:
     assert not list(tmp_path.glob(".wsa-stage-*"))  # intermediate removed
 
 
-def test_permutation_block_is_validated(tmp_path, models):
+def test_permutation_block_is_validated(tmp_path, models, cli):
     r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\npermutation:\n  spec: missing.yaml\noutput: out.safetensors\n")
-    res = _cli("merge", str(r), "--device", "cpu")
+    res = cli("merge", str(r), "--device", "cpu")
     assert res.exit_code == 3 and "recipe.yaml:3:" in res.stderr
     r = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\npermutation:\n  spec: digits-mlp\n  reference: 5\noutput: out.safetensors\n")
-    res = _cli("merge", str(r), "--device", "cpu")
+    res = cli("merge", str(r), "--device", "cpu")
     assert res.exit_code == 6 and "recipe.yaml:4:" in res.stderr and "out of range" in res.stderr
 
 
-def test_scope_file_target_and_missing_entry(tmp_path, models):
-    res = _cli("scope", "fuse", str(models[0]), str(models[1]), "-o", str(tmp_path / "scopes.json"), "--weights", "1,3",
+def test_scope_file_target_and_missing_entry(tmp_path, models, cli):
+    res = cli("scope", "fuse", str(models[0]), str(models[1]), "-o", str(tmp_path / "scopes.json"), "--weights", "1,3",
                "--format", "json", "--device", "cpu")  # fmt: skip
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "scopes.json").read_text())
     assert data["format"] == "wsa-scopes" and set(data["layers"]) == {"fc1.weight", "fc2.weight"}
     assert data["weights"] == [0.25, 0.75]
     r = _recipe(tmp_path, "models: [m0.safetensors, m2.safetensors]\nscope: {target: scopes.json}\noutput: out.safetensors\n")
-    assert _cli("merge", str(r), "--device", "cpu").exit_code == 0
+    assert cli("merge", str(r), "--device", "cpu").exit_code == 0
     report = json.loads((tmp_path / "out.wsa-merge-report.json").read_text())
     rec = {t["key"]: t for t in report["tensors"]}
     assert rec["fc1.weight"]["target"]["std"] == pytest.approx(data["layers"]["fc1.weight"]["std"])
     r = _recipe(tmp_path, "models: [m0.safetensors, m2.safetensors]\nscope: {target: scopes.json, include: ['*.bias']}\n"
                           "output: out2.safetensors\n")  # fmt: skip
-    res = _cli("merge", str(r), "--device", "cpu")
+    res = cli("merge", str(r), "--device", "cpu")
     assert res.exit_code == 5 and "no entry" in res.stderr and "fc1.bias" in res.stderr
     # refuses to overwrite without --force
-    res = _cli("scope", "fuse", str(models[0]), "-o", str(tmp_path / "scopes.json"))
+    res = cli("scope", "fuse", str(models[0]), "-o", str(tmp_path / "scopes.json"))
     assert res.exit_code == 7
 
 
@@ -300,7 +305,7 @@ def test_read_ahead_is_bounded_ordered_and_raises_at_the_key():
     with lock:
         ahead = len(loaded)
     assert first == ("k0", "k0k0")
-    assert ahead <= 1 + 2  # the key being consumed + depth (what BufferRing's depth + 1 sets rely on)
+    assert ahead <= 1 + 2  # the key being consumed + depth (what the depth + 2 read-buffer sets rely on)
     assert [k for k, _ in it] == keys[1:]
 
     def bad(k: str) -> str:
@@ -394,7 +399,7 @@ def test_streaming_holds_only_a_few_keys_at_once(tmp_path, monkeypatch):
     assert 1 <= worst["ahead"] <= 1 + 2  # default prefetch depth 1, plus the key being merged and the one being read
 
 
-def test_float8_models_merge_like_their_float32_values(tmp_path):
+def test_float8_models_merge_like_their_float32_values(tmp_path, cli):
     # torch never promotes float8 implicitly: the accumulation converts it explicitly, also for
     # tensors larger than one CPU block
     from safetensors.torch import save_file
@@ -407,7 +412,7 @@ def test_float8_models_merge_like_their_float32_values(tmp_path):
     for i, m in enumerate(models):
         save_file(m, str(tmp_path / f"m{i}.safetensors"))
     recipe = _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\nmethod: linear\nscope: {align: false}\noutput: out.safetensors\n")
-    res = _cli("merge", str(recipe))
+    res = cli("merge", str(recipe))
     assert res.exit_code == 0, res.output
     out = load_file(tmp_path / "out.safetensors")
     for k in ("w", "s"):

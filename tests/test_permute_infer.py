@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))  # the shared helper module next to this file
-from permute_helpers import CASES, canonical, spec_for
 from wsa_cli.errors import ConfigError, PluginError
 from wsa_cli.permute.check import functional_check
 from wsa_cli.permute.factory import ModelSource
 from wsa_cli.permute.infer import infer_spec
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_infer_agrees_with_the_template(case):
-    _, factory, input_shape, builder = case
+def test_infer_agrees_with_the_template(permute_case, spec_for, canonical):
+    _, factory, input_shape, builder = permute_case
     model = factory()
     inferred = infer_spec(model, input_shape)
     template = spec_for(model, builder)
@@ -80,8 +75,8 @@ def test_untraceable_model_is_a_plugin_error():
         infer_spec(Branchy(), (2,))
 
 
-def test_functional_check_names_the_bad_group():
-    _, factory, input_shape, builder = CASES[0]
+def test_functional_check_names_the_bad_group(permute_cases, spec_for):
+    _, factory, input_shape, builder = permute_cases("mlp")
     model = factory()
     spec = spec_for(model, builder)
     from wsa_cli.permute.spec import AxisGroup, PermutationSpec

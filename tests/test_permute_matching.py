@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).parent))  # the shared helper module next to this file
-from permute_helpers import CASES, outputs, spec_for
 from wsa_cli.permute import apply_permutation, random_perms, weight_matching
 from wsa_cli.permute.apply import check_perms, invert_perm, permute_axis
 from wsa_cli.permute.examples import MLP
@@ -19,9 +15,8 @@ from wsa_cli.permute.spec import shapes_of
 from wsa_cli.permute.templates import mlp_spec
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_random_permutation_keeps_outputs(case):
-    _, factory, input_shape, builder = case
+def test_random_permutation_keeps_outputs(permute_case, spec_for, outputs):
+    _, factory, input_shape, builder = permute_case
     model = factory()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     spec = spec_for(model, builder)
@@ -36,9 +31,8 @@ def test_random_permutation_keeps_outputs(case):
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items() if k.endswith("num_batches_tracked"))
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_matching_recovers_a_known_permutation_exactly(case):
-    _, factory, _, builder = case
+def test_matching_recovers_a_known_permutation_exactly(permute_case, spec_for):
+    _, factory, _, builder = permute_case
     model = factory()
     state = model.state_dict()
     spec = spec_for(model, builder)

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # the shared helper module next to this file
-from permute_helpers import CASES, outputs, spec_for
 from wsa_cli.scope.gaussian import Scope, gaussian_kl
 from wsa_cli.permute import function_preserving_rescale
 from wsa_cli.permute.rescale import kl_optimal_scale
 from wsa_cli.scope.stats import tensor_scope
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_rescale_keeps_outputs(case):
-    _, factory, input_shape, builder = case
+def test_rescale_keeps_outputs(permute_case, spec_for, outputs):
+    _, factory, input_shape, builder = permute_case
     model = factory()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     spec = spec_for(model, builder)
@@ -41,8 +36,8 @@ def test_rescale_keeps_outputs(case):
             assert report[k].startswith("not possible:")
 
 
-def test_scopes_land_on_target_std_on_a_relu_chain():
-    _, factory, _, builder = CASES[0]
+def test_scopes_land_on_target_std_on_a_relu_chain(permute_cases, spec_for):
+    _, factory, _, builder = permute_cases("mlp")
     model = factory()
     state = model.state_dict()
     spec = spec_for(model, builder)
@@ -71,8 +66,8 @@ def test_kl_optimal_scale_is_the_minimiser(mu, s, mt, st):
         assert c == pytest.approx(st / s)
 
 
-def test_rules_without_target_and_layers_without_rules_are_reported():
-    _, factory, _, builder = CASES[3]  # vgg
+def test_rules_without_target_and_layers_without_rules_are_reported(permute_cases, spec_for):
+    _, factory, _, builder = permute_cases("vgg")
     model = factory()
     spec = spec_for(model, builder)
     state = model.state_dict()
@@ -84,7 +79,7 @@ def test_rules_without_target_and_layers_without_rules_are_reported():
     assert new["bn1.weight"] is state["bn1.weight"]  # untouched tensors are passed through
 
 
-def test_fp_rescale_inputs_moves_models_toward_fused_scopes_and_keeps_them():
+def test_fp_rescale_inputs_moves_models_toward_fused_scopes_and_keeps_them(outputs):
     from wsa_cli.fusion.pipeline import ScopeOptions
     from wsa_cli.permute.recipe import fp_rescale_inputs
     from wsa_cli.tasks import get_task

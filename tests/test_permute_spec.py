@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # the shared helper module next to this file
-from permute_helpers import CASES, canonical, spec_for
 from wsa_cli.errors import ConfigError, ExitCode, InputNotFoundError
 from wsa_cli.permute.guess import guess_spec
 from wsa_cli.permute.spec import AxisGroup, PermutationSpec, shapes_of
@@ -116,17 +112,16 @@ def test_batchnorm_statistics_follow_their_channels_and_counter_is_copied():
     assert "bn.num_batches_tracked" not in resolved.axes
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_templates_fit_their_models(case):
-    _, factory, _, builder = case
+def test_templates_fit_their_models(permute_case, spec_for):
+    _, factory, _, builder = permute_case
     model = factory()
     spec = spec_for(model, builder)
     assert set(spec.axes) | {k for k in model.state_dict() if k.endswith("num_batches_tracked")} == set(model.state_dict())
     assert all(n > 1 for n in spec.sizes.values())
 
 
-def test_resnet_template_shares_stream_groups():
-    _, factory, _, builder = CASES[4]
+def test_resnet_template_shares_stream_groups(permute_cases, spec_for):
+    _, factory, _, builder = permute_cases("resnet")
     spec = spec_for(factory(), builder)
     stream0 = spec.axes["conv1.weight"][0]
     assert spec.axes["layer1.0.conv2.weight"][0] == stream0 == spec.axes["layer1.1.conv2.weight"][0]
@@ -135,15 +130,15 @@ def test_resnet_template_shares_stream_groups():
     assert spec.axes["fc.weight"] == (None, spec.axes["layer2.0.conv2.weight"][0])
 
 
-def test_digits_cnn_flatten_factor():
-    _, factory, _, builder = CASES[2]
+def test_digits_cnn_flatten_factor(permute_cases, spec_for):
+    _, factory, _, builder = permute_cases("digits-cnn")
     spec = spec_for(factory(), builder)
     assert spec.axes["fc.weight"] == (None, AxisGroup("P_conv2", 16))
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2], CASES[3]], ids=["mlp", "digits-mlp", "digits-cnn", "vgg"])
-def test_guess_matches_the_template_on_plain_chains(case):
-    _, factory, _, builder = case
+@pytest.mark.parametrize("permute_case", ["mlp", "digits-mlp", "digits-cnn", "vgg"], indirect=True)
+def test_guess_matches_the_template_on_plain_chains(permute_case, spec_for, canonical):
+    _, factory, _, builder = permute_case
     model = factory()
     guessed = guess_spec(shapes_of(model.state_dict()))
     assert canonical(guessed) == canonical(spec_for(model, builder))

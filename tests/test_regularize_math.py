@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsa_cli.errors import ConfigError, UsageError
+from wsa_cli.errors import ConfigError, InvalidValueError
 from wsa_cli.fusion import Scope
 from wsa_cli.regularize import ScopeRegularizer, differentiable_scope, layer_kl
 from wsa_cli.scope import LayerSelector
@@ -182,13 +182,13 @@ def test_targets_from_model_state_dict_and_table():
 
 
 def test_bad_options_are_usage_errors():
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         ScopeRegularizer(Scope(0.0, 0.1), reduction="max")
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         ScopeRegularizer(Scope(0.0, 0.1), direction="sideways")
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         ScopeRegularizer(Scope(0.0, 0.1), coef=-1)
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         ScopeRegularizer(Scope(0.0, 0.0))
     with pytest.raises(ConfigError):
         ScopeRegularizer({"a.weight": Scope(0.0, 0.0)})

@@ -11,9 +11,16 @@ from typer.testing import CliRunner
 from wsa_cli.cli.app import app
 from wsa_cli.errors import ConfigError, InputNotFoundError
 from wsa_cli.fusion import Scope, ScopeTable, gaussian_kl, load_scope_file
-from wsa_cli.regularize import ScopeRegularizer, parse_target, resolve_target
+from wsa_cli.fusion.targets import parse_target as _parse_target
+from wsa_cli.regularize import ScopeRegularizer, resolve_target
 from wsa_cli.scope import tensor_scope
 from wsa_cli.tasks import train_model
+
+TRAIN_TARGETS = ("init", "fixed", "file", "checkpoint")
+
+
+def parse_target(text: str):  # noqa: ANN201 - what wsa train --wsa-target accepts
+    return _parse_target(text, accept=TRAIN_TARGETS)
 
 runner = CliRunner()
 
@@ -32,7 +39,7 @@ def two_models(tmp_path_factory):
 
 
 def _fused_scope_file(paths, out):
-    """The scope file (C3) written by `wsa scope fuse`."""
+    """The scope file (wsa-scopes JSON) written by `wsa scope fuse`."""
     res = runner.invoke(app, ["scope", "fuse", *map(str, paths), "-o", str(out), "--json"])
     assert res.exit_code == 0, res.output
     return out

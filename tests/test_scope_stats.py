@@ -204,9 +204,9 @@ def test_layer_selection(key, shape, dtype, include, exclude, expected) -> None:
 
 
 def test_bad_regex_is_a_usage_error() -> None:
-    from wsa_cli.errors import UsageError
+    from wsa_cli.errors import InvalidValueError
 
-    with pytest.raises(UsageError, match="bad regular expression"):
+    with pytest.raises(InvalidValueError, match="bad regular expression"):
         LayerSelector(include=("re:(",))
 
 

@@ -1,11 +1,11 @@
-"""Contract C1: built-in tasks, data, models, evaluation and the training loop."""
+"""The built-in tasks' API: registry, data, models, evaluation and the training loop."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from wsa_cli.errors import MismatchError, UsageError
+from wsa_cli.errors import MismatchError, InvalidValueError
 from wsa_cli.tasks import TASKS, evaluate, get_task, model_from_state_dict, task_evaluator, train_model
 
 
@@ -16,7 +16,7 @@ def mlp_trained():
 
 def test_registry_names_and_unknown_task():
     assert {"digits-mlp", "digits-cnn"} <= set(TASKS)
-    with pytest.raises(UsageError, match="digits-mlp"):
+    with pytest.raises(InvalidValueError, match="digits-mlp"):
         get_task("mnist-transformer")
 
 
@@ -122,11 +122,11 @@ def test_train_subset_and_bad_arguments():
     idx = torch.arange(0, 200)
     _, m = train_model("digits-mlp", seed=0, epochs=1, width=8, train_indices=idx)
     assert m["n_train"] == 200
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         train_model("digits-mlp", optimizer="lbfgs", epochs=1)
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         train_model("digits-mlp", lr=-1.0, epochs=1)
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         train_model("digits-mlp", wsa_coef=-0.1, epochs=1)
 
 

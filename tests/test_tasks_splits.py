@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
 from wsa_cli.tasks import dirichlet_split, get_task, iid_split, label_histogram, make_split
 
 LABELS = get_task("digits-mlp").load_data(0).y_train
@@ -60,11 +60,11 @@ def test_splits_are_seeded():
 
 
 def test_bad_split_arguments():
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         make_split(LABELS, 3, "pathological")
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         dirichlet_split(LABELS, 3, alpha=0.0)
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         iid_split(5, 0)
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidValueError):
         iid_split(3, 5)

@@ -8,21 +8,13 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from wsa_cli.cli.app import app
 from wsa_cli.tasks import evaluate
 
-runner = CliRunner()
 
-
-def _train(*args: str):
-    return runner.invoke(app, ["train", *args])
-
-
-def test_train_writes_checkpoint_metrics_and_json_summary(tmp_path):
+def test_train_writes_checkpoint_metrics_and_json_summary(tmp_path, cli):
     out = tmp_path / "a.safetensors"
-    res = _train("digits-mlp", "-o", str(out), "--epochs", "6", "--width", "24", "--seed", "3", "--json")
+    res = cli("train", "digits-mlp", "-o", str(out), "--epochs", "6", "--width", "24", "--seed", "3", "--json")
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     metrics = json.loads((tmp_path / "a.metrics.json").read_text())
@@ -36,20 +28,20 @@ def test_train_writes_checkpoint_metrics_and_json_summary(tmp_path):
     assert meta["wsa.task"] == "digits-mlp" and meta["wsa.width"] == "24"
 
 
-def test_train_refuses_to_clobber_and_force_replaces(tmp_path):
+def test_train_refuses_to_clobber_and_force_replaces(tmp_path, cli):
     out = tmp_path / "a.safetensors"
-    assert _train("digits-mlp", "-o", str(out), "--epochs", "1", "--width", "8").exit_code == 0
+    assert cli("train", "digits-mlp", "-o", str(out), "--epochs", "1", "--width", "8").exit_code == 0
     before = out.read_bytes()
-    res = _train("digits-mlp", "-o", str(out), "--epochs", "1", "--width", "8", "--seed", "1")
+    res = cli("train", "digits-mlp", "-o", str(out), "--epochs", "1", "--width", "8", "--seed", "1")
     assert res.exit_code == 7 and "--force" in res.stderr
     assert out.read_bytes() == before
-    res = _train("digits-mlp", "-o", str(out), "--epochs", "1", "--width", "8", "--seed", "1", "--force")
+    res = cli("train", "digits-mlp", "-o", str(out), "--epochs", "1", "--width", "8", "--seed", "1", "--force")
     assert res.exit_code == 0 and out.read_bytes() != before
 
 
-def test_train_cnn_adam_with_wsa_into_a_folder_on_a_dirichlet_shard(tmp_path):
+def test_train_cnn_adam_with_wsa_into_a_folder_on_a_dirichlet_shard(tmp_path, cli):
     out = tmp_path / "cnn"
-    res = _train("digits-cnn", "-o", str(out), "--epochs", "2", "--width", "4", "--optimizer", "adam",
+    res = cli("train", "digits-cnn", "-o", str(out), "--epochs", "2", "--width", "4", "--optimizer", "adam",
                  "--wsa-coef", "0.05", "--wsa-target", "0,0.1", "--wsa-direction", "reverse", "--wsa-reduction", "mean",
                  "--split", "dirichlet", "--clients", "4",
                  "--client-index", "1", "--dirichlet-alpha", "0.2", "-f", "json")  # fmt: skip
@@ -66,13 +58,13 @@ def test_train_cnn_adam_with_wsa_into_a_folder_on_a_dirichlet_shard(tmp_path):
     assert "bn1.running_mean" in sd and sd["bn1.num_batches_tracked"].dtype == torch.int64
 
 
-def test_train_csv_format_into_a_new_folder(tmp_path):
-    res = _train("digits-mlp", "-o", str(tmp_path / "new" / "c.safetensors"), "--epochs", "1", "--width", "8", "-f", "csv")
+def test_train_csv_format_into_a_new_folder(tmp_path, cli):
+    res = cli("train", "digits-mlp", "-o", str(tmp_path / "new" / "c.safetensors"), "--epochs", "1", "--width", "8", "-f", "csv")
     assert res.exit_code == 0
     header, row = res.stdout.strip().splitlines()
     assert header.split(",")[:3] == ["task", "seed", "optimizer"] and row.startswith("digits-mlp,0,sgd")
     assert (tmp_path / "new" / "c.safetensors").is_file() and (tmp_path / "new" / "c.metrics.json").is_file()
-    res = _train("digits-mlp", "-o", str(tmp_path / "t.safetensors"), "--epochs", "1", "--width", "8", "-f", "table")
+    res = cli("train", "digits-mlp", "-o", str(tmp_path / "t.safetensors"), "--epochs", "1", "--width", "8", "-f", "table")
     assert res.exit_code == 0 and "test_accuracy" in res.stdout
 
 
@@ -91,9 +83,9 @@ def test_train_csv_format_into_a_new_folder(tmp_path):
         (["digits-mlp", "--wsa-direction", "sideways"], 2, "--wsa-direction 'sideways'"),
     ],
 )
-def test_train_errors_are_one_line_with_exit_codes(tmp_path, args, code, needle):
+def test_train_errors_are_one_line_with_exit_codes(tmp_path, args, code, needle, cli):
     out = tmp_path / "x.safetensors"
-    res = runner.invoke(app, ["train", *args, "-o", str(out), "--epochs", "1"])
+    res = cli("train", *args, "-o", str(out), "--epochs", "1")
     assert res.exit_code == code, res.output
     assert res.stderr.startswith("error:") and needle in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1

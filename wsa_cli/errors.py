@@ -109,6 +109,22 @@ class InvalidValueError(WsaError):
 
     exit_code = ExitCode.USAGE
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        option: str | None = None,
+        value: object = None,
+        path: str | PathLike[str] | None = None,
+        key: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        #: the library parameter the value was given for (``weights``, ``target``...), so the CLI
+        #: can name its flag and a recipe its key; ``value`` is what was given (None: not shown)
+        self.option = option
+        self.value = value
+        super().__init__(message, path=path, key=key, line=line)
+
 
 class InputNotFoundError(WsaError):
     """An input file or folder does not exist."""

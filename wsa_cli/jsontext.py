@@ -1,7 +1,8 @@
 """Strict JSON for everything wsa writes (stdout, reports, metrics, summaries).
 
 NaN and Inf are not JSON: they become ``null``. Tuples become lists, paths strings, enums their
-values, and objects with a ``to_dict()`` their dict, so any report object can be dumped as is.
+values, command results (:class:`wsa_cli.results.Result`) their ``document()`` and other objects
+with a ``to_dict()`` their dict, so any report object can be dumped as is.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def jsonable(value: Any) -> Any:
         return str(value)
     if isinstance(value, enum.Enum):
         return value.value
+    if hasattr(value, "document"):  # a command result: its full JSON output, envelope included
+        return jsonable(value.document())
     if hasattr(value, "to_dict"):
         return jsonable(value.to_dict())
     return value

@@ -17,21 +17,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from wsa_cli.errors import PluginError, UsageError
+from wsa_cli.errors import InvalidValueError, PluginError
 
 
-def import_callable(spec: str, *, what: str, usage: str) -> Any:
+def import_callable(spec: str, *, what: str, usage: str, option: str | None = None) -> Any:
     """Return the callable ``spec`` names; ``what`` names it in errors ("evaluator").
 
-    ``usage`` is the message for a ``spec`` without ``module:attribute`` shape (a usage error).
+    ``usage`` is the message for a ``spec`` without ``module:attribute`` shape (an
+    :class:`~wsa_cli.errors.InvalidValueError` for the caller's ``option``).
 
     Example:
-        >>> import_callable("math:dist", what="evaluator", usage="--eval: expected module:function")
+        >>> import_callable("math:dist", what="evaluator", usage="expected module:function")
         <built-in function dist>
     """
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise UsageError(usage)
+        raise InvalidValueError(usage, option=option, value=spec)
     try:
         with contextlib.redirect_stdout(sys.stderr):
             if module_name.endswith(".py"):

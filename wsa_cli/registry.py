@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from wsa_cli.errors import InvalidValueError, PluginError
 
@@ -44,11 +44,15 @@ class Registry(Generic[T]):
         *,
         entry_point_group: str | None = None,
         name_of: Callable[[T], str] = lambda item: item.name,  # type: ignore[attr-defined]
+        from_entry_point: Callable[[Any, str], T] | None = None,
     ) -> None:
+        """``from_entry_point(entry_point, where)`` makes the item of one entry point (default: what
+        it names, loaded now); ``where`` describes the entry point for error messages."""
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._builtins = builtins
         self._name_of = name_of
+        self._from_entry_point = from_entry_point
         self._items: dict[str, T] | None = None
         self._builtin_names: frozenset[str] = frozenset()
 
@@ -63,7 +67,11 @@ class Registry(Generic[T]):
             self._items = items
             self._builtin_names = frozenset(items)
             if self.entry_point_group:
-                self._load_entry_points(self.entry_point_group)
+                try:
+                    self._load_entry_points(self.entry_point_group)
+                except BaseException:
+                    self._items = None  # not half-filled: the next lookup tries (and fails) again
+                    raise
         return self._items
 
     def _load_entry_points(self, group: str) -> None:
@@ -72,10 +80,12 @@ class Registry(Generic[T]):
         for ep in entry_points(group=group):
             where = f"entry point {ep.name!r} of {ep.dist.name if ep.dist else 'an installed package'} (group {group})"
             try:
-                item = ep.load()
+                item = self._from_entry_point(ep, where) if self._from_entry_point else ep.load()
+                name = self._name_of(item)
+            except PluginError:
+                raise
             except Exception as exc:  # noqa: BLE001 - importing user code may raise anything
                 raise PluginError(f"cannot load {where}: {type(exc).__name__}: {exc}") from exc
-            name = self._name_of(item)
             if name in self._table_unchecked():
                 raise PluginError(f"{where} adds {self.kind} {name!r}, which already exists")
             self._table_unchecked()[name] = item

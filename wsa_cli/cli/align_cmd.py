@@ -7,22 +7,10 @@ from typing import Annotated, Optional
 import typer
 
 from wsa_cli.cli.common import (
-    DeviceOpt,
-    ForceOpt,
-    FormatOpt,
-    JsonOpt,
-    OutputFormat,
-    QuietOpt,
-    note,
-    print_table,
-    progress,
-    resolve_format,
-    to_csv,
-    to_json,
-    write_stdout,
-)
+    DeviceOpt, ForceOpt, FormatOpt, JsonOpt, KeyOpt, QuietOpt, StripPrefixOpt, finish, flags, progress, resolve_format,
+)  # fmt: skip
 
-CSV_COLUMNS = ("source", "output", "sweeps", "objective_start", "objective_end", "seconds", "max_abs_diff")
+FLAGS = {"out": "-o", "perms_out": "--perms-out", "input_shape": "--input-shape", "model": "--model", "spec": "--spec"}
 
 
 def command(
@@ -47,6 +35,8 @@ def command(
         Optional[str],  # noqa: UP007
         typer.Option("--perms", help="Reuse permutations from an earlier run's JSON instead of matching."),
     ] = None,
+    key: KeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
     fmt: FormatOpt = None,
@@ -68,46 +58,12 @@ def command(
     out_fmt = resolve_format(fmt, as_json)
     if len(checkpoints) < 2:
         raise UsageError("give a reference and at least one model to align: wsa align A B [C ...] --spec S -o OUT")
-    opts = AlignOptions(
-        reference=checkpoints[0],
-        others=checkpoints[1:],
-        spec=spec,
-        out=out,
-        seed=seed,
-        max_sweeps=max_sweeps,
-        device=resolve_device(device),
-        perms_in=perms,
-        perms_out=perms_out,
-        model=model,
-        input_shape=parse_input_shape(input_shape),
-        force=force,
-    )
-    with progress(max_sweeps * (len(checkpoints) - 1), "align", quiet=quiet) as advance:
-        report = run_align(opts, progress=advance)
-    note(f"wrote {', '.join(report.outputs)} and {report.perms_file}", quiet=quiet)
-    if out_fmt is OutputFormat.json:
-        write_stdout(to_json(report.to_dict()))
-        return
-    rows = [
-        {
-            "source": m["source"],
-            "output": m.get("output"),
-            "sweeps": m["sweeps"],
-            "objective_start": m["objective"][0] if m["objective"] else None,
-            "objective_end": m["objective"][-1] if m["objective"] else None,
-            "seconds": m["seconds"],
-            "max_abs_diff": m.get("max_abs_diff"),
-        }
-        for m in report.models
-    ]
-    if out_fmt is OutputFormat.csv:
-        write_stdout(to_csv(rows, CSV_COLUMNS))
-        return
-    print_table(
-        f"aligned to {report.reference} ({len(report.groups)} groups)",
-        CSV_COLUMNS,
-        [[r[c] for c in CSV_COLUMNS] for r in rows],
-    )
-    for m in report.models:
-        if m["objective"]:
-            note("objective per sweep for " + m["source"] + ": " + " -> ".join(f"{v:.6g}" for v in m["objective"]), quiet=quiet)
+    with flags(FLAGS):
+        opts = AlignOptions(
+            reference=checkpoints[0], others=checkpoints[1:], spec=spec, out=out, seed=seed, max_sweeps=max_sweeps,
+            device=resolve_device(device), perms_in=perms, perms_out=perms_out, model=model,
+            input_shape=parse_input_shape(input_shape), force=force, container_key=key, strip_prefix=strip_prefix,
+        )  # fmt: skip
+        with progress(max_sweeps * (len(checkpoints) - 1), "align", quiet=quiet) as advance:
+            report = run_align(opts, progress=advance)
+    finish(report, out_fmt, quiet=quiet)

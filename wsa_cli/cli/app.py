@@ -19,9 +19,6 @@ from typer.core import TyperGroup
 from wsa_cli import __version__
 from wsa_cli.errors import ExitCode, WsaError
 
-_DEBUG = {"on": False}
-
-
 def _fail(message: str, code: int) -> None:
     message = " ".join(line.strip() for line in message.strip().splitlines())  # one line, whatever the cause said
     sys.stderr.write(f"error: {message}\n")
@@ -61,10 +58,11 @@ class WsaGroup(TyperGroup):
             raise
 
     def invoke(self, ctx: Any) -> Any:
+        debug = bool(ctx.params.get("debug"))  # the root's own --debug, parsed before any command runs
         try:
             return super().invoke(ctx)
         except WsaError as exc:
-            if _DEBUG["on"]:
+            if debug:
                 traceback.print_exc()
             _fail(str(exc), int(exc.exit_code))
         except KeyboardInterrupt:
@@ -79,7 +77,7 @@ class WsaGroup(TyperGroup):
                 _fail_usage(exc)
             if _is_cli_signal(exc):
                 raise
-            if _DEBUG["on"]:
+            if debug:
                 traceback.print_exc()
             first = (str(exc).strip().splitlines() or [""])[0]
             _fail(f"internal error ({type(exc).__name__}: {first}); rerun with --debug and report it", int(ExitCode.INTERNAL))
@@ -115,7 +113,6 @@ def _root(
     4 unreadable checkpoint, 5 checkpoints do not match, 6 bad recipe/spec/config,
     7 output refused, 8 plug-in failed, 9 device unavailable, 70 internal error, 130 interrupted.
     """
-    _DEBUG["on"] = debug
 
 
 def _register() -> None:

@@ -1,9 +1,14 @@
-"""What every command shares: option types, output formats, progress, ``--fail-above`` gates.
+"""What every command shares: option types, the one place results are emitted, progress, errors at flags.
 
-Rules (see ../shared/STYLE.md): stdout carries data only, stderr carries messages for people.
-Without ``--format`` a command prints a table when stdout is a terminal and JSON when it is piped.
-JSON and CSV are written with plain writes (never through rich, which wraps and eats ``[...]``).
-Colour follows rich's rules: off when not a terminal, off with ``NO_COLOR``.
+Rules: stdout carries data only, stderr carries messages for people. Without ``--format`` a
+command prints a table when stdout is a terminal and JSON when it is piped. JSON and CSV are
+written with plain writes (never through rich, which wraps and eats ``[...]``). Colour follows
+rich's rules: off when not a terminal, off with ``NO_COLOR``.
+
+A command is: options -> one library call (inside :func:`flags`, which turns the library's
+neutral :class:`~wsa_cli.errors.InvalidValueError` into a usage error naming the flag) ->
+:func:`finish`, which prints warnings and notes, emits the result as table, JSON or CSV with the
+envelope every command shares, and applies the ``--fail-above`` gates.
 """
 
 from __future__ import annotations
@@ -13,17 +18,18 @@ import enum
 import io
 import math
 import os
-import re
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 
 import typer
 
-from wsa_cli.errors import GateFailed, UsageError
-from wsa_cli.jsontext import jsonable, to_json  # noqa: F401 - to_json is re-exported for the commands
+from wsa_cli.errors import InvalidValueError, UsageError
+from wsa_cli.jsontext import jsonable, to_json
+from wsa_cli.progress import ProgressFn
+from wsa_cli.results import Result, Table, Text
+from wsa_cli.results import format_number as fmt_num
 
 
 class OutputFormat(str, enum.Enum):
@@ -54,6 +60,48 @@ ExcludeOpt = Annotated[
     typer.Option("--exclude", help="Never treat tensors matching this glob (or re:REGEX) as layers. Repeatable."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
+#: The two checkpoint options, offered by every command that opens a checkpoint.
+KeyOpt = Annotated[
+    Optional[str],  # noqa: UP007
+    typer.Option("--key", help="Entry holding the state dict inside a pickled checkpoint (e.g. state_dict, ema.model)."),
+]
+StripPrefixOpt = Annotated[
+    Optional[str],  # noqa: UP007
+    typer.Option("--strip-prefix", help="Remove this prefix from every key (module. is always removed)."),
+]
+
+#: Library parameter names -> the flag that sets them, shared by every command (see :func:`flags`).
+COMMON_FLAGS = {
+    "fail_above": "--fail-above",
+    "device": "--device",
+    "container_key": "--key",
+    "strip_prefix": "--strip-prefix",
+    "include": "--include",
+    "exclude": "--exclude",
+    "weights": "--weights",
+    "fusion": "--fusion",
+    "target": "--target",
+    "rescale": "--rescale",
+}
+
+
+@contextmanager
+def flags(extra: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Turn the library's :class:`InvalidValueError` for an option into a usage error naming its flag.
+
+    ``extra`` adds this command's own ``parameter -> --flag`` names to :data:`COMMON_FLAGS`.
+    The message becomes ``--weights '1,x': expected comma-separated numbers`` (with the value the
+    library was given) or ``--width: must be >= 1, got 0`` (without).
+    """
+    names = {**COMMON_FLAGS, **(extra or {})}
+    try:
+        yield
+    except InvalidValueError as exc:
+        flag = names.get(exc.option or "")
+        if flag is None:
+            raise
+        text = f"{flag} {exc.value!r}: {exc.message}" if exc.value is not None else f"{flag}: {exc.message}"
+        raise UsageError(text, path=exc.path, key=exc.key, line=exc.line) from exc
 
 
 def resolve_format(fmt: OutputFormat | None, as_json: bool = False) -> OutputFormat:
@@ -87,25 +135,6 @@ def write_stdout(text: str) -> None:
     sys.stdout.flush()
 
 
-def fmt_num(value: Any, digits: int = 4) -> str:
-    """Compact human formatting for tables: 4 significant digits, '-' for None."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-            return f"{value:.{digits - 1}e}"
-        return f"{value:.{digits}g}"
-    if isinstance(value, (list, tuple)):
-        return "x".join(str(v) for v in value) or "()"
-    return str(value)
-
-
 def stdout_console():  # noqa: ANN201 - rich type imported lazily
     """Console for tables on stdout; when piped (``--format table | less``) it is wide, not 80 columns."""
     import shutil
@@ -122,15 +151,15 @@ def stderr_console():  # noqa: ANN201
     return Console(stderr=True, highlight=False)
 
 
-def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str | None = None) -> None:
-    """Render a table on stdout for people (only used when the format is ``table``)."""
+def print_table(view: Table) -> None:
+    """Draw a :class:`~wsa_cli.results.Table` on stdout for people (format ``table`` only)."""
     from rich.markup import escape
-    from rich.table import Table
+    from rich.table import Table as RichTable
 
-    table = Table(title=title, caption=caption, show_lines=False, header_style="bold")
-    for i, col in enumerate(columns):
+    table = RichTable(title=view.title, caption=view.caption, show_lines=False, header_style="bold")
+    for i, col in enumerate(view.columns):
         table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
-    for row in rows:
+    for row in view.rows:
         table.add_row(*(escape(fmt_num(v)) for v in row))
     stdout_console().print(table)
 
@@ -142,14 +171,41 @@ def note(message: str, *, quiet: bool = False) -> None:
         sys.stderr.flush()
 
 
-ProgressFn = Callable[[int, str], None]
+def finish(result: Result, fmt: OutputFormat | None, gates: Sequence[Any] = (), *, quiet: bool = False) -> None:
+    """Emit a command's result: warnings and notes on stderr, then table/JSON/CSV on stdout, then gates.
+
+    ``fmt`` None means the command has only a human form (its :meth:`~Result.render`). JSON is
+    :meth:`~Result.document` (the shared envelope); CSV is :meth:`~Result.rows`. Gates are
+    checked last, so a failing gate still prints its data first (exit 1).
+    """
+    from wsa_cli.gates import check_gates
+
+    for warning in result.all_warnings():
+        note(f"warning: {warning}", quiet=quiet)
+    for line in result.all_notes():
+        note(line, quiet=quiet)
+    if fmt is OutputFormat.json:
+        write_stdout(to_json(result.document()))
+    elif fmt is OutputFormat.csv:
+        columns, rows = result.rows()
+        write_stdout(to_csv(rows, columns))
+    else:
+        for view in result.render():
+            if isinstance(view, Text):
+                write_stdout(view.text)
+            else:
+                print_table(view)
+    if gates:
+        check_gates(gates, result.gate_values())
 
 
 @contextmanager
-def progress(total: int, description: str, *, quiet: bool = False) -> Iterator[ProgressFn]:
+def progress(total: int | None, description: str, *, quiet: bool = False) -> Iterator[ProgressFn]:
     """Progress bar on stderr while a long job runs; yields ``advance(n, label)``.
 
-    Silent when stderr is not a terminal (CI logs stay clean) or with ``--quiet``.
+    ``total`` None: the library announces it (``advance.set_total``, see
+    :func:`wsa_cli.progress.announce_total`). Silent when stderr is not a terminal (CI logs
+    stay clean) or with ``--quiet``.
     """
     if quiet or not sys.stderr.isatty() or os.environ.get("WSA_NO_PROGRESS"):
         yield lambda n, label="": None
@@ -170,83 +226,20 @@ def progress(total: int, description: str, *, quiet: bool = False) -> Iterator[P
         def advance(n: int = 1, label: str = "") -> None:
             bar.update(task, advance=n, label=label[-50:])
 
+        advance.set_total = lambda n: bar.update(task, total=n)  # type: ignore[attr-defined]
         yield advance
 
 
-@dataclass(frozen=True)
-class Gate:
-    """One ``--fail-above METRIC=VALUE`` threshold."""
+def parse_gates(specs: Sequence[str] | None, known: Sequence[str]) -> list[Any]:
+    """``--fail-above`` values parsed against ``known`` metric names (errors name the flag)."""
+    from wsa_cli.gates import parse_gates as _parse
 
-    metric: str
-    limit: float
-
-
-_GATE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*=\s*([-+0-9.eEinfINF]+)\s*$")
+    with flags():
+        return _parse(specs, known)
 
 
-def parse_gates(specs: Sequence[str] | None, known: Sequence[str]) -> list[Gate]:
-    """Parse ``--fail-above`` values, refusing unknown metric names (a typo must not pass CI)."""
-    gates: list[Gate] = []
-    for spec in specs or ():
-        m = _GATE.match(spec)
-        if not m:
-            raise UsageError(f"--fail-above {spec!r}: expected METRIC=VALUE, e.g. max_kl=0.1")
-        metric, raw = m.group(1), m.group(2)
-        if metric not in known:
-            raise UsageError(f"--fail-above {spec!r}: unknown metric {metric!r}; known: {', '.join(known)}")
-        try:
-            limit = float(raw)
-        except ValueError:
-            raise UsageError(f"--fail-above {spec!r}: {raw!r} is not a number") from None
-        gates.append(Gate(metric, limit))
-    return gates
-
-
-def check_gates(gates: Sequence[Gate], values: Mapping[str, float | None], *, where: str = "") -> None:
-    """Raise :class:`GateFailed` (exit 1) listing every gate whose metric exceeds its limit.
-
-    A metric that is undefined (None/NaN) fails its gate: a gate that cannot be checked must not pass.
-    """
-    failed = []
-    for gate in gates:
-        value = values.get(gate.metric)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            failed.append(f"{gate.metric} is undefined (limit {gate.limit:g})")
-        elif value > gate.limit:
-            failed.append(f"{gate.metric} = {value:.6g} > {gate.limit:g}")
-    if failed:
-        prefix = f"{where}: " if where else ""
-        raise GateFailed(prefix + "; ".join(failed))
-
-
-def parse_weights(text: str | None, k: int) -> list[float] | None:
-    """``--weights 1,3``: one number per checkpoint (None when the option is absent)."""
-    if text is None:
-        return None
-    try:
-        values = [float(x) for x in text.split(",")]
-    except ValueError:
-        raise UsageError(f"--weights {text!r}: expected comma-separated numbers, e.g. 1,3") from None
-    if len(values) != k:
-        raise UsageError(f"--weights {text!r}: {len(values)} weights for {k} checkpoints")
-    return values
-
-
-def sort_rows(rows: Sequence[Mapping[str, Any]], field: str | None, *, default: str | None) -> list[Mapping[str, Any]]:
-    """Sort table rows by ``field`` (``key`` ascending, numbers descending, missing values last).
-
-    ``None`` for both ``field`` and ``default`` keeps the original (file) order.
-    """
-    field = field or default
-    if field is None:
-        return list(rows)
-    if field == "key":
-        return sorted(rows, key=lambda r: str(r.get("key")))
-
-    def number(r: Mapping[str, Any]) -> float | None:
-        v = r.get(field)
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) else None
-
-    present = [r for r in rows if number(r) is not None]
-    missing = [r for r in rows if number(r) is None]
-    return sorted(present, key=lambda r: number(r), reverse=True) + missing  # type: ignore[arg-type, return-value]
+__all__ = [
+    "COMMON_FLAGS", "DeviceOpt", "ExcludeOpt", "FailAboveOpt", "ForceOpt", "FormatOpt", "IncludeOpt", "JsonOpt", "KeyOpt",
+    "OutputFormat", "QuietOpt", "StripPrefixOpt", "finish", "flags", "fmt_num", "note", "parse_gates", "print_table",
+    "progress", "resolve_format", "to_csv", "to_json", "write_stdout",
+]  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsa_cli.cli.common import DeviceOpt, ForceOpt, FormatOpt, JsonOpt, OutputFormat, QuietOpt, note, resolve_format, to_json, write_stdout
+from wsa_cli.cli.common import DeviceOpt, ForceOpt, FormatOpt, JsonOpt, OutputFormat, QuietOpt, finish, flags, note, resolve_format
 from wsa_cli.errors import UsageError
 
 
@@ -32,27 +32,24 @@ def command(
     --out (default ./wsa-demo), which must be new or empty unless --force. Prints the report
     (report.md); --json prints summary.json instead. Progress goes to stderr.
     """
-    from wsa_cli.demo import DemoConfig, render_report, run_demo, total_steps
+    from wsa_cli.demo import DemoConfig, run_demo, total_steps
     from wsa_cli.demo.runner import check_out_dir
     from wsa_cli.device import resolve_device
 
     out_fmt = resolve_format(fmt, as_json) if (fmt is not None or as_json) else OutputFormat.table
     if out_fmt is OutputFormat.csv:
         raise UsageError("wsa demo prints a report (table) or JSON; csv is not available")
-    steps = total_steps()
-    count = {"n": 0}
+    steps, count = total_steps(), {"n": 0}
 
     def advance(n: int, label: str) -> None:
         count["n"] += n
         note(f"[{count['n']}/{steps}] {label}", quiet=quiet)
 
-    cfg = DemoConfig(out_dir=out, quick=quick, epochs=epochs, width=width, wsa_coef=wsa_coef, device=device, force=force)
-    resolve_device(device)  # refuse before announcing the run or creating the folder:
-    check_out_dir(out, force)  # an error stays the only stderr line and leaves nothing behind
-    note(f"wsa demo: writing into {out}/ ({'quick' if quick else 'full'} run)", quiet=quiet)
-    result = run_demo(cfg, progress=advance)
-    note(f"wrote {len(result.files)} files into {out}/ (report: {out / 'report.md'})", quiet=quiet)
-    if out_fmt is OutputFormat.json:
-        write_stdout(to_json(result.to_dict()))
-    else:
-        write_stdout(render_report(result))
+    with flags({"alphas": "--alphas"}):
+        resolve_device(device)  # refuse before announcing the run or creating the folder:
+        check_out_dir(out, force)  # an error stays the only stderr line and leaves nothing behind
+        note(f"wsa demo: writing into {out}/ ({'quick' if quick else 'full'} run)", quiet=quiet)
+        cfg = DemoConfig(out_dir=out, quick=quick, epochs=epochs, width=width, wsa_coef=wsa_coef, device=device, force=force)
+        result = run_demo(cfg, progress=advance)
+    result.notes.append(f"wrote {len(result.files)} files into {out}/ (report: {out / 'report.md'})")
+    finish(result, out_fmt, quiet=quiet)

@@ -7,25 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsa_cli.cli.common import (
-    DeviceOpt,
-    ForceOpt,
-    FormatOpt,
-    JsonOpt,
-    OutputFormat,
-    QuietOpt,
-    note,
-    print_table,
-    progress,
-    resolve_format,
-    to_csv,
-    to_json,
-    write_stdout,
-)
-from wsa_cli.errors import UsageError
+from wsa_cli.cli.common import DeviceOpt, ForceOpt, FormatOpt, JsonOpt, QuietOpt, finish, flags, progress, resolve_format
 
-CSV_COLUMNS = ("wsa_coef", "round", "test_accuracy", "test_loss", "client_scope_kl", "global_scope_kl",
-               "mean_client_accuracy", "seconds")  # fmt: skip
+FLAGS = {"wsa_coef": "--wsa-coef", "out_dir": "--out-dir", "rounds": "--rounds", "local_epochs": "--local-epochs",
+         "clients": "--clients", "split": "--split", "dirichlet_alpha": "--dirichlet-alpha", "task": "TASK",
+         "optimizer": "--optimizer", "width": "--width", "lr": "--lr", "wsa_reduction": "--wsa-reduction",
+         "wsa_direction": "--wsa-direction"}  # fmt: skip
 
 
 def command(
@@ -65,53 +52,17 @@ def command(
     weights and fuses the client scopes into the next round's target. Prints global test accuracy
     per round; repeat --wsa-coef (e.g. --wsa-coef 0 --wsa-coef 0.1) to compare runs side by side.
     """
-    from dataclasses import replace
-
     from wsa_cli.device import resolve_device
-    from wsa_cli.fed import FedConfig, run_fedsim
-    from wsa_cli.io.writer import atomic_write_text, check_output, save_safetensors
+    from wsa_cli.fed import FedConfig, run_comparison
 
     out_fmt = resolve_format(fmt, as_json)
-    coefs = list(wsa_coef) if wsa_coef else [0.0]
-    if len(set(coefs)) != len(coefs):
-        raise UsageError(f"--wsa-coef values repeat: {coefs}")
-    dev = resolve_device(device)
-    base = FedConfig(
-        task=task, clients=clients, rounds=rounds, local_epochs=local_epochs, split=split,
-        dirichlet_alpha=dirichlet_alpha, wsa_reduction=wsa_reduction, wsa_direction=wsa_direction,
-        fusion=fusion, align_before_average=align, optimizer=optimizer, lr=lr, width=width,
-        batch_size=batch_size, seed=seed, device=str(dev),
-    )  # fmt: skip
-    outputs: list[tuple[Path, Path]] = []
-    if out_dir is not None:
-        if not out_dir.is_dir():
-            raise UsageError(f"--out-dir {out_dir}: not an existing folder")
-        for c in coefs:
-            pair = (out_dir / f"global-wsa{c:g}.safetensors", out_dir / f"scopes-wsa{c:g}.json")
-            for p in pair:
-                check_output(p, force=force)
-            outputs.append(pair)
-    results = []
-    with progress(len(coefs) * rounds * clients, f"fedsim {task}", quiet=quiet) as advance:
-        for c in coefs:
-            results.append(run_fedsim(replace(base, wsa_coef=c), progress=advance))
-    for res, (ckpt, scopes) in zip(results, outputs):
-        save_safetensors(res.final_state, ckpt, metadata={"wsa.task": task, "wsa.fedsim_wsa_coef": f"{res.config.wsa_coef:g}"}, force=force)
-        atomic_write_text(scopes, res.final_scopes.to_json())
-        note(f"wrote {ckpt} and {scopes}", quiet=quiet)
-    first = results[0]
-    note(f"client sizes {first.client_sizes}; split {split}" + (f" alpha={dirichlet_alpha:g}" if split == "dirichlet" else ""), quiet=quiet)
-
-    if out_fmt is OutputFormat.json:
-        write_stdout(to_json({"runs": [r.to_dict() for r in results]}))
-    elif out_fmt is OutputFormat.csv:
-        rows = [{"wsa_coef": r.config.wsa_coef, **rr.to_dict()} for r in results for rr in r.rounds]
-        write_stdout(to_csv(rows, CSV_COLUMNS))
-    else:
-        cols = ["round"] + [("FedAvg" if r.config.wsa_coef == 0 else f"+WSA {r.config.wsa_coef:g}") + " acc" for r in results]
-        rows = [[0] + [r.initial_accuracy for r in results]]
-        rows += [[i + 1] + [r.rounds[i].test_accuracy for r in results] for i in range(rounds)]
-        print_table(
-            f"wsa fedsim {task}: {clients} clients, {split}", cols, rows,
-            caption="global test accuracy after each round (round 0 = initial model)",
+    with flags(FLAGS):
+        base = FedConfig(
+            task=task, clients=clients, rounds=rounds, local_epochs=local_epochs, split=split,
+            dirichlet_alpha=dirichlet_alpha, wsa_reduction=wsa_reduction, wsa_direction=wsa_direction,
+            fusion=fusion, align_before_average=align, optimizer=optimizer, lr=lr, width=width,
+            batch_size=batch_size, seed=seed, device=str(resolve_device(device)),
         )  # fmt: skip
+        with progress(None, f"fedsim {task}", quiet=quiet) as advance:
+            result = run_comparison(base, wsa_coef or [0.0], out_dir=out_dir, force=force, progress=advance)
+    finish(result, out_fmt, quiet=quiet)

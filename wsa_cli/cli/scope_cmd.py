@@ -8,24 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from wsa_cli.cli.common import (
-    DeviceOpt,
-    ExcludeOpt,
-    ForceOpt,
-    FormatOpt,
-    IncludeOpt,
-    JsonOpt,
-    OutputFormat,
-    QuietOpt,
-    note,
-    parse_weights,
-    print_table,
-    progress,
+    DeviceOpt, ExcludeOpt, ForceOpt, FormatOpt, IncludeOpt, JsonOpt, KeyOpt, QuietOpt, StripPrefixOpt, finish, flags, progress,
     resolve_format,
-    to_csv,
-    to_json,
-    write_stdout,
-)
-from wsa_cli.errors import UsageError
+)  # fmt: skip
 
 app = typer.Typer(help="Layer scopes: fuse several models' scopes into one scope file.", no_args_is_help=True)
 
@@ -41,6 +26,8 @@ def fuse(
     fusion: Annotated[str, typer.Option("--fusion", help="moments (default), precision or stats-mean.")] = "moments",
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
+    key: KeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     fmt: FormatOpt = None,
@@ -53,34 +40,18 @@ def fuse(
     recipe scope.target. Reads one tensor at a time. See docs/scope.md.
     """
     from wsa_cli.device import resolve_device
-    from wsa_cli.fusion.pipeline import ScopeOptions, fused_scope_table
-    from wsa_cli.io import atomic_write_text, check_output, open_checkpoint
+    from wsa_cli.fusion import parse_weights
+    from wsa_cli.fusion.fuse_files import fuse_checkpoints
+    from wsa_cli.fusion.pipeline import ScopeOptions
     from wsa_cli.scope.selection import LayerSelector
 
     out_fmt = resolve_format(fmt, as_json)
-    dev = resolve_device(device)
-    selector = LayerSelector(include=tuple(include or ()), exclude=tuple(exclude or ()))
-    options = ScopeOptions(fusion=fusion, weights=parse_weights(weights, len(checkpoints)), selector=selector)
-    if out.suffix != ".json":
-        raise UsageError(f"--out {out}: a scope file ends in .json")
-    readers = [open_checkpoint(p) for p in checkpoints]
-    try:
-        check_output(out, [f for r in readers for f in r.files()], force=force)
-        total = sum(1 for k in readers[0].keys() if selector.selects(k, readers[0].info(k).shape, readers[0].info(k).dtype))
-        with progress(total, "scope fuse", quiet=quiet) as advance:
-            table = fused_scope_table(readers, options, dev, names=list(checkpoints), progress=advance)
-    finally:
-        for r in readers:
-            r.close()
-    if not table.layers:
-        raise UsageError("no tensor is a layer (floating, ndim >= 2); use --include to select some", path=checkpoints[0])
-    atomic_write_text(out, table.to_json())
-    note(f"wrote {out} ({len(table.layers)} layers)", quiet=quiet)
-    rows = [{"key": k, "mean": s.mean, "std": s.std, "numel": table.numel.get(k)} for k, s in table.layers.items()]
-    if out_fmt is OutputFormat.json:
-        write_stdout(to_json({"output": str(out), "fusion": table.fusion, "weights": table.weights, "sources": table.sources,
-                              "layers": rows}))  # fmt: skip
-    elif out_fmt is OutputFormat.csv:
-        write_stdout(to_csv(rows, ("key", "mean", "std", "numel")))
-    else:
-        print_table(f"fused scopes ({table.fusion}) -> {out}", ("key", "mean", "std", "numel"), [[r["key"], r["mean"], r["std"], r["numel"]] for r in rows])
+    with flags({"out": "--out"}):
+        dev = resolve_device(device)
+        selector = LayerSelector(include=tuple(include or ()), exclude=tuple(exclude or ()))
+        w = parse_weights(weights, len(checkpoints)) if weights is not None else None
+        options = ScopeOptions(fusion=fusion, weights=w, selector=selector)
+        with progress(None, "scope fuse", quiet=quiet) as advance:
+            result = fuse_checkpoints(checkpoints, out, options, device=dev, force=force, container_key=key,
+                                      strip_prefix=strip_prefix, progress=advance)  # fmt: skip
+    finish(result, out_fmt, quiet=quiet)

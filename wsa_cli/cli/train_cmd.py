@@ -6,24 +6,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsa_cli.cli.common import (
-    DeviceOpt,
-    ForceOpt,
-    FormatOpt,
-    JsonOpt,
-    OutputFormat,
-    QuietOpt,
-    note,
-    print_table,
-    progress,
-    resolve_format,
-    to_csv,
-    to_json,
-    write_stdout,
-)
+from wsa_cli.cli.common import DeviceOpt, ForceOpt, FormatOpt, JsonOpt, QuietOpt, finish, flags, progress, resolve_format
 
-SUMMARY = ("task", "seed", "optimizer", "epochs", "width", "lr", "wsa_coef", "wsa_target", "n_train",
-           "train_accuracy", "test_accuracy", "test_loss", "seconds")  # fmt: skip
+FLAGS = {
+    "task": "TASK", "optimizer": "--optimizer", "epochs": "--epochs", "width": "--width", "lr": "--lr", "wsa_coef": "--wsa-coef",
+    "target": "--wsa-target", "wsa_reduction": "--wsa-reduction", "wsa_direction": "--wsa-direction", "split": "--split",
+    "dirichlet_alpha": "--dirichlet-alpha", "clients": "--clients", "client_index": "--client-index",
+}  # fmt: skip
 
 
 def command(
@@ -61,27 +50,18 @@ def command(
     (task, width, seed) and works with every other command, e.g. `wsa interpolate --eval digits-mlp`.
     """
     from wsa_cli.device import resolve_device
-    from wsa_cli.regularize.targets import parse_target
-    from wsa_cli.tasks.checkpoint import TrainConfig, train_to_file
-    from wsa_cli.tasks.registry import get_task
+    from wsa_cli.fusion import parse_target
+    from wsa_cli.tasks.checkpoint import TrainConfig, train_checkpoint
 
     out_fmt = resolve_format(fmt, as_json)
-    spec = get_task(task)
-    dev = resolve_device(device)
-    target = parse_target(wsa_target) if wsa_coef > 0 else None
-    cfg = TrainConfig(
-        task=task, seed=seed, optimizer=optimizer, epochs=epochs, width=width, lr=lr, batch_size=batch_size,
-        wsa_coef=wsa_coef, wsa_target=target, wsa_reduction=wsa_reduction, wsa_direction=wsa_direction,
-        split=split, dirichlet_alpha=dirichlet_alpha, clients=clients, client_index=client_index,
-        split_seed=split_seed, device=str(dev),
-    )  # fmt: skip
-    n_epochs = spec.default_epochs if epochs is None else epochs
-    with progress(max(n_epochs, 1), f"train {task}", quiet=quiet) as advance:
-        path, metrics = train_to_file(cfg, out, force=force, progress=advance)
-    note(f"wrote {path} (test accuracy {metrics['test_accuracy']:.3f})", quiet=quiet)
-    if out_fmt is OutputFormat.json:
-        write_stdout(to_json({"checkpoint": str(path), **metrics}))
-    elif out_fmt is OutputFormat.csv:
-        write_stdout(to_csv([metrics], SUMMARY))
-    else:
-        print_table(f"wsa train {task}", ["metric", "value"], [(k, metrics.get(k)) for k in SUMMARY])
+    with flags(FLAGS):
+        target = parse_target(wsa_target, accept=("init", "fixed", "file", "checkpoint")) if wsa_coef > 0 else None
+        cfg = TrainConfig(
+            task=task, seed=seed, optimizer=optimizer, epochs=epochs, width=width, lr=lr, batch_size=batch_size,
+            wsa_coef=wsa_coef, wsa_target=target, wsa_reduction=wsa_reduction, wsa_direction=wsa_direction,
+            split=split, dirichlet_alpha=dirichlet_alpha, clients=clients, client_index=client_index,
+            split_seed=split_seed, device=str(resolve_device(device)),
+        )  # fmt: skip
+        with progress(None, f"train {task}", quiet=quiet) as advance:
+            result = train_checkpoint(cfg, out, force=force, progress=advance)
+    finish(result, out_fmt, quiet=quiet)

@@ -21,15 +21,15 @@ Steps (each writes into ``out_dir``):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsa_cli.errors import OutputError, UsageError
+from wsa_cli.errors import InvalidValueError, OutputError
+from wsa_cli.progress import ProgressFn
+from wsa_cli.results import Result, Text, View
 from wsa_cli.jsontext import to_json
 
-ProgressFn = Callable[[int, str], None]
 
 #: (name, training seed, optimizer, WSA regularizer on?)
 MODELS: tuple[tuple[str, int, str, bool], ...] = (
@@ -69,15 +69,17 @@ class DemoConfig:
         c.epochs = self.epochs if self.epochs is not None else (4 if self.quick else 20)
         c.alphas = self.alphas or (5 if self.quick else 11)
         if c.alphas < 3:
-            raise UsageError(f"--alphas must be >= 3 so that 0, 0.5 and 1 can be on the line, got {c.alphas}")
+            raise InvalidValueError(f"must be >= 3 so that 0, 0.5 and 1 can be on the line, got {c.alphas}", option="alphas")
         if self.task != "digits-mlp":
-            raise UsageError("the demo runs on digits-mlp")
+            raise InvalidValueError("the demo runs on digits-mlp")
         return c
 
 
 @dataclass
-class DemoResult:
-    """Everything the report is written from (also saved as summary.json)."""
+class DemoResult(Result):
+    """Everything the report is written from (also saved as summary.json); shown as the report."""
+
+    command = "demo"
 
     config: dict[str, Any]
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -86,9 +88,19 @@ class DemoResult:
     barriers: list[dict[str, Any]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("warnings")
+        d.pop("notes")
+        return d
+
+    def render(self) -> list[View]:
+        from wsa_cli.demo.report import render_report
+
+        return [Text(render_report(self))]
 
 
 def check_out_dir(out: Path, force: bool) -> None:

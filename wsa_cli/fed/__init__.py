@@ -7,7 +7,11 @@ Example:
     1
 """
 
+from wsa_cli.fed.experiment import FedsimResult, run_comparison
 from wsa_cli.fed.fedavg import align_states, fedavg, fuse_client_scopes
 from wsa_cli.fed.simulation import FedConfig, FedResult, RoundResult, run_fedsim
 
-__all__ = ["FedConfig", "FedResult", "RoundResult", "align_states", "fedavg", "fuse_client_scopes", "run_fedsim"]
+__all__ = [
+    "FedConfig", "FedResult", "FedsimResult", "RoundResult", "align_states", "fedavg", "fuse_client_scopes", "run_comparison",
+    "run_fedsim",
+]  # fmt: skip

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from wsa_cli.device import resolve_device
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
+from wsa_cli.progress import ProgressFn
 from wsa_cli.fed.fedavg import align_states, fedavg, fuse_client_scopes
 from wsa_cli.scope.gaussian import Scope, gaussian_kl
 from wsa_cli.fusion.scopefile import ScopeTable
@@ -115,7 +116,7 @@ def _mean_kl(scopes: dict[str, list[Scope]], target: dict[str, Scope]) -> float:
 def run_fedsim(
     cfg: FedConfig,
     *,
-    progress: Callable[[int, str], None] | None = None,
+    progress: ProgressFn | None = None,
     selector: LayerSelector | None = None,
 ) -> FedResult:
     """Run ``cfg.rounds`` rounds; ``progress(1, label)`` after every client update.
@@ -126,9 +127,9 @@ def run_fedsim(
     """
     spec = get_task(cfg.task)
     if cfg.rounds < 1:
-        raise UsageError(f"--rounds must be >= 1, got {cfg.rounds}")
+        raise InvalidValueError(f"must be >= 1, got {cfg.rounds}", option="rounds")
     if cfg.local_epochs < 1:
-        raise UsageError(f"--local-epochs must be >= 1, got {cfg.local_epochs}")
+        raise InvalidValueError(f"must be >= 1, got {cfg.local_epochs}", option="local_epochs")
     dev = resolve_device(cfg.device)
     sel = selector or LayerSelector()
     data = spec.load_data(0)
@@ -149,7 +150,7 @@ def _run(
     data: DataSplit,
     sel: LayerSelector,
     dev: torch.device,
-    progress: Callable[[int, str], None] | None,
+    progress: ProgressFn | None,
 ) -> FedResult:
     """The rounds themselves (see the module docstring)."""
     x_te, y_te = data.x_test.to(dev), data.y_test.to(dev)

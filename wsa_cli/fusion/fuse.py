@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
 from wsa_cli.scope.gaussian import Scope
 
 
@@ -28,18 +28,36 @@ def normalize_weights(weights: Sequence[float] | None, k: int) -> list[float]:
         [0.25, 0.75]
     """
     if k <= 0:
-        raise UsageError("need at least one scope to fuse")
+        raise InvalidValueError("need at least one scope to fuse")
     if weights is None:
         return [1.0 / k] * k
     w = [float(x) for x in weights]
     if len(w) != k:
-        raise UsageError(f"got {len(w)} weights for {k} models")
+        raise InvalidValueError(f"got {len(w)} weights for {k} models", option="weights")
     if any(not math.isfinite(x) or x < 0 for x in w):
-        raise UsageError(f"weights must be finite and >= 0, got {w}")
+        raise InvalidValueError(f"weights must be finite and >= 0, got {w}", option="weights")
     total = sum(w)
     if total <= 0:
-        raise UsageError(f"weights must not all be zero, got {w}")
+        raise InvalidValueError(f"weights must not all be zero, got {w}", option="weights")
     return [x / total for x in w]
+
+
+def parse_weights(text: str, k: int) -> list[float]:
+    """Model weights written as text, one number per model: ``"1,3"`` -> ``[1.0, 3.0]``.
+
+    Example:
+        >>> parse_weights("1, 3", 2)
+        [1.0, 3.0]
+    """
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise InvalidValueError("expected comma-separated numbers, e.g. 1,3", option="weights", value=text) from None
+    if len(values) != k:
+        raise InvalidValueError(f"{len(values)} weights for {k} checkpoints", option="weights", value=text)
+    if any(not math.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
+        raise InvalidValueError("weights must be finite, >= 0 and not all zero", option="weights", value=text)
+    return values
 
 
 def _moments(scopes: Sequence[Scope], p: Sequence[float]) -> Scope:
@@ -82,6 +100,6 @@ def fuse_scopes(scopes: Sequence[Scope], weights: Sequence[float] | None = None,
     try:
         fn = FUSION_METHODS[method]
     except KeyError:
-        raise UsageError(f"unknown fusion method {method!r}; choose from {', '.join(FUSION_METHODS)}") from None
+        raise InvalidValueError(f"unknown fusion method {method!r}; choose from {', '.join(FUSION_METHODS)}", option="fusion") from None
     p = normalize_weights(weights, len(scopes))
     return fn(scopes, p)

@@ -1,4 +1,4 @@
-"""The Weight Scope Alignment step shared by merge, interpolate, demo and permutation modes (contract C2).
+"""The Weight Scope Alignment step shared by merge, interpolate, demo and permutation modes.
 
 For every *layer* (a tensor the :class:`~wsa_cli.scope.LayerSelector` selects) the pipeline
 
@@ -36,20 +36,20 @@ from typing import Union
 
 import torch
 
-from wsa_cli.errors import MismatchError, UsageError
+from wsa_cli.errors import MismatchError, InvalidValueError
 from wsa_cli.fusion.fuse import FUSION_METHODS, fuse_scopes, normalize_weights
 from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.rescale import RESCALE_MODES, rescale_tensor
 from wsa_cli.fusion.scopefile import ScopeTable, load_scope_file
-from wsa_cli.io.base import CheckpointReader
+from wsa_cli.io.base import CheckpointReader, numel
 from wsa_cli.scope.selection import LayerSelector
 from wsa_cli.scope.stats import tensor_scope
+from wsa_cli.progress import ProgressFn
 
 #: What a target may be: "fused", a fixed scope, a scope file (path or loaded table), a model index.
 Target = Union[str, Scope, ScopeTable, "PathLike[str]", int]
 #: A model as the pipeline sees it: a lazy reader or an in-memory state dict.
 Source = Union[CheckpointReader, Mapping[str, torch.Tensor]]
-ProgressFn = Callable[[int, str], None]
 
 
 @dataclass(frozen=True)
@@ -79,13 +79,13 @@ class ScopeOptions:
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSION_METHODS:
-            raise UsageError(f"unknown fusion method {self.fusion!r}; choose from {', '.join(FUSION_METHODS)}")
+            raise InvalidValueError(f"unknown fusion method {self.fusion!r}; choose from {', '.join(FUSION_METHODS)}", option="fusion")
         if self.rescale not in RESCALE_MODES:
-            raise UsageError(f"unknown rescale mode {self.rescale!r}; choose from {', '.join(RESCALE_MODES)}")
+            raise InvalidValueError(f"unknown rescale mode {self.rescale!r}; choose from {', '.join(RESCALE_MODES)}", option="rescale")
         if isinstance(self.target, bool) or not isinstance(self.target, (str, Scope, ScopeTable, PathLike, int)):
-            raise UsageError(f"scope target must be 'fused', a Scope, a scope file or a model index, got {self.target!r}")
+            raise InvalidValueError(f"scope target must be 'fused', a Scope, a scope file or a model index, got {self.target!r}")
         if isinstance(self.target, Scope) and not self.target.std >= 0:
-            raise UsageError(f"fixed target scope needs std >= 0, got {self.target}")
+            raise InvalidValueError(f"fixed target scope needs std >= 0, got {self.target}")
         if self.weights is not None:
             object.__setattr__(self, "weights", [float(w) for w in self.weights])
 
@@ -144,7 +144,7 @@ def resolve_target(key: str, scopes: Sequence[Scope], options: ScopeOptions) -> 
     """The target scope of one layer, given the K models' scopes of that layer.
 
     Raises :class:`MismatchError` when a scope file has no entry for the layer, and
-    :class:`UsageError` for a model index out of range.
+    :class:`InvalidValueError` for a model index out of range.
 
     Example:
         >>> resolve_target("w", [Scope(0.0, 1.0), Scope(2.0, 1.0)], ScopeOptions(target=1))
@@ -155,7 +155,7 @@ def resolve_target(key: str, scopes: Sequence[Scope], options: ScopeOptions) -> 
         return target
     if isinstance(target, int):
         if not -len(scopes) <= target < len(scopes):
-            raise UsageError(f"scope target model index {target} is out of range for {len(scopes)} models")
+            raise InvalidValueError(f"scope target model index {target} is out of range for {len(scopes)} models")
         return scopes[target]
     if isinstance(target, str) and target == "fused":
         return fuse_scopes(scopes, options.weights, options.fusion)
@@ -186,7 +186,7 @@ def compute_target_scopes(
         ['w']
     """
     if not sources:
-        raise UsageError("need at least one model to compute scopes")
+        raise InvalidValueError("need at least one model to compute scopes")
     opts = options.resolved()
     normalize_weights(opts.weights, len(sources))  # validate the weights once, up front
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -247,17 +247,14 @@ def fused_scope_table(
         Scope(mean=2.0, std=1.0)
     """
     table = compute_target_scopes(sources, options, device, progress=progress)
-    numel = {}
+    sizes = {}
     for key in table:
         shape, _ = source_info(sources[0], key)
-        n = 1
-        for d in shape:
-            n *= int(d)
-        numel[key] = n
+        sizes[key] = numel(shape)
     return ScopeTable(
         layers={k: target for k, (_, target) in table.items()},
         fusion=options.fusion,
         weights=normalize_weights(options.weights, len(sources)),
         sources=list(names) if names is not None else [source_name(s, i) for i, s in enumerate(sources)],
-        numel=numel,
+        numel=sizes,
     )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
 from wsa_cli.scope.gaussian import Scope
 
 RESCALE_MODES = ("affine", "std", "none")
@@ -40,7 +40,7 @@ def rescale_tensor(w: torch.Tensor, source: Scope, target: Scope, mode: str = "a
         tensor([-2.,  2.])
     """
     if mode not in RESCALE_MODES:
-        raise UsageError(f"unknown rescale mode {mode!r}; choose from {', '.join(RESCALE_MODES)}")
+        raise InvalidValueError(f"unknown rescale mode {mode!r}; choose from {', '.join(RESCALE_MODES)}", option="rescale")
     compute = w if w.dtype in (torch.float32, torch.float64) else w.to(torch.float32)
     if mode == "none" or source.std == 0.0:
         return compute, False

@@ -122,25 +122,3 @@ def load_scope_file(path: str | Path) -> ScopeTable:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read scope file ({exc})", path=p) from None
     return ScopeTable.from_json(text, path=p)
-
-
-def parse_target(text: str) -> Scope | ScopeTable:
-    """A target given on the command line: ``MEAN,STD`` (e.g. ``0,0.05``) or a scope file path.
-
-    Example:
-        >>> parse_target("0,0.05")
-        Scope(mean=0.0, std=0.05)
-    """
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) == 2 and not Path(text).exists():
-        try:
-            mean, std = float(parts[0]), float(parts[1])
-        except ValueError:
-            pass
-        else:
-            if not (math.isfinite(mean) and math.isfinite(std)) or std <= 0:
-                raise ConfigError(f"target {text!r}: need a finite mean and a std > 0")
-            return Scope(mean, std)
-    if "," in text and not Path(text).exists():  # meant as numbers, not a file name
-        raise ConfigError(f"target {text!r}: expected MEAN,STD (e.g. 0,0.05) or a scope file")
-    return load_scope_file(text)

@@ -17,12 +17,14 @@ from wsa_cli.fusion.fuse import fuse_scopes
 from wsa_cli.scope.gaussian import Scope, gaussian_kl
 from wsa_cli.fusion.scopefile import ScopeTable
 from wsa_cli.io.base import CheckpointReader
+from wsa_cli.io.dtypes import dtype_name
 from wsa_cli.io.prefetch import prefetch
+from wsa_cli.buffers import Scratch
 from wsa_cli.scope.kinds import layer_kind
 from wsa_cli.scope.selection import LayerSelector
 from wsa_cli.scope.stats import TensorStats, stats_from_moments, tensor_moments
+from wsa_cli.progress import ProgressFn
 
-Progress = Callable[[int, str], None]
 
 
 @dataclass
@@ -48,7 +50,7 @@ def inspect_checkpoint(
     selector: LayerSelector | None = None,
     all_tensors: bool = False,
     device: torch.device | str = "cpu",
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> ModelReport:
     """Compute :class:`TensorStats` for the layers of ``reader`` (every tensor with ``all_tensors``).
 
@@ -71,7 +73,7 @@ def inspect_checkpoint(
     for info in infos:
         is_layer = selector.selects(info.key, info.shape, info.dtype)
         kinds[layer_kind(info.key, info.shape, info.dtype)] += 1
-        dtypes[str(info.dtype).removeprefix("torch.")] += 1
+        dtypes[dtype_name(info.dtype)] += 1
         total_params += info.numel
         layer_params += info.numel if is_layer else 0
         if info.dtype.is_complex and all_tensors:
@@ -84,9 +86,9 @@ def inspect_checkpoint(
     # Two rotating read buffers: the thread fills one while tensor k, in the other, is measured;
     # tensor k's buffer is refilled only after the loop has moved past k.
     largest = max((reader.info(k).nbytes for k in measure), default=0)
-    buffers = [torch.empty(largest, dtype=torch.uint8) for _ in range(2)]
+    buffers = Scratch()
     slot = {key: i % 2 for i, key in enumerate(measure)}
-    for key, tensor in prefetch(lambda k: reader.get(k, out=buffers[slot[k]]), measure, depth=1):
+    for key, tensor in prefetch(lambda k: reader.get(k, out=buffers.bytes(largest, f"read{slot[k]}")), measure, depth=1):
         info = reader.info(key)
         kind = layer_kind(key, info.shape, info.dtype)
         moments = tensor_moments(tensor, device)

@@ -7,8 +7,8 @@ Library API (no printing, no exits)::
                             modes=["naive", "wsa"], evaluator=resolve_evaluator("digits-mlp"))
     res.modes[0].summary["loss_barrier"]
 
-Modules: ``alphas`` (grid parsing), ``path`` (the blend, bit-exact endpoints), ``modes`` (registry,
-contract C4), ``barrier`` (every barrier definition), ``evaluators`` (plug-ins and built-in
+Modules: ``alphas`` (grid parsing), ``path`` (the blend, bit-exact endpoints), ``modes`` (the registry
+of interpolation modes), ``barrier`` (every barrier definition), ``evaluators`` (plug-ins and built-in
 tasks), ``diagnostics`` (data-free statistics), ``run`` (the orchestration), ``report`` (rows,
 CSV, sparklines) and ``plot`` (optional matplotlib figure).
 """

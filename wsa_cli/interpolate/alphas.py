@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
 
 #: Upper bound on grid size: a typo such as ``0:1:25000`` should not start a day-long run.
 MAX_ALPHAS = 10_001
@@ -33,42 +33,40 @@ def parse_alphas(spec: str) -> list[float]:
     """
     text = (spec or "").strip()
     if not text:
-        raise UsageError("--alphas is empty; expected START:STOP:COUNT (e.g. 0:1:25) or a list (e.g. 0,0.5,1)")
+        raise _bad(text, "empty; expected START:STOP:COUNT (e.g. 0:1:25) or a list (e.g. 0,0.5,1)")
     if ":" in text:
         values = _parse_range(text)
     else:
         values = [_number(part, text) for part in text.split(",")]
         if len(set(values)) != len(values):
             dup = sorted(v for v in set(values) if values.count(v) > 1)
-            raise UsageError(f"--alphas {text!r}: value {dup[0]:g} is listed twice")
+            raise _bad(text, f"value {dup[0]:g} is listed twice")
         values.sort()
     if len(values) > MAX_ALPHAS:
-        raise UsageError(f"--alphas {text!r}: {len(values)} values; at most {MAX_ALPHAS} are allowed")
+        raise _bad(text, f"{len(values)} values; at most {MAX_ALPHAS} are allowed")
     missing = [name for name, v in (("0", 0.0), ("1", 1.0)) if v not in values]
     if missing:
-        raise UsageError(
-            f"--alphas {text!r}: the grid must contain the endpoints 0 and 1 (missing {' and '.join(missing)}); "
-            "barriers are measured against them"
-        )
+        raise _bad(text, f"the grid must contain the endpoints 0 and 1 (missing {' and '.join(missing)}); "
+                   "barriers are measured against them")
     return values
 
 
 def _parse_range(text: str) -> list[float]:
     parts = text.split(":")
     if len(parts) != 3:
-        raise UsageError(f"--alphas {text!r}: expected START:STOP:COUNT, e.g. 0:1:25")
+        raise _bad(text, "expected START:STOP:COUNT, e.g. 0:1:25")
     start, stop = _number(parts[0], text), _number(parts[1], text)
     raw = parts[2].strip()
     try:
         count = int(raw)
     except ValueError:
-        raise UsageError(f"--alphas {text!r}: COUNT {raw!r} is not a whole number") from None
+        raise _bad(text, f"COUNT {raw!r} is not a whole number") from None
     if count < 2:
-        raise UsageError(f"--alphas {text!r}: COUNT must be at least 2, got {count}")
+        raise _bad(text, f"COUNT must be at least 2, got {count}")
     if count > MAX_ALPHAS:
-        raise UsageError(f"--alphas {text!r}: {count} values; at most {MAX_ALPHAS} are allowed")
+        raise _bad(text, f"{count} values; at most {MAX_ALPHAS} are allowed")
     if not stop > start:
-        raise UsageError(f"--alphas {text!r}: STOP must be greater than START")
+        raise _bad(text, "STOP must be greater than START")
     step = count - 1
     # start + (stop - start) * i / step, with the ends pinned exactly (no 0.9999999 for 1.0)
     values = [start + (stop - start) * i / step for i in range(count)]
@@ -81,7 +79,11 @@ def _number(part: str, text: str) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise UsageError(f"--alphas {text!r}: {raw!r} is not a number") from None
+        raise _bad(text, f"{raw!r} is not a number") from None
     if not math.isfinite(value):
-        raise UsageError(f"--alphas {text!r}: {raw!r} is not a finite number")
+        raise _bad(text, f"{raw!r} is not a finite number")
     return value + 0.0  # -0.0 -> 0.0
+
+
+def _bad(text: str, message: str) -> InvalidValueError:
+    return InvalidValueError(message, option="alphas", value=text)

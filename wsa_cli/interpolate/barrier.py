@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
 
 #: Names of the summary metrics a ``--fail-above`` gate may name (see :func:`summarize_curve`).
 BARRIER_METRICS = (
@@ -134,7 +134,7 @@ def summarize_curve(
     """
     i0, i1, imid = find_alpha(alphas, 0.0), find_alpha(alphas, 1.0), find_alpha(alphas, 0.5)
     if i0 is None or i1 is None:
-        raise UsageError("the alpha grid must contain 0 and 1 (the endpoints)")  # parse_alphas guarantees it
+        raise InvalidValueError("the alpha grid must contain 0 and 1 (the endpoints)")  # parse_alphas guarantees it
     loss = list(loss) if loss is not None else [None] * len(alphas)
     accuracy = list(accuracy) if accuracy is not None else [None] * len(alphas)
     l0, l1 = _value(loss[i0]), _value(loss[i1])

@@ -27,11 +27,11 @@ from wsa_cli.scope.gaussian import gaussian_kl
 from wsa_cli.fusion.pipeline import ScopeOptions, resolve_target
 from wsa_cli.interpolate.path import lerp_tensor
 from wsa_cli.scope.stats import tensor_scope
+from wsa_cli.progress import ProgressFn
 
 #: Summary metrics of the data-free diagnostics that ``--fail-above`` may name.
 DIAGNOSTIC_METRICS = ("std_shrinkage", "max_scope_kl")
 
-ProgressFn = Callable[[int, str], None]
 
 
 @dataclass

@@ -1,11 +1,14 @@
-"""Evaluators: what turns a state dict into metrics along the path (contract C4).
+"""Evaluators: what turns a state dict into metrics along the path.
 
 An evaluator is any callable ``(state_dict: dict[str, Tensor], device: torch.device) ->
 dict[str, float]`` returning ``"loss"`` and/or ``"accuracy"`` (and any other metrics, which are
 shown as extra columns). ``--eval`` names one of:
 
-* a built-in task (``digits-mlp``, ``digits-cnn``...; contract C1): the task's test-set
-  cross-entropy and accuracy;
+* a named evaluator from :data:`EVALUATORS`: the built-in tasks (``digits-mlp``,
+  ``digits-cnn``... of :mod:`wsa_cli.tasks`: the task's test-set cross-entropy and accuracy),
+  and those an installed package adds through the entry-point group ``wsa.evaluators`` (each
+  entry point names an evaluator callable; the entry point's name is the evaluator's name, and
+  the callable is imported only when that evaluator is used);
 * a plug-in ``package.module:function`` (imported like any module; the current directory is on
   the import path) or ``path/to/file.py:function``.
 
@@ -17,16 +20,18 @@ A plug-in may accept a keyword ``recalibrate_bn``; ``--recalibrate-bn`` then pas
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from wsa_cli.errors import PluginError, UsageError, WsaError
+from wsa_cli.errors import InvalidValueError, PluginError, WsaError
 from wsa_cli.plugins import import_callable
+from wsa_cli.registry import Registry
 
 EvaluatorFn = Callable[..., Mapping[str, Any]]
 
@@ -92,7 +97,7 @@ def load_plugin(spec: str) -> EvaluatorFn:
         >>> load_plugin("math:dist")  # doctest: +ELLIPSIS
         <built-in function dist>
     """
-    return import_callable(spec, what="evaluator", usage=f"--eval {spec!r}: expected a task name or package.module:function")
+    return import_callable(spec, what="evaluator", usage="expected an evaluator name or package.module:function", option="evaluator")
 
 
 def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
@@ -104,10 +109,97 @@ def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+@dataclass(frozen=True)
+class NamedEvaluator:
+    """An evaluator that ``--eval NAME`` picks: a built-in task, or one an installed package adds.
+
+    ``make(split=..., recalibrate_bn=...)`` builds the ready-to-call :class:`Evaluator`; a
+    plug-in's module is imported only then, so listing the names imports nothing.
+
+    Example:
+        >>> EVALUATORS.get("digits-mlp").kind
+        'task'
+    """
+
+    name: str
+    description: str
+    make: Callable[..., Evaluator]
+    #: "task" for built-ins, "plugin" for entry points and registered plug-ins
+    kind: str = "task"
+
+
+def _task_evaluator(task: str, *, split: str = "test", recalibrate_bn: bool = False) -> Evaluator:
+    from wsa_cli.tasks import evaluate
+
+    def _task(state_dict: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, float]:
+        return evaluate(task, state_dict, device, split=split, recalibrate_bn=recalibrate_bn)
+
+    return Evaluator(task, _task, recalibrate_bn=recalibrate_bn, kind="task")
+
+
+def _plugin_evaluator(name: str, fn: EvaluatorFn, recalibrate_bn: bool) -> Evaluator:
+    if not callable(fn):
+        raise PluginError(f"evaluator {name!r} is not callable (it is a {type(fn).__name__})")
+    if recalibrate_bn and not accepts_keyword(fn, "recalibrate_bn"):
+        raise InvalidValueError(
+            f"evaluator {name!r} does not accept a 'recalibrate_bn' keyword; "
+            "add one to re-estimate BatchNorm statistics, or drop the option",
+            option="recalibrate_bn",
+        )  # fmt: skip
+    return Evaluator(name, fn, recalibrate_bn=recalibrate_bn, kind="plugin")
+
+
+def _builtin_evaluators() -> Iterable[NamedEvaluator]:
+    from wsa_cli.tasks import TASKS
+
+    return [NamedEvaluator(name, spec.description, functools.partial(_task_evaluator, name)) for name, spec in TASKS.items()]
+
+
+def _entry_point_evaluator(ep: Any, where: str) -> NamedEvaluator:
+    """An evaluator entry point names a bare callable: the entry point's name is the evaluator's,
+    and the callable is imported when the evaluator is first used, not when the names are listed."""
+    return NamedEvaluator(ep.name, f"plug-in {ep.value}", functools.partial(_from_entry_point, ep, where), kind="plugin")
+
+
+def _from_entry_point(ep: Any, where: str, *, split: str = "test", recalibrate_bn: bool = False) -> Evaluator:
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is data: an import's prints go to stderr
+            fn = ep.load()
+    except Exception as exc:  # noqa: BLE001 - importing user code may raise anything
+        raise PluginError(f"cannot load {where}: {type(exc).__name__}: {exc}") from exc
+    return _plugin_evaluator(ep.name, fn, recalibrate_bn)
+
+
+#: Every named evaluator: the built-in tasks, then the ``wsa.evaluators`` entry points and
+#: whatever :func:`register_evaluator` added.
+EVALUATORS: Registry[NamedEvaluator] = Registry(
+    "evaluator", _builtin_evaluators, entry_point_group="wsa.evaluators", from_entry_point=_entry_point_evaluator
+)
+
+
+def register_evaluator(name: str, fn: EvaluatorFn, description: str = "") -> NamedEvaluator:
+    """Name a Python evaluator so that ``resolve_evaluator(name)`` finds it (a taken name is a ``ValueError``).
+
+    Example:
+        >>> _ = register_evaluator("zero-loss", lambda sd, device: {"loss": 0.0}, "always 0")
+        >>> resolve_evaluator("zero-loss")({}, torch.device("cpu"))
+        {'loss': 0.0}
+        >>> EVALUATORS.unregister("zero-loss")
+    """
+    make = functools.partial(_named_plugin, name, fn)
+    return EVALUATORS.register(NamedEvaluator(name, description, make, kind="plugin"))
+
+
+def _named_plugin(name: str, fn: EvaluatorFn, *, split: str = "test", recalibrate_bn: bool = False) -> Evaluator:
+    return _plugin_evaluator(name, fn, recalibrate_bn)
+
+
 def resolve_evaluator(spec: str, *, recalibrate_bn: bool = False, split: str = "test") -> Evaluator:
     """Turn an ``--eval`` value into an :class:`Evaluator`.
 
-    A value with ``:`` is a plug-in; anything else is a built-in task name (contract C1).
+    A value with ``:`` is a plug-in ``package.module:function``; anything else names an
+    evaluator of :data:`EVALUATORS` (a built-in task of :mod:`wsa_cli.tasks`, or an installed plug-in).
+    ``split`` picks a built-in task's data split; plug-ins load their own data.
 
     Example:
         >>> resolve_evaluator("digits-mlp").kind
@@ -115,20 +207,12 @@ def resolve_evaluator(spec: str, *, recalibrate_bn: bool = False, split: str = "
     """
     text = (spec or "").strip()
     if not text:
-        raise UsageError("--eval is empty; give a task name (e.g. digits-mlp) or package.module:function")
+        raise InvalidValueError("is empty; give an evaluator name (e.g. digits-mlp) or package.module:function",
+                                option="evaluator", value=spec)  # fmt: skip
     if ":" in text:
-        fn = load_plugin(text)
-        if recalibrate_bn and not accepts_keyword(fn, "recalibrate_bn"):
-            raise UsageError(
-                f"--recalibrate-bn: evaluator {text!r} does not accept a 'recalibrate_bn' keyword; "
-                "add one to re-estimate BatchNorm statistics, or drop the option"
-            )
-        return Evaluator(text, fn, recalibrate_bn=recalibrate_bn, kind="plugin")
-    from wsa_cli.tasks import evaluate, get_task
-
-    get_task(text)  # UsageError listing the task names when unknown
-
-    def _task(state_dict: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, float]:
-        return evaluate(text, state_dict, device, split=split, recalibrate_bn=recalibrate_bn)
-
-    return Evaluator(text, _task, recalibrate_bn=recalibrate_bn, kind="task")
+        return _plugin_evaluator(text, load_plugin(text), recalibrate_bn)
+    try:
+        named = EVALUATORS.get(text)
+    except InvalidValueError as exc:
+        raise InvalidValueError(exc.message, option="evaluator") from None
+    return named.make(split=split, recalibrate_bn=recalibrate_bn)

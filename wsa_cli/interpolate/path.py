@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 
 from wsa_cli.errors import MismatchError
-from wsa_cli.io import CheckpointReader
+from wsa_cli.io import CheckpointReader, dtype_name
 
 
 def lerp_tensor(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -125,7 +125,7 @@ def check_compatible(a: CheckpointReader, b: CheckpointReader) -> None:
         if ia.shape != ib.shape:
             raise MismatchError(f"has shape {_shape(ib.shape)}, but {a.path} has {_shape(ia.shape)}", path=b.path, key=key)
         if ia.dtype != ib.dtype:
-            a_dt, b_dt = str(ia.dtype).removeprefix("torch."), str(ib.dtype).removeprefix("torch.")
+            a_dt, b_dt = dtype_name(ia.dtype), dtype_name(ib.dtype)
             raise MismatchError(f"has dtype {b_dt}, but {a.path} has {a_dt}", path=b.path, key=key)
 
 

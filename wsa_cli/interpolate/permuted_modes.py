@@ -32,7 +32,7 @@ StateDict = Mapping[str, torch.Tensor]
 
 def _permuted_b(name: str, a: StateDict, b: StateDict, opts: ModeOptions) -> dict[str, torch.Tensor]:
     if opts.spec is None:
-        raise InvalidValueError(f"mode '{name}' needs a permutation spec (a spec file or a built-in template such as digits-mlp)")
+        raise InvalidValueError(f"mode '{name}' needs a permutation spec (a spec file or a built-in template such as digits-mlp)", option="spec")
     key = ("permuted", id(a), id(b), str(opts.spec), opts.seed)
     hit = opts.cache.get(key)
     if hit is not None and hit[0] is a and hit[1] is b:

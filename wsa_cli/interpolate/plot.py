@@ -1,18 +1,35 @@
 """``--plot FILE.png``: a figure of the curves, drawn with matplotlib (an optional dependency).
 
 matplotlib is not required by wsa; when it is missing, :func:`require_matplotlib` raises a
-UsageError (exit 2) telling the user to ``pip install matplotlib`` -- checked before any work runs.
+an InvalidValueError (exit 2) telling the user to install the ``plot`` extra -- checked before any work runs.
 The figure is written atomically (temporary file in the target folder, then ``os.replace``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wsa_cli.errors import OutputError, UsageError
+from wsa_cli.errors import InvalidValueError, OutputError
 from wsa_cli.io.writer import staged_output
 from wsa_cli.interpolate.run import InterpolationResult
+
+
+def check_plot_output(out: str | Path, inputs: Sequence[str | Path], *, force: bool = False) -> Path:
+    """Refuse a plot file name matplotlib cannot write, an input, or an existing file without ``force``.
+
+    Example:
+        >>> check_plot_output("curves.txt", [])
+        Traceback (most recent call last):
+        ...
+        wsa_cli.errors.InvalidValueError: use a .png, .svg or .pdf file name
+    """
+    from wsa_cli.io import check_output
+
+    if Path(out).suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise InvalidValueError("use a .png, .svg or .pdf file name", option="plot", value=str(out))
+    return check_output(out, inputs, force=force)
 
 
 def require_matplotlib() -> Any:
@@ -27,7 +44,7 @@ def require_matplotlib() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UsageError("--plot needs matplotlib, which is not installed; run: pip install matplotlib") from None
+        raise InvalidValueError("needs matplotlib, which is not installed; install the extra: pip install 'wsa[plot]'", option="plot") from None
     return plt
 
 

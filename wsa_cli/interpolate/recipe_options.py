@@ -1,6 +1,7 @@
-"""``wsa interpolate --recipe R``: take the scope options of a merge recipe (H3's loader).
+"""The scope options of an interpolation: from a merge recipe, each overridden by an explicit option.
 
-The recipe is parsed by :func:`wsa_cli.recipe.load_recipe` (so errors point at its lines) and
+``wsa interpolate --recipe R`` parses the recipe with :func:`wsa_cli.recipe.load_recipe` (so
+errors point at its lines), and
 the scope block of its *last* stage (the one that writes the output) becomes the ``wsa`` mode's
 options: ``align``, ``fusion``, ``target``, ``rescale``, ``include``/``exclude``. Fusion weights:
 ``scope.weights`` when given, else the stage's model weights when it lists exactly two models,
@@ -10,12 +11,14 @@ The recipe's models and output are not used: the two checkpoints come from the c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from wsa_cli.errors import ConfigError
 from wsa_cli.fusion.pipeline import ScopeOptions
 from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
+from wsa_cli.scope.selection import LayerSelector
 
 
 @dataclass(frozen=True)
@@ -61,3 +64,38 @@ def options_from_recipe(path: str | Path, *, rescale: str | None = None) -> Reci
                          selector=s.selector())  # fmt: skip
     perm = stage.permutation
     return RecipeScope(scope=scope, spec=perm.spec if perm else None, seed=perm.seed if perm else None, stage=stage.name)
+
+
+def scope_options(
+    recipe: RecipeScope | None = None,
+    *,
+    fusion: str | None = None,
+    target: str | None = None,
+    rescale: str | None = None,
+    weights: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> ScopeOptions:
+    """The scope options of an interpolation: the recipe's (if any), each overridden by a given value.
+
+    ``target`` and ``weights`` are text as a user writes them (``fused``, ``0``, ``0,0.05``, a scope
+    file; ``1,3``), parsed by the parsers every command shares.
+
+    Example:
+        >>> scope_options(fusion="precision", weights="1,3").weights
+        [1.0, 3.0]
+    """
+    from wsa_cli.fusion import parse_target, parse_weights
+
+    base = recipe.scope if recipe is not None else ScopeOptions()
+    sel = base.selector
+    if include or exclude:
+        sel = LayerSelector(include=tuple(include or sel.include), exclude=tuple(exclude or sel.exclude), min_ndim=sel.min_ndim)
+    return ScopeOptions(
+        align=base.align,
+        fusion=fusion if fusion is not None else base.fusion,
+        target=base.target if target is None else parse_target(target, accept=("fused", "model", "fixed", "file")),
+        rescale=rescale if rescale is not None else base.rescale,
+        weights=parse_weights(weights, 2) if weights is not None else base.weights,
+        selector=sel,
+    )

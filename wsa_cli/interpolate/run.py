@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,20 +27,19 @@ from wsa_cli.interpolate.diagnostics import DIAGNOSTIC_METRICS, path_diagnostics
 from wsa_cli.interpolate.evaluators import Evaluator
 from wsa_cli.interpolate.modes import MODES, Mode, ModeOptions, get_mode
 from wsa_cli.interpolate.path import LazyStateDict, check_compatible, interpolate_state
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
 from wsa_cli.io import open_checkpoint
-
-ProgressFn = Callable[[int, str], None]
+from wsa_cli.progress import ProgressFn
+from wsa_cli.results import GateGroup, Result, Table, View
+from wsa_cli.scope.kinds import is_bn_running_stat
 
 #: ``kind`` of a result: measured with an evaluator, or weight statistics only.
 KIND_EVAL = "evaluation"
 KIND_DIAGNOSTICS = "data-free-diagnostics"
 
-#: Format tag and version of the JSON output (pinned by tests/golden/).
-RESULT_FORMAT = "wsa-interpolate"
+#: Version of the JSON output (pinned by tests/golden/); its format tag is "wsa-interpolate".
 RESULT_VERSION = 1
 
-_BN_SUFFIXES = (".running_mean", ".running_var")
 
 
 @dataclass
@@ -62,8 +61,11 @@ class ModeCurve:
 
 
 @dataclass
-class InterpolationResult:
-    """Everything ``wsa interpolate`` reports; ``to_dict()`` is the JSON output."""
+class InterpolationResult(Result):
+    """Everything ``wsa interpolate`` reports: curves and barriers per mode, as JSON, CSV and tables."""
+
+    command = "interpolate"
+    version = RESULT_VERSION
 
     kind: str
     a: str
@@ -76,6 +78,7 @@ class InterpolationResult:
     metrics: list[str]
     scope: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def summary_metrics(self) -> tuple[str, ...]:
@@ -83,8 +86,6 @@ class InterpolationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": RESULT_FORMAT,
-            "version": RESULT_VERSION,
             "kind": self.kind,
             "a": self.a,
             "b": self.b,
@@ -97,9 +98,41 @@ class InterpolationResult:
             "modes": [m.to_dict() for m in self.modes],
         }
 
-    def gate_values(self) -> dict[str, dict[str, Any]]:
-        """Summary metrics per mode name (what ``--fail-above`` compares)."""
-        return {m.mode: {k: m.summary.get(k) for k in self.summary_metrics} for m in self.modes}
+    def rows(self) -> tuple[list[str], list[dict[str, Any]]]:
+        from wsa_cli.interpolate.report import csv_columns, csv_rows
+
+        return csv_columns(self), csv_rows(self)
+
+    def render(self) -> list[View]:
+        from wsa_cli.interpolate.report import curve_table, summary_table
+
+        data_free = self.kind != KIND_EVAL
+        label = "DATA-FREE DIAGNOSTICS (weight statistics, not loss)" if data_free else f"evaluator {self.evaluator}"
+        cols, rows = curve_table(self)
+        curve = Table(f"{Path(self.a).name} -> {Path(self.b).name}: {label}", cols, rows)
+        cols, rows = summary_table(self)
+        caption = (
+            "std shrinkage = 1 - min std(W_alpha) / line between endpoint stds; scope KL to the pair's target scope"
+            if data_free
+            else "barrier = max(loss - line between endpoint losses); vs mean = max loss - mean endpoint loss; "
+            "mid = at alpha 0.5; vs inputs = against the input checkpoints' losses"
+        )
+        return [curve, Table("summary", cols, rows, caption=caption)]
+
+    def gate_values(self) -> list[GateGroup]:
+        """Summary metrics per mode: a gate ``MODE.METRIC`` checks one mode, ``METRIC`` every mode."""
+        return [GateGroup(m.mode, f"mode {m.mode}", {k: m.summary.get(k) for k in self.summary_metrics}) for m in self.modes]
+
+
+def gate_metrics(mode_names: Sequence[str]) -> list[str]:
+    """Every metric name a gate may use: the barrier and diagnostic metrics, plain and per mode.
+
+    Example:
+        >>> "naive.loss_barrier" in gate_metrics(["naive"])
+        True
+    """
+    base = (*BARRIER_METRICS, *DIAGNOSTIC_METRICS)
+    return [*base, *(f"{m}.{k}" for m in mode_names for k in base)]
 
 
 def bn_stat_keys(keys: Sequence[str]) -> list[str]:
@@ -109,7 +142,7 @@ def bn_stat_keys(keys: Sequence[str]) -> list[str]:
         >>> bn_stat_keys(["bn1.weight", "bn1.running_mean", "bn1.running_var"])
         ['bn1.running_mean', 'bn1.running_var']
     """
-    return [k for k in keys if k.endswith(_BN_SUFFIXES)]
+    return [k for k in keys if is_bn_running_stat(k)]
 
 
 def scope_summary(opts: ModeOptions) -> dict[str, Any]:
@@ -166,7 +199,7 @@ def run_interpolation(
     opts = dataclasses.replace(options or ModeOptions(), cache={})  # work shared by this run's modes only
     mode_objs = [m if isinstance(m, Mode) else get_mode(m) for m in modes]
     if not mode_objs:
-        raise UsageError("no interpolation mode given; choose from " + ", ".join(MODES))
+        raise InvalidValueError("no interpolation mode given; choose from " + ", ".join(MODES), option="modes")
     alpha_list = [float(x) for x in alphas]
     summarize_curve(alpha_list, None, None)  # validates that 0 and 1 are on the grid
     ra = open_checkpoint(a_path, container_key=container_key, strip_prefix=strip_prefix)

@@ -1,6 +1,6 @@
 """Checkpoint I/O: lazy readers for every common format and an atomic, streaming writer."""
 
-from wsa_cli.io.base import CheckpointReader, TensorInfo
+from wsa_cli.io.base import CheckpointReader, TensorInfo, numel
 from wsa_cli.io.dtypes import DTYPE_NAMES, dtype_name
 from wsa_cli.io.open import open_checkpoint
 from wsa_cli.io.safetensors_reader import SafetensorsReader, ShardedSafetensorsReader
@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write_text",
     "check_output",
     "dtype_name",
+    "numel",
     "open_checkpoint",
     "plan_shards",
     "save_safetensors",

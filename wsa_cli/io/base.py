@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import mmap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +17,19 @@ from types import TracebackType
 import torch
 
 from wsa_cli.errors import CheckpointError
+
+
+def numel(shape: Sequence[int]) -> int:
+    """Number of elements of a tensor of this shape (1 for a scalar).
+
+    Example:
+        >>> numel((4, 3)), numel(())
+        (12, 1)
+    """
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 @dataclass(frozen=True)
@@ -34,10 +47,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return numel(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -127,7 +137,7 @@ class CheckpointReader(abc.ABC):
         missing = next((k for k in keys if not k.startswith(prefix)), None)
         if missing is not None:
             if required:
-                raise CheckpointError(f"--strip-prefix {prefix!r}: the key does not start with it", path=self.path, key=missing)
+                raise CheckpointError(f"the key does not start with the prefix {prefix!r} to strip", path=self.path, key=missing)
             return
         renamed: dict[str, TensorInfo] = {}
         for key in keys:

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsa_cli.errors import CheckpointError, InputNotFoundError, UsageError
+from wsa_cli.errors import CheckpointError, InputNotFoundError, InvalidValueError
 from wsa_cli.io.base import CheckpointReader
 from wsa_cli.io.safetensors_reader import SafetensorsReader, ShardedSafetensorsReader, read_index
 from wsa_cli.io.torch_reader import TORCH_SUFFIXES, TorchReader
 
+#: The merge report's file name: inside a folder output, or ``NAME.wsa-merge-report.json`` next to a file.
+MERGE_REPORT_NAME = "wsa-merge-report.json"
 #: Files that wsa itself writes next to a merged model; never treated as model files.
-WSA_SIDE_FILES = ("wsa-merge-report.json",)
+WSA_SIDE_FILES = (MERGE_REPORT_NAME,)
 
 
 def _sniff(path: Path) -> str | None:
@@ -95,8 +97,8 @@ def open_checkpoint(
         if len(reader) == 0:
             raise CheckpointError("checkpoint holds no tensors (empty)", path=path)
         if container_key and not isinstance(reader, TorchReader):
-            raise UsageError(f"--key {container_key!r} picks an entry inside a pickled checkpoint; "
-                             f"this is a {reader.format_name} checkpoint", path=path)  # fmt: skip
+            raise InvalidValueError(f"picks an entry inside a pickled checkpoint; this is a {reader.format_name} checkpoint",
+                                    option="container_key", value=container_key, path=path)  # fmt: skip
         reader.strip_key_prefix("module.", required=False)  # DDP wraps every key in module.
         if strip_prefix:
             reader.strip_key_prefix(strip_prefix, required=True)

@@ -28,9 +28,10 @@ from types import TracebackType
 
 import torch
 
-from wsa_cli.errors import OutputError, UsageError
+from wsa_cli.errors import InvalidValueError, OutputError
 from wsa_cli.io.base import TensorInfo
 from wsa_cli.io.dtypes import DTYPE_TO_TAG
+from wsa_cli.io.torch_reader import TORCH_SUFFIXES
 
 SINGLE_FILE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -41,8 +42,8 @@ _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 def _refuse_pickle_name(out: Path) -> None:
-    if out.suffix in (".pt", ".pth", ".bin", ".ckpt"):  # would silently become a folder of that name
-        raise UsageError(f"output {out}: wsa writes safetensors; name a .safetensors file or a folder (no suffix)")
+    if out.suffix in TORCH_SUFFIXES:  # would silently become a folder of that name
+        raise InvalidValueError(f"output {out}: wsa writes safetensors; name a .safetensors file or a folder (no suffix)")
 
 
 def check_output(out: str | Path, inputs: Iterable[str | Path] = (), *, force: bool = False) -> Path:
@@ -179,7 +180,7 @@ def _header_bytes(infos: Sequence[TensorInfo], metadata: Mapping[str, str] | Non
     offset = 0
     for info in infos:
         if info.dtype not in DTYPE_TO_TAG:
-            raise UsageError(f"dtype {info.dtype} cannot be stored in safetensors", key=info.key)
+            raise InvalidValueError(f"dtype {info.dtype} cannot be stored in safetensors", key=info.key)
         header[info.key] = {"dtype": DTYPE_TO_TAG[info.dtype], "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
         offset += info.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -207,11 +208,9 @@ class _ShardFile:
     def write(self, key: str, tensor: torch.Tensor) -> None:
         info = self.infos[self.next]
         if key != info.key:
-            raise UsageError(f"tensors must be written in plan order: expected {info.key!r}", key=key)
+            raise RuntimeError(f"tensor {key!r} written out of plan order: expected {info.key!r}")
         if tuple(tensor.shape) != info.shape or tensor.dtype != info.dtype:
-            raise UsageError(
-                f"planned {tuple(info.shape)} {info.dtype}, got {tuple(tensor.shape)} {tensor.dtype}", key=key
-            )
+            raise RuntimeError(f"tensor {key!r}: planned {tuple(info.shape)} {info.dtype}, got {tuple(tensor.shape)} {tensor.dtype}")
         data = tensor_bytes(tensor)
         self.fh.write(data)
         self.next += 1
@@ -285,9 +284,7 @@ class SafetensorsWriter:
         self.force = force
         shards = plan_shards(list(infos), max_shard_bytes)
         if self.single_file and len(shards) > 1:
-            raise UsageError(
-                f"output {self.out} is a single file but the model needs {len(shards)} shards; give a folder path"
-            )
+            raise InvalidValueError(f"output {self.out} is a single file but the model needs {len(shards)} shards; give a folder path")
         if self.out.exists() and not force:
             raise OutputError("output exists; pass --force to replace it", path=self.out)
         with writing(self.out):
@@ -320,7 +317,7 @@ class SafetensorsWriter:
             self._files[self._current].close()  # shard complete: move on to the next one
             self._current += 1
         if self._current >= len(self._plan):
-            raise UsageError("more tensors written than planned", key=key)
+            raise RuntimeError(f"more tensors written than planned (at {key!r})")
         if self._current == len(self._files):
             path = self._stage / self.shard_names[self._current]
             self._files.append(_ShardFile(path, self._plan[self._current], self._metadata))
@@ -333,7 +330,7 @@ class SafetensorsWriter:
     def add_copy(self, name: str, source: str | Path) -> None:
         """Copy a file (config, tokenizer) into the output folder at commit (folder output only)."""
         if self.single_file:
-            raise UsageError(f"cannot copy {name} next to a single-file output; give a folder path")
+            raise InvalidValueError(f"cannot copy {name} next to a single-file output; give a folder path")
         self._copies[name] = Path(source)
 
     def commit(self) -> Path:
@@ -344,9 +341,9 @@ class SafetensorsWriter:
     def _commit(self) -> Path:
         for i, shard in enumerate(self._plan):
             if i >= len(self._files) and shard:
-                raise UsageError(f"only {i} of {len(self._plan)} shards written", key=shard[0].key)
+                raise RuntimeError(f"only {i} of {len(self._plan)} shards written (next: {shard[0].key!r})")
             if shard and not self._files[i].done:
-                raise UsageError("tensor planned but never written", key=shard[self._files[i].next].key)
+                raise RuntimeError(f"tensor {shard[self._files[i].next].key!r} planned but never written")
         if not self._files:  # a model with zero tensors still gets a valid, empty file
             self._files.append(_ShardFile(self._stage / self.shard_names[0], [], self._metadata))
         for f in self._files:

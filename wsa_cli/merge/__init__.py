@@ -1,4 +1,4 @@
-"""Merging checkpoints: the method registry, the streaming merge plan and its executor.
+"""Merging checkpoints: the method registry (built-ins in :mod:`wsa_cli.merge.methods`), the streaming merge plan and its executor.
 
 Example:
     >>> from wsa_cli.merge import get_method
@@ -6,6 +6,17 @@ Example:
     'Weighted average sum(w_i theta_i) / sum(w_i)'
 """
 
-from wsa_cli.merge.registry import METHODS, MergeMethod, MethodContext, Param, all_methods, get_method, register_method
+from wsa_cli.merge.registry import (
+    METHODS,
+    BlockInputs,
+    MergeMethod,
+    MethodContext,
+    Param,
+    all_methods,
+    builtin_methods,
+    get_method,
+    register_method,
+)
 
-__all__ = ["METHODS", "MergeMethod", "MethodContext", "Param", "all_methods", "get_method", "register_method"]
+__all__ = ["METHODS", "BlockInputs", "MergeMethod", "MethodContext", "Param", "all_methods", "builtin_methods", "get_method",
+           "register_method"]  # fmt: skip

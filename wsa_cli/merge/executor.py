@@ -33,41 +33,21 @@ from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_coefficients, re
 from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
 from wsa_cli.io import CheckpointReader, SafetensorsWriter, open_checkpoint
 from wsa_cli.io.prefetch import prefetch as read_ahead
-from wsa_cli.merge.buffers import Scratch
+from wsa_cli.buffers import Scratch
 from wsa_cli.merge.kernel import AlignedInput, block_size, combine_linear
 from wsa_cli.merge.plan import StagePlan, TensorPlan, plan_recipe
 from wsa_cli.merge.provenance import input_fingerprint, merge_metadata
-from wsa_cli.merge.registry import MethodContext, get_method
+from wsa_cli.merge.result import MergeResult
+from wsa_cli.merge.registry import BlockInputs, MethodContext, get_method
 from wsa_cli.recipe.schema import Recipe, load_recipe
+from wsa_cli.progress import ProgressFn, announce_total
 from wsa_cli.scope.stats import tensor_scope
 
-ProgressFn = Callable[[int, str], None]
 REPORT_FORMAT = "wsa-merge-report"
 
 
 def _scope_dict(s: Scope) -> dict[str, float]:
     return {"mean": s.mean, "std": s.std}
-
-
-class BufferRing:
-    """``sets`` x ``per_set`` reusable CPU byte buffers for reading tensors (``reader.get(key, out=...)``).
-
-    While key ``i`` is merged, the read-ahead (:func:`wsa_cli.io.prefetch.prefetch`) has loaded
-    or is loading at most keys ``i+1 .. i+depth``, so ``depth + 1`` sets never collide: key ``i``
-    uses set ``i % sets``. Buffers are allocated on
-    first use at the size of the largest tensor, and pinned when the merge runs on CUDA (async
-    host-to-device copies).
-    """
-
-    def __init__(self, sets: int, per_set: int, nbytes: int, *, pin: bool = False) -> None:
-        self.sets, self.nbytes, self.pin = sets, max(nbytes, 1), pin
-        self._bufs: list[list[torch.Tensor | None]] = [[None] * per_set for _ in range(sets)]
-
-    def get(self, index: int, member: int) -> torch.Tensor:
-        row = self._bufs[index % self.sets]
-        if row[member] is None:
-            row[member] = torch.empty(self.nbytes, dtype=torch.uint8, pin_memory=self.pin)
-        return row[member]  # type: ignore[return-value]
 
 
 @dataclasses.dataclass
@@ -170,7 +150,7 @@ def merge_tensor(
         inputs = [AlignedInput(x, a, sh) for (a, sh), x in zip(coef, xs)]
         base_in = AlignedInput(b, *coef_base) if b is not None else None
         result = work.get(entry.shape, wide, device, "result") if out_dtype != wide else output(wide)  # (shape,) wide
-        method.into(result, inputs, base_in, list(weights), entry.params, ctx, wide)
+        method.into(BlockInputs(result, inputs, base_in, list(weights), entry.params, ctx, wide))
     else:
         aligned = [x.to(wide) * a + sh if (a, sh) != (1.0, 0.0) else x.to(wide) for (a, sh), x in zip(coef, xs)]
         bb = None if b is None else (b.to(wide) * coef_base[0] + coef_base[1] if coef_base != (1.0, 0.0) else b.to(wide))
@@ -253,7 +233,13 @@ def run_stage(
         entries = {t.key: t for t in plan.tensors}
         order = {t.key: i for i, t in enumerate(plan.tensors)}
         largest = max((t.numel_bytes for t in plan.tensors), default=1)
-        ring = BufferRing(prefetch + 2, len(sources) + 1, largest, pin=pin)  # + the key being written
+        # read buffers: while key i is merged, the read-ahead fills keys i+1 .. i+prefetch, and key
+        # i-1 may still be written: prefetch + 2 sets never collide; one buffer per input and the base
+        ring_sets = prefetch + 2
+        ring = Scratch(pin_memory=pin)
+
+        def ring_buffer(slot: int, member: int) -> torch.Tensor:
+            return ring.bytes(largest, f"read{slot % ring_sets}.{member}")
 
         views = dev.type == "cpu"  # the merge reads mapped files directly; CUDA copies from pinned buffers
 
@@ -276,8 +262,8 @@ def run_stage(
             # runs in the prefetch thread: only reading (CPU: mapped views; CUDA: into this key's ring slot)
             entry, slot = entries[key], order[key]
             srcs = sources[:1] if entry.action == "copy" else sources
-            ts = [read(s, key, ring.get(slot, i)) for i, s in enumerate(srcs)]
-            b = read(base_reader, key, ring.get(slot, len(sources))) if base_reader is not None and entry.action != "copy" else None
+            ts = [read(s, key, ring_buffer(slot, i)) for i, s in enumerate(srcs)]
+            b = read(base_reader, key, ring_buffer(slot, len(sources))) if base_reader is not None and entry.action != "copy" else None
             if pin and not all(isinstance(s, CheckpointReader) for s in srcs):
                 ts = [t.pin_memory() for t in ts]
             return ts, b
@@ -404,24 +390,27 @@ def merge_recipe(
     force: bool = False,
     dry_run: bool = False,
     progress: ProgressFn | None = None,
-) -> dict[str, Any]:
-    """Load, validate, plan and (unless ``dry_run``) run a recipe. The library entry point of ``wsa merge``.
+) -> MergeResult:
+    """Load, validate, plan and (unless ``dry_run``) run a recipe: the library call behind ``wsa merge``.
 
-    Returns ``{"recipe", "recipe_sha256", "dry_run", "stages": [...]}`` where each stage is its
-    plan (dry run) or its summary (run).
+    Returns a :class:`~wsa_cli.merge.result.MergeResult` whose ``stages`` are the plans (dry run)
+    or what each stage wrote; ``warnings`` are the plan's (things a person should see).
 
     Example:
-        >>> merge_recipe("recipes/average.yaml", force=True)["stages"][-1]["output"]  # doctest: +SKIP
+        >>> merge_recipe("recipes/average.yaml", force=True).final["output"]  # doctest: +SKIP
         'recipes/out/average.safetensors'
     """
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     plans = plan_recipe(r, force=force)
-    resolve_device(device)  # fail on a missing device before writing anything
+    dev = resolve_device(device)  # fail on a missing device before writing anything
+    warnings = [w for p in plans for w in p.warnings]
     if dry_run:
-        stages = [p.to_dict() for p in plans]
-    else:
-        stages = run_plans(r, plans, device=device, force=force, progress=progress)
-    return {"recipe": str(r.path), "recipe_sha256": r.sha256, "dry_run": dry_run, "stages": stages}
+        return MergeResult(str(r.path), r.sha256, True, str(dev), [p.to_dict() for p in plans], warnings)
+    announce_total(progress, sum(len(p.tensors) for p in plans))
+    stages = run_plans(r, plans, device=dev, force=force, progress=progress)
+    final = stages[-1]
+    notes = [f"wrote {final['output']} ({final['tensors']} tensors)" + (f"; report {final['report']}" if final["report"] else "")]
+    return MergeResult(str(r.path), r.sha256, False, str(dev), stages, warnings, notes)
 
 
-__all__ = ["BufferRing", "Scratch", "TensorResult", "merge_recipe", "merge_tensor", "run_plans", "run_stage"]
+__all__ = ["MergeResult", "Scratch", "TensorResult", "merge_recipe", "merge_tensor", "run_plans", "run_stage"]

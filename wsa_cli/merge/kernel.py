@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from wsa_cli.scope.gaussian import Scope
-from wsa_cli.merge.buffers import Scratch
+from wsa_cli.buffers import Scratch
 from wsa_cli.scope.stats import SCOPE_CHUNK, SCOPE_CHUNK_CUDA, RunningScope
 
 

@@ -19,18 +19,19 @@ from typing import Any
 
 import torch
 
-from wsa_cli.errors import ConfigError, MismatchError, OutputError, UsageError, WsaError
+from wsa_cli.errors import ConfigError, InvalidValueError, MismatchError, OutputError, WsaError
 from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions
 from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
 from wsa_cli.fusion.scopefile import ScopeTable
-from wsa_cli.io import TensorInfo, check_output, dtype_name, open_checkpoint
+from wsa_cli.io import TensorInfo, check_output, dtype_name, numel, open_checkpoint
+from wsa_cli.io.open import MERGE_REPORT_NAME
 from wsa_cli.merge.registry import MergeMethod, get_method
 from wsa_cli.recipe.schema import ModelRef, Recipe, StageSpec
 from wsa_cli.scope.selection import matches_any
 
 #: Name of the JSON report inside a folder output (the readers skip it).
-REPORT_NAME = "wsa-merge-report.json"
+REPORT_NAME = MERGE_REPORT_NAME
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,7 @@ class TensorPlan:
     @property
     def numel_bytes(self) -> int:
         """Bytes of the stored tensor (one input's copy)."""
-        n = 1
-        for d in self.shape:
-            n *= int(d)
-        return n * self.dtype.itemsize
+        return numel(self.shape) * self.dtype.itemsize
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,7 +122,7 @@ class StagePlan:
     @property
     def report_path(self) -> Path:
         if self.output.suffix == ".safetensors":
-            return self.output.with_name(self.output.stem + ".wsa-merge-report.json")
+            return self.output.with_name(f"{self.output.stem}.{REPORT_NAME}")
         return self.output / REPORT_NAME
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,13 +167,6 @@ def _target_repr(target: object) -> Any:
     return str(target)
 
 
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
-
-
 def _cfg(recipe: Recipe, line: int | None, message: str) -> ConfigError:
     return ConfigError(message, path=recipe.path, line=line)
 
@@ -215,25 +206,33 @@ def _check_fit(ref: InputPlan, other: InputPlan, what: str, dtype_free: bool) ->
 def _method_at(recipe: Recipe, name: str, line: int | None) -> MergeMethod:
     try:
         return get_method(name)
-    except UsageError as exc:
+    except InvalidValueError as exc:
         raise _cfg(recipe, line, exc.message) from None
 
 
 def _params_at(recipe: Recipe, method: MergeMethod, given: dict[str, Any], line: int | None) -> dict[str, Any]:
     try:
         return method.resolve_params(given)
-    except UsageError as exc:
+    except InvalidValueError as exc:
         raise _cfg(recipe, line, exc.message) from None
 
 
-def _check_form(recipe: Recipe, method: MergeMethod, params: dict[str, Any], k: int, has_base: bool, line: int | None) -> None:
-    """Parameters that depend on the model count (e.g. copy's model index) are checked here."""
-    if method.linear_form is None:
-        return
+def _check_method(recipe: Recipe, stage: StageSpec, method: MergeMethod, params: dict[str, Any], k: int, has_base: bool,
+                  method_line: int | None, params_line: int | None) -> None:  # fmt: skip
+    """One (method, parameters) pair against ``k`` models and the base, each error at its recipe line:
+    the model count at the method, a missing base at the method (or at the parameters that ask for
+    it), the method's own checks (e.g. copy's model index) at the parameters."""
     try:
-        method.linear_form([1.0] * k, params, has_base)
-    except UsageError as exc:
-        raise _cfg(recipe, line, exc.message) from None
+        method.check_model_count(k)
+    except InvalidValueError as exc:
+        raise _cfg(recipe, method_line, exc.message) from None
+    if method.uses_base(params) and not has_base:
+        line = method_line if method.needs_base else params_line
+        raise _cfg(recipe, line, f"method {method.name!r} needs a base model: add 'base: PATH' to stage {stage.name!r}")
+    try:
+        method.validate(params, k, has_base)
+    except InvalidValueError as exc:
+        raise _cfg(recipe, params_line, exc.message) from None
 
 
 def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], final_out: Path, force: bool) -> StagePlan:
@@ -260,19 +259,11 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
     used = {method.name: L.get("method", stage.line)}
     for rule, (rm, _) in zip(stage.overrides, rules):
         used.setdefault(rm.name, rule.lines.get("method", rule.line))
-    for name, line in used.items():
-        m = get_method(name)
-        try:
-            m.check_model_count(k)
-        except UsageError as exc:
-            raise _cfg(recipe, line, exc.message) from None
-        if m.needs_base and base is None:
-            raise _cfg(recipe, line, f"method {name!r} needs a base model: add 'base: PATH' to stage {stage.name!r}")
-    _check_form(recipe, method, params, k, base is not None, L.get("parameters", L.get("method", stage.line)))
-    for rule, (rm, rp) in zip(stage.overrides, rules):
-        _check_form(recipe, rm, rp, k, base is not None, rule.lines.get("parameters", rule.line))
-    needs_base = any(get_method(n).needs_base for n in used) or any(p.get("model") == -1 for _, p in rules) or params.get("model") == -1
-    if base is not None and not needs_base:
+    pairs = [(method, params, L.get("parameters", L.get("method", stage.line)))]
+    pairs += [(rm, rp, rule.lines.get("parameters", rule.line)) for rule, (rm, rp) in zip(stage.overrides, rules)]
+    for how, resolved, params_line in pairs:
+        _check_method(recipe, stage, how, resolved, k, base is not None, used[how.name], params_line)
+    if base is not None and not any(how.uses_base(resolved) for how, resolved, _ in pairs):
         raise _cfg(recipe, L.get("base"), f"a base model is given but no method of stage {stage.name!r} uses one")
 
     # scope options
@@ -321,8 +312,8 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
             if key not in table.layers:
                 raise MismatchError("the target scope file has no entry for this layer", path=str(target), key=key)
             measured_on = table.numel.get(key)
-            if measured_on is not None and measured_on != _numel(info.shape):
-                resized.append((key, measured_on, _numel(info.shape)))
+            if measured_on is not None and measured_on != numel(info.shape):
+                resized.append((key, measured_on, numel(info.shape)))
         tensors.append(TensorPlan(key, info.shape, info.dtype, out_dtype or info.dtype, "merge", m.name, p, layer, align,
                                   rescale, rule=rule_index))  # fmt: skip
     warnings = []

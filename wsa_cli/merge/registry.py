@@ -7,12 +7,26 @@ A method combines the K (already scope-aligned, float32+) tensors of one key int
 ``weights`` are the recipe's per-model weights as written (default 1.0 each); each method says
 whether it normalises them. Published variants are configured instances of one function
 (see :mod:`wsa_cli.merge.task_vectors`), not copies. ``wsa methods`` lists this registry.
+
+The built-in methods live one family per module in :mod:`wsa_cli.merge.methods`; each module
+lists its methods in a ``METHODS`` tuple, and every module of that package is collected here, so
+adding a method is adding one file. Users add methods with :func:`register_method`, or from an
+installed package through the entry-point group ``wsa.merge_methods`` (each entry point names a
+:class:`MergeMethod`).
+
+Example:
+    >>> [m.name for m in all_methods()][:3]
+    ['copy', 'dare_linear', 'dare_ties']
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
+import importlib
+import math
+import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,9 +34,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from wsa_cli.merge.buffers import Scratch
+    from wsa_cli.buffers import Scratch
+    from wsa_cli.merge.kernel import AlignedInput
 
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
+from wsa_cli.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -45,24 +61,38 @@ class Param:
     hi_open: bool = False
 
     def check(self, value: Any) -> Any:
-        """Return ``value`` converted to the parameter's type, or raise :class:`UsageError` saying why."""
+        """Return ``value`` converted to the parameter's type, or raise :class:`InvalidValueError` saying why.
+
+        Numbers must be finite: a range check alone (``x <= 1``) would let NaN through.
+
+        Example:
+            >>> Param("scale", float, 1.0, "lambda").check(float("nan"))
+            Traceback (most recent call last):
+            ...
+            wsa_cli.errors.InvalidValueError: parameter 'scale' must be a finite number, got nan
+        """
         if self.type is bool:
             if not isinstance(value, bool):
-                raise UsageError(f"parameter {self.name!r} must be true or false, got {value!r}")
+                raise InvalidValueError(f"parameter {self.name!r} must be true or false, got {value!r}")
             return value
+        if self.type in (int, float) and isinstance(value, float) and not math.isfinite(value):
+            raise InvalidValueError(f"parameter {self.name!r} must be a finite number, got {value!r}")
         if self.type is int:
             if isinstance(value, bool) or not isinstance(value, int):
-                raise UsageError(f"parameter {self.name!r} must be an integer, got {value!r}")
+                raise InvalidValueError(f"parameter {self.name!r} must be an integer, got {value!r}")
         elif self.type is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UsageError(f"parameter {self.name!r} must be a number, got {value!r}")
-            value = float(value)
+                raise InvalidValueError(f"parameter {self.name!r} must be a number, got {value!r}")
+            try:
+                value = float(value)
+            except OverflowError:  # an int too large for a float
+                raise InvalidValueError(f"parameter {self.name!r} must be a finite number, got an integer that large") from None
         elif not isinstance(value, self.type):
-            raise UsageError(f"parameter {self.name!r} must be a {self.type.__name__}, got {value!r}")
+            raise InvalidValueError(f"parameter {self.name!r} must be a {self.type.__name__}, got {value!r}")
         if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
-            raise UsageError(f"parameter {self.name!r} must be {'>' if self.lo_open else '>='} {self.lo:g}, got {value!r}")
+            raise InvalidValueError(f"parameter {self.name!r} must be {'>' if self.lo_open else '>='} {self.lo:g}, got {value!r}")
         if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
-            raise UsageError(f"parameter {self.name!r} must be {'<' if self.hi_open else '<='} {self.hi:g}, got {value!r}")
+            raise InvalidValueError(f"parameter {self.name!r} must be {'<' if self.hi_open else '<='} {self.hi:g}, got {value!r}")
         return value
 
 
@@ -92,18 +122,55 @@ MergeFn = Callable[[list[torch.Tensor], "torch.Tensor | None", list[float], Mapp
 #: ``(weights, params, has_base) -> (c_1..c_K, c_base)``. The executor then folds the WSA
 #: rescaling into the coefficients and makes one pass over each input (no aligned copies).
 LinearForm = Callable[[list[float], Mapping[str, Any], bool], tuple[list[float], float]]
+
+
+@dataclass(frozen=True)
+class BlockInputs:
+    """Everything a block form (:data:`IntoFn`) gets: where to write, the aligned inputs, the rest.
+
+    The executor passes the WSA alignment inside the inputs (``a * x + b`` applied block by
+    block), so no aligned copy of a tensor is made.
+
+    Example:
+        >>> from wsa_cli.merge.kernel import AlignedInput
+        >>> job = BlockInputs(torch.empty(2), [AlignedInput(torch.ones(2))], None, [1.0], {}, MethodContext("w"), torch.float32)
+        >>> job.k, job.has_base
+        (1, False)
+    """
+
+    out: torch.Tensor  # (shape,) written in place, any float dtype
+    inputs: list[AlignedInput]  # K inputs of the out's shape, in their stored dtype
+    base: AlignedInput | None
+    weights: list[float]
+    params: Mapping[str, Any]
+    ctx: MethodContext
+    wide: torch.dtype  # the math dtype (float32, or float64 when an input is float64)
+
+    @property
+    def k(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def has_base(self) -> bool:
+        return self.base is not None
+
+
 #: For methods that can read their inputs block by block (see :class:`wsa_cli.merge.kernel.AlignedInput`):
-#: ``(out, inputs, base, weights, params, ctx, wide) -> None`` writes the result into ``out``.
-#: The executor passes the WSA alignment inside the inputs, so no aligned copy of a tensor is made.
-IntoFn = Callable[..., None]
+#: ``(job: BlockInputs) -> None`` writes the result into ``job.out``.
+IntoFn = Callable[[BlockInputs], None]
+#: ``params -> bool``: whether these parameters make the method read the base model.
+BaseRule = Callable[[Mapping[str, Any]], bool]
+#: ``(params, k, has_base) -> None``: checks that depend on the model count; raises :class:`InvalidValueError`.
+ParamCheck = Callable[[Mapping[str, Any], int, bool], None]
 
 
 @dataclass(frozen=True)
 class MergeMethod:
     """A registered merge method.
 
-    ``needs_base``: requires ``base:`` in the recipe. ``min_models`` / ``max_models`` bound K.
-    ``reference`` names the paper the formula comes from.
+    ``needs_base``: requires ``base:`` in the recipe (``base_rule`` decides instead when the
+    parameters do). ``min_models`` / ``max_models`` bound K; ``param_check`` adds checks that
+    depend on K. ``reference`` names the paper the formula comes from.
     """
 
     name: str
@@ -118,12 +185,16 @@ class MergeMethod:
     linear_form: LinearForm | None = None
     #: optional block-by-block form of ``fn`` (see :data:`IntoFn`); must agree with ``fn``
     into: IntoFn | None = None
+    #: optional: whether the base is read, from the parameters (default: ``needs_base``)
+    base_rule: BaseRule | None = None
+    #: optional: parameter checks that depend on the model count (see :data:`ParamCheck`)
+    param_check: ParamCheck | None = None
 
     def param_names(self) -> list[str]:
         return [p.name for p in self.params]
 
     def resolve_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Defaults overlaid with ``given``; unknown names and bad values raise :class:`UsageError`.
+        """Defaults overlaid with ``given``; unknown names and bad values raise :class:`InvalidValueError`.
 
         Example:
             >>> get_method("slerp").resolve_params({"t": 0.25})["t"]
@@ -135,15 +206,44 @@ class MergeMethod:
             if name not in known:
                 hint = difflib.get_close_matches(name, list(known), n=1)
                 extra = f"; did you mean {hint[0]!r}?" if hint else (f"; it takes {', '.join(known)}" if known else "; it takes none")
-                raise UsageError(f"method {self.name!r} has no parameter {name!r}{extra}")
+                raise InvalidValueError(f"method {self.name!r} has no parameter {name!r}{extra}")
             out[name] = known[name].check(value)
         return out
 
     def check_model_count(self, k: int) -> None:
+        """Raise :class:`InvalidValueError` unless ``min_models <= k <= max_models``.
+
+        Example:
+            >>> get_method("slerp").check_model_count(2)
+        """
         if k < self.min_models:
-            raise UsageError(f"method {self.name!r} needs at least {self.min_models} model(s), got {k}")
+            raise InvalidValueError(f"method {self.name!r} needs at least {self.min_models} model(s), got {k}")
         if self.max_models is not None and k > self.max_models:
-            raise UsageError(f"method {self.name!r} takes at most {self.max_models} model(s), got {k}")
+            raise InvalidValueError(f"method {self.name!r} takes at most {self.max_models} model(s), got {k}")
+
+    def uses_base(self, params: Mapping[str, Any]) -> bool:
+        """Whether the method reads the base model with these (resolved) parameters.
+
+        Example:
+            >>> get_method("ties").uses_base({}), get_method("copy").uses_base({"model": -1})
+            (True, True)
+        """
+        return self.base_rule(params) if self.base_rule is not None else self.needs_base
+
+    def validate(self, params: Mapping[str, Any], k: int, has_base: bool) -> None:
+        """Check resolved ``params`` against ``k`` models and the base: :class:`InvalidValueError` when wrong.
+
+        Example:
+            >>> get_method("copy").validate({"model": 2}, 2, has_base=False)
+            Traceback (most recent call last):
+            ...
+            wsa_cli.errors.InvalidValueError: copy: model index 2 is out of range for 2 models
+        """
+        self.check_model_count(k)
+        if self.uses_base(params) and not has_base:
+            raise InvalidValueError(f"method {self.name!r} needs a base model")
+        if self.param_check is not None:
+            self.param_check(params, k, has_base)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,45 +256,58 @@ class MergeMethod:
         }
 
 
-METHODS: dict[str, MergeMethod] = {}
+def builtin_methods() -> list[MergeMethod]:
+    """The ``METHODS`` of every module of :mod:`wsa_cli.merge.methods` (modules in sorted order), by name.
+
+    Example:
+        >>> "ties" in [m.name for m in builtin_methods()]
+        True
+    """
+    from wsa_cli.merge import methods as package
+
+    found: list[MergeMethod] = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        found.extend(getattr(module, "METHODS", ()))
+    return sorted(found, key=lambda m: m.name)
+
+
+#: Every merge method by name: the built-ins (loaded on first use), then plug-ins.
+METHODS: Registry[MergeMethod] = Registry("merge method", builtin_methods, entry_point_group="wsa.merge_methods")
 
 
 def register_method(method: MergeMethod) -> MergeMethod:
-    """Add a method to the registry (a later registration with the same name is a bug)."""
-    if method.name in METHODS:
-        raise UsageError(f"merge method {method.name!r} is registered twice")
-    METHODS[method.name] = method
-    return method
+    """Add a user's method; a name already registered is a programming error (``ValueError``).
+
+    Example:
+        >>> same = dataclasses.replace(get_method("linear"), name="mean")
+        >>> register_method(same).name
+        'mean'
+        >>> METHODS.unregister("mean")
+    """
+    if not isinstance(method, MergeMethod):
+        raise TypeError(f"register_method takes a MergeMethod, got {type(method).__name__}")
+    return METHODS.register(method)
 
 
 def get_method(name: str) -> MergeMethod:
-    """Look a method up by name; unknown names raise :class:`UsageError` with a did-you-mean.
+    """Look a method up by name; unknown names raise :class:`InvalidValueError` with a did-you-mean.
 
     Example:
         >>> get_method("ties").needs_base
         True
     """
-    _load_builtins()
-    try:
-        return METHODS[name]
-    except KeyError:
-        hint = difflib.get_close_matches(name, list(METHODS), n=1)
-        extra = f"did you mean {hint[0]!r}? " if hint else ""
-        raise UsageError(f"unknown merge method {name!r}; {extra}known: {', '.join(METHODS)}") from None
+    return METHODS.get(name)
 
 
 def all_methods() -> list[MergeMethod]:
-    """Every registered method, in registration order."""
-    _load_builtins()
-    return list(METHODS.values())
+    """Every registered method (built-ins and plug-ins), sorted by name.
 
-
-def _load_builtins() -> None:
-    # importing the method modules registers them (one small module per method), in listing order
-    import importlib
-
-    for name in ("linear", "task_arithmetic", "ties", "dare", "slerp", "copy"):
-        importlib.import_module(f"wsa_cli.merge.{name}")
+    Example:
+        >>> [m.name for m in all_methods()][-2:]
+        ['task_arithmetic', 'ties']
+    """
+    return sorted(METHODS.items(), key=lambda m: m.name)
 
 
 def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:

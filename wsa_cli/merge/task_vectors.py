@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from wsa_cli.merge.buffers import Scratch
+from wsa_cli.buffers import Scratch
 from wsa_cli.merge.kernel import AlignedInput, block_ranges, block_size
 from wsa_cli.merge.registry import MethodContext, weighted_sum
 

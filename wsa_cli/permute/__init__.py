@@ -1,4 +1,4 @@
-"""Permutation alignment and function-preserving rescaling (contract C5).
+"""Permutation alignment and function-preserving rescaling (``wsa align``, a recipe's ``permutation:``).
 
 Networks trained from different seeds compute the same things with hidden units in a different
 order. A :class:`PermutationSpec` says which tensor axes share a permutation; weight matching

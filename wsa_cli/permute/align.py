@@ -15,16 +15,18 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from wsa_cli.errors import ConfigError, MismatchError, UsageError
+from wsa_cli.errors import ConfigError, InvalidValueError, MismatchError
 from wsa_cli.permute.apply import apply_permutation, check_perms
 from wsa_cli.permute.matching import MatchResult, weight_matching
+from wsa_cli.progress import ProgressFn
+from wsa_cli.results import Result, Table, View
 from wsa_cli.permute.spec import PermutationSpec, shapes_of
 from wsa_cli.permute.specfile import load_spec
 
@@ -48,20 +50,56 @@ class AlignOptions:
     model: str | None = None  # factory for verification
     input_shape: tuple[int, ...] | None = None
     force: bool = False
+    container_key: str | None = None  # the state dict's entry inside pickled checkpoints
+    strip_prefix: str | None = None  # a prefix removed from every key of every checkpoint
+
+
+#: CSV and table columns of an align run (one row per aligned model).
+ALIGN_COLUMNS = ("source", "output", "sweeps", "objective_start", "objective_end", "seconds", "max_abs_diff")
 
 
 @dataclass
-class AlignReport:
+class AlignReport(Result):
+    """What ``wsa align`` did: per model the sweeps, objective, output and verification."""
+
+    command = "align"
+
     reference: str
     spec: str
     groups: dict[str, int]
     models: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     perms_file: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "spec": self.spec, "groups": self.groups, "models": self.models,
                 "outputs": self.outputs, "perms_file": self.perms_file}
+
+    def rows(self) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+        rows = [
+            {
+                "source": m["source"],
+                "output": m.get("output"),
+                "sweeps": m["sweeps"],
+                "objective_start": m["objective"][0] if m["objective"] else None,
+                "objective_end": m["objective"][-1] if m["objective"] else None,
+                "seconds": m["seconds"],
+                "max_abs_diff": m.get("max_abs_diff"),
+            }
+            for m in self.models
+        ]
+        return ALIGN_COLUMNS, rows
+
+    def render(self) -> list[View]:
+        _, rows = self.rows()
+        return [Table(f"aligned to {self.reference} ({len(self.groups)} groups)", ALIGN_COLUMNS, [[r[c] for c in ALIGN_COLUMNS] for r in rows])]
+
+    def all_notes(self) -> list[str]:
+        sweeps = ["objective per sweep for " + m["source"] + ": " + " -> ".join(f"{v:.6g}" for v in m["objective"])
+                  for m in self.models if m["objective"]]  # fmt: skip
+        return [f"wrote {', '.join(self.outputs)} and {self.perms_file}", *self.notes, *sweeps]
 
 
 def check_same_shapes(spec_shapes: Mapping[str, Sequence[int]], state: Mapping[str, torch.Tensor], path: str | Path) -> None:
@@ -84,7 +122,7 @@ def align_states(
     seed: int = 0,
     max_sweeps: int = 100,
     device: torch.device | str = "cpu",
-    progress: Callable[[int, str], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[tuple[dict[str, torch.Tensor], MatchResult]]:
     """Weight-match each of ``others`` to ``ref`` and return ``(aligned state, result)`` per model."""
     out = []
@@ -102,7 +140,7 @@ def default_perms_path(out: Path, several: bool) -> Path:
     return out.with_name(name + ".perms.json")
 
 
-def run_align(opts: AlignOptions, progress: Callable[[int, str], None] | None = None) -> AlignReport:
+def run_align(opts: AlignOptions, progress: ProgressFn | None = None) -> AlignReport:
     """Do the whole ``wsa align`` run (see the module docstring)."""
     from wsa_cli.io import atomic_write_text, check_output, open_checkpoint, save_safetensors
     from wsa_cli.io.writer import staged_output
@@ -111,30 +149,30 @@ def run_align(opts: AlignOptions, progress: Callable[[int, str], None] | None = 
     from wsa_cli.permute.permfile import load_perms, perms_document
 
     if not opts.others:
-        raise UsageError("give the reference and at least one model to align to it")
+        raise InvalidValueError("give the reference and at least one model to align to it")
     several = len(opts.others) > 1
     out = Path(opts.out)
     inputs = [Path(opts.reference), *map(Path, opts.others), *([Path(opts.perms_in)] if opts.perms_in else [])]
     if several and out.suffix:
-        raise UsageError(f"-o {out}: with several models to align, -o names a folder (no suffix); each model is written inside")
+        raise InvalidValueError("with several models to align, the output names a folder (no suffix); each model is written inside", option="out", value=str(out))
     check_output(out, inputs, force=opts.force)
     perms_out = Path(opts.perms_out) if opts.perms_out else default_perms_path(out, several)
     if perms_out.resolve() == out.resolve():  # one would silently replace the other
-        raise UsageError(f"--perms-out {perms_out}: same path as -o; choose another file for the permutations")
+        raise InvalidValueError("same path as the aligned output; choose another file for the permutations", option="perms_out", value=str(perms_out))
     inside_new_folder = several and perms_out.resolve().parent == out.resolve()
     if not inside_new_folder:  # (a file inside the new output folder cannot exist yet)
         check_output(perms_out, inputs, force=opts.force)
     source = load_model_source(opts.model, opts.input_shape) if opts.model else None
     if source is not None and source.input_shape is None:
-        raise UsageError(f"--model {opts.model}: pass --input-shape (e.g. 3,32,32) so the outputs can be compared")
+        raise InvalidValueError(f"model {opts.model!r} needs an input shape (e.g. 3,32,32) so the outputs can be compared", option="input_shape")
 
-    with open_checkpoint(opts.reference) as r:
+    with open_checkpoint(opts.reference, container_key=opts.container_key, strip_prefix=opts.strip_prefix) as r:
         ref = r.state_dict()
     shapes = shapes_of(ref)
     spec = load_spec(opts.spec, shapes=shapes, checkpoint=opts.reference)
     others = []
     for p in opts.others:
-        with open_checkpoint(p) as r:
+        with open_checkpoint(p, container_key=opts.container_key, strip_prefix=opts.strip_prefix) as r:
             state = r.state_dict()
         check_same_shapes(shapes, state, p)
         others.append(state)

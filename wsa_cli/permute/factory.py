@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from wsa_cli.errors import MismatchError, PluginError, UsageError, WsaError
+from wsa_cli.errors import InvalidValueError, MismatchError, PluginError, WsaError
 from wsa_cli.plugins import import_callable
 
 
@@ -72,7 +72,7 @@ def load_model_source(spec: str, input_shape: Sequence[int] | None = None) -> Mo
             return task.build_model(width, seed=0)
 
         return ModelSource(spec, build_task, tuple(input_shape) if input_shape else tuple(task.input_shape))
-    fn = import_callable(spec, what="model factory", usage=f"--model {spec!r}: expected a built-in task name or package.module:factory")
+    fn = import_callable(spec, what="model factory", usage="expected a built-in task name or package.module:factory", option="model")
     return ModelSource(spec, lambda _state: fn(), tuple(input_shape) if input_shape else None)
 
 
@@ -89,7 +89,7 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
-        raise UsageError(f"--input-shape {text!r}: expected sizes like 3,32,32 (without the batch axis)") from None
+        raise InvalidValueError("expected sizes like 3,32,32 (without the batch axis)", option="input_shape", value=text) from None
     if not shape or any(d < 1 for d in shape):
-        raise UsageError(f"--input-shape {text!r}: sizes must be positive")
+        raise InvalidValueError("sizes must be positive", option="input_shape", value=text)
     return shape

@@ -20,13 +20,14 @@ from collections.abc import Mapping, Sequence
 
 from wsa_cli.errors import ConfigError
 from wsa_cli.permute.spec import AxisEntry, AxisGroup, PermutationSpec, ScaleRule
+from wsa_cli.scope.kinds import BN_LEAVES, BN_RUNNING_STATS
 
 _SUSPECT = re.compile(
     r"(downsample|shortcut|skip|residual|attn|attention|embed|wte|wpe|lm_head|\bq_proj|k_proj|v_proj|rnn|lstm|gru|"
     r"layer\d+\.\d+|blocks?\.\d+|\bh\.\d+)",
     re.IGNORECASE,
 )
-_BN_LEAVES = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+_BN_LEAVES = set(BN_LEAVES)
 UNKNOWN_ACT = "guessed spec: the activation after this layer is unknown (use wsa spec infer or a template)"
 
 
@@ -100,7 +101,7 @@ def guess_spec(shapes: Mapping[str, Sequence[int]]) -> PermutationSpec:
             if prev[1] == last:
                 raise _refuse("a BatchNorm after the output layer", f"{prefix}.running_mean")
             g = AxisGroup(f"P_{prev[1]}")
-            for leaf in ("weight", "bias", "running_mean", "running_var"):
+            for leaf in ("weight", "bias", *BN_RUNNING_STATS):
                 if f"{prefix}.{leaf}" in shapes:
                     axes[f"{prefix}.{leaf}"] = (g,)
             scaling[f"{prev[1]}.weight"] = ScaleRule(f"{prev[1]}.weight", with_=tuple(k for k in [f"{prev[1]}.bias"] if k in shapes), bn=prefix)

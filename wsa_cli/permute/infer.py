@@ -34,6 +34,7 @@ from torch import nn
 
 from wsa_cli.errors import ConfigError, PluginError
 from wsa_cli.permute.spec import AxisEntry, AxisGroup, PermutationSpec, ScaleRule
+from wsa_cli.scope.kinds import BN_RUNNING_STATS
 
 F = torch.nn.functional
 
@@ -250,7 +251,7 @@ def infer_spec(model: nn.Module, input_shape: Sequence[int]) -> PermutationSpec:
                 layer_nodes.append(node)
             elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 tin = channel_input(node, x, 1, "BatchNorm")
-                for leaf in ("weight", "bias", "running_mean", "running_var"):
+                for leaf in ("weight", "bias", *BN_RUNNING_STATS):
                     if getattr(m, leaf, None) is not None:
                         raw_axes[f"{name}.{leaf}"] = [entry(tin)]
                 tags[node] = tin

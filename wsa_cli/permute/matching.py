@@ -32,9 +32,10 @@ import torch
 from wsa_cli.errors import MismatchError
 from wsa_cli.permute.apply import identity_perms, permute_tensor
 from wsa_cli.permute.spec import PermutationSpec
+from wsa_cli.progress import ProgressFn
+from wsa_cli.scope.kinds import is_bn_running_stat
 
 #: keys that are permuted but do not count in the objective
-STAT_SUFFIXES = (".running_mean", ".running_var")
 #: relative gain below which a group's new assignment does not count as progress
 REL_TOL = 1e-9
 
@@ -68,7 +69,7 @@ def matching_objective(spec: PermutationSpec, ref: Mapping[str, torch.Tensor], o
     """``sum_key <ref[key], permuted other[key]>`` over every key the spec permutes (float64)."""
     total = 0.0
     for key in spec.axes:
-        if key not in ref or key.endswith(STAT_SUFFIXES):
+        if key not in ref or is_bn_running_stat(key):
             continue
         a = ref[key]
         if not a.dtype.is_floating_point:
@@ -88,7 +89,7 @@ def weight_matching(
     device: torch.device | str = "cpu",
     init: Mapping[str, torch.Tensor] | None = None,
     forward_init: bool = True,
-    progress: Callable[[int, str], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> MatchResult:
     """Permutations that put ``other_state``'s units into ``ref_state``'s order.
 
@@ -116,7 +117,7 @@ def weight_matching(
     ref = {
         k: ref_state[k].to(device, torch.float32)
         for k in spec.axes
-        if ref_state[k].dtype.is_floating_point and not k.endswith(STAT_SUFFIXES)
+        if ref_state[k].dtype.is_floating_point and not is_bn_running_stat(k)
     }
     oth = {k: other_state[k].to(device, torch.float32) for k in ref}
     perms = {g: p.to(device) for g, p in (init or identity_perms(spec)).items()}

@@ -1,4 +1,4 @@
-"""The one entry point recipes use for their ``permutation:`` block (contract C5).
+"""The one entry point recipes use for their ``permutation:`` block.
 
 A recipe stage may say::
 

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from wsa_cli.errors import ConfigError
+from wsa_cli.scope.kinds import BN_RUNNING_STATS
 from wsa_cli.scope.selection import matches_any
 
 SPEC_FORMAT = "wsa-permutation-spec"
 SPEC_VERSION = 1
 DEFAULT_UNPERMUTED = ("*.num_batches_tracked",)
-_BN_STATS = ("running_mean", "running_var")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class ScaleRule:
 
     def tensors(self) -> list[str]:
         """Every key this rule touches (to check they exist)."""
-        extra = [f"{self.bn}.{s}" for s in _BN_STATS] if self.bn else []
+        extra = [f"{self.bn}.{s}" for s in BN_RUNNING_STATS] if self.bn else []
         return [*self.with_, *self.inverse, *extra]
 
 
@@ -153,7 +153,7 @@ class PermutationSpec:
                 continue
             stem, _, leaf = key.rpartition(".")
             weight = axes.get(f"{stem}.weight")
-            if leaf in _BN_STATS and weight is not None and len(weight) == 1 and len(shapes[key]) == 1:
+            if leaf in BN_RUNNING_STATS and weight is not None and len(weight) == 1 and len(shapes[key]) == 1:
                 axes[key] = weight  # BatchNorm running statistics move with their channels
                 continue
             raise ConfigError(

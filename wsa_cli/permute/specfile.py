@@ -225,3 +225,13 @@ def load_spec(source: str | Path, *, shapes: Mapping[str, Sequence[int]] | None 
     return spec
 
 
+def check_spec_source(source: str | Path) -> None:
+    """Fail now on a spec file that is missing or broken (a built-in template name is fine).
+
+    Example:
+        >>> check_spec_source("digits-mlp")
+    """
+    from wsa_cli.permute.templates import BUILTIN_TEMPLATES
+
+    if str(source) not in BUILTIN_TEMPLATES or Path(source).exists():
+        load_spec(source)

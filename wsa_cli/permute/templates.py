@@ -13,7 +13,7 @@ The generic templates assume the usual conventions and say so:
 * ``resnet``: torchvision BasicBlock/Bottleneck naming (``conv1``/``bn1`` stem,
   ``layerS.B.convK``/``bnK``, ``layerS.B.downsample.0/1``, ``fc``). Every layer writing into a
   residual stream (the stem, each block's last BN, each downsample BN) shares that stream's group.
-* ``digits-mlp`` / ``digits-cnn``: the built-in tasks of ``wsa train`` (contract C1).
+* ``digits-mlp`` / ``digits-cnn``: the built-in tasks of ``wsa train`` (:mod:`wsa_cli.tasks`).
 
 Example:
     >>> spec = builtin_spec("digits-mlp", {"fc1.weight": (32, 64), "fc1.bias": (32,), "fc2.weight": (32, 32),
@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from wsa_cli.errors import ConfigError
 from wsa_cli.permute.spec import AxisEntry, AxisGroup, PermutationSpec, ScaleRule
+from wsa_cli.scope.kinds import BN_RUNNING_STATS
 
 Shapes = Mapping[str, Sequence[int]]
 OUTPUT_NOTE = "output layer: nothing downstream absorbs a scale"
@@ -39,7 +40,7 @@ def _g(name: str | None, inner: int = 1) -> AxisEntry:
 
 
 def _bn_keys(bn: str, shapes: Shapes) -> list[str]:
-    return [f"{bn}.{leaf}" for leaf in ("weight", "bias", "running_mean", "running_var") if f"{bn}.{leaf}" in shapes]
+    return [f"{bn}.{leaf}" for leaf in ("weight", "bias", *BN_RUNNING_STATS) if f"{bn}.{leaf}" in shapes]
 
 
 def _require(shapes: Shapes, keys: Sequence[str], ndim: int, what: str) -> None:
@@ -229,12 +230,12 @@ def resnet_spec(shapes: Shapes) -> PermutationSpec:
 
 
 def digits_mlp_spec(shapes: Shapes) -> PermutationSpec:
-    """``digits-mlp`` (C1): fc1 -> ReLU -> fc2 -> ReLU -> fc3."""
+    """``digits-mlp`` (the built-in task's model): fc1 -> ReLU -> fc2 -> ReLU -> fc3."""
     return mlp_spec(shapes, ["fc1", "fc2", "fc3"])
 
 
 def digits_cnn_spec(shapes: Shapes) -> PermutationSpec:
-    """``digits-cnn`` (C1): conv1-bn1-ReLU-conv2-bn2-ReLU-maxpool-fc (fc reads 2c x 4 x 4)."""
+    """``digits-cnn`` (the built-in task's model): conv1-bn1-ReLU-conv2-bn2-ReLU-maxpool-fc (fc reads 2c x 4 x 4)."""
     return vgg_spec(shapes, [("conv1", "bn1"), ("conv2", "bn2")], ["fc"])
 
 

@@ -1,4 +1,4 @@
-"""Merge recipes: a typed YAML schema (defaults documented once) and a loader with file:line errors.
+"""Merge recipes: a typed YAML schema (each key declared once) and a loader with file:line errors.
 
 Example:
     >>> from wsa_cli.recipe import load_recipe
@@ -13,9 +13,13 @@ from wsa_cli.recipe.schema import (
     Recipe,
     ScopeSpec,
     StageSpec,
+    doc_field,
+    field_choices,
     load_recipe,
     parse_recipe,
     parse_size,
+    recipe_keys,
+    schema_table,
 )
 
 __all__ = [
@@ -26,7 +30,11 @@ __all__ = [
     "Recipe",
     "ScopeSpec",
     "StageSpec",
+    "doc_field",
+    "field_choices",
     "load_recipe",
     "parse_recipe",
     "parse_size",
+    "recipe_keys",
+    "schema_table",
 ]

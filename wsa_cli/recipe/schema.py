@@ -1,62 +1,26 @@
-"""The recipe schema: typed dataclasses, defaults documented once, parsed with line numbers.
+"""The recipe schema: typed dataclasses whose fields are the recipe keys, parsed with line numbers.
 
-A recipe is either one stage (the keys below at the top level) or ``stages:``, a list of named
-stages where a later stage can use an earlier one's output as a model (``- stage: NAME``).
-Every field, its type and default (also in docs/recipes.md)::
-
-    version: 1                      # optional; only 1 exists
-    name: merged                    # stage name (default "merge"; required in a stages: list)
-    models:                         # >= 1 input models, paths relative to the recipe file
-      - path: a.safetensors         #   or just "- a.safetensors"; or "- stage: NAME"
-        weight: 1.0                 #   default 1.0 (FedAvg weights, task-vector weights)
-    base: base.safetensors          # optional base model (task_arithmetic, ties, dare_*)
-    method: linear                  # see `wsa methods`; default linear
-    parameters: {}                  # the method's parameters (defaults in `wsa methods`)
-    seed: 0                         # for seeded methods (dare_*)
-    scope:                          # Weight Scope Alignment, applied before the method
-      align: true                   #   rescale layers onto the target scope
-      fusion: moments               #   moments | precision | stats-mean
-      target: fused                 #   fused | {model: N} | {mean: M, std: S} | scopes.json
-      rescale: affine               #   affine | std | none | fp (function-preserving; needs permutation:)
-      include: []                   #   extra layers (globs or re:REGEX), e.g. "*.bias"
-      exclude: []                   #   never layers
-      weights: null                 #   fusion weights; default: the models' weights
-      align_base: true              #   also rescale the base model onto the target
-    overrides:                      # first matching rule wins, per tensor key
-      - match: ["*.bias", "fc3.*"]  #   glob(s) or re:REGEX
-        method: linear              #   optional: another method for these tensors
-        parameters: {}              #   optional: its parameters (merged over the stage's
-                                    #   when the method is the same)
-        align: false                #   optional: turn alignment off (or on) for them
-        rescale: std                #   optional: another rescale mode
-    output:
-      path: merged.safetensors      # a .safetensors file, or a folder (HF layout)
-      dtype: null                   # float32|float16|bfloat16|float64; default: the inputs'
-      shard_size: null              # bytes or "2GB"/"500MB"; folder output only
-      copy_files_from: null         # model index or folder whose config/tokenizer files are
-                                    # copied (default: the first model, if it is a folder);
-                                    # false: copy nothing
-      provenance: fast              # fast (size + mtime per input file) | sha256 (full hash)
-      report: true                  # write the JSON merge report next to the output
-    permutation:                    # optional: align neurons first (contract C5)
-      spec: spec.yaml
-      reference: 0
-      seed: 0
+A recipe is either one stage (the keys of :class:`StageSpec` at the top level) or ``stages:``, a
+list of named stages where a later stage can use an earlier one's output as a model
+(``- stage: NAME``). Each key is declared once, as a dataclass field made by :func:`doc_field`
+with its YAML type, default, choices and a one-line doc; the allowed keys of every block and the
+reference table in docs/recipes.md (:func:`schema_table`) are derived from those fields.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 
-from wsa_cli.errors import ConfigError, InputNotFoundError, UsageError
+from wsa_cli.errors import ConfigError, InputNotFoundError, InvalidValueError, UsageError
 from wsa_cli.fusion.fuse import FUSION_METHODS
 from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES, RESCALE_MODES
@@ -68,13 +32,73 @@ DEFAULT_METHOD = "linear"
 PROVENANCE_MODES = ("fast", "sha256")
 
 
+def doc_field(
+    default: Any = MISSING,
+    doc: str = "",
+    *,
+    kind: str = "",
+    choices: Sequence[str] | None = None,
+    shown: str | None = None,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A dataclass field that is also a recipe key: its YAML type, default, choices and one-line doc.
+
+    The key is the field's name. A list or dict default is copied for every instance; ``factory``
+    makes a default such as a nested block; ``shown`` replaces the default in the reference table
+    where the Python default does not say it (e.g. "required in the last stage").
+
+    Example:
+        >>> @dataclass
+        ... class Demo:
+        ...     size: int = doc_field(3, "how many", kind="integer")
+        ...     line: int = 0  # bookkeeping: no doc, so not a key
+        >>> recipe_keys(Demo), Demo().size
+        (('size',), 3)
+    """
+    meta = {"doc": doc, "kind": kind, "choices": None if choices is None else tuple(choices), "shown": shown}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    if isinstance(default, (list, dict)):
+        proto = default
+        return field(default_factory=lambda: type(proto)(proto), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def recipe_keys(cls: type) -> tuple[str, ...]:
+    """The YAML keys of a schema dataclass: its documented fields, in order (bookkeeping skipped).
+
+    Example:
+        >>> recipe_keys(PermutationRef)
+        ('spec', 'reference', 'seed')
+    """
+    return tuple(f.name for f in fields(cls) if "doc" in f.metadata)
+
+
+def field_choices(cls: type, key: str) -> tuple[str, ...]:
+    """The allowed values of a schema key, as declared on its field.
+
+    Example:
+        >>> field_choices(OutputSpec, "provenance")
+        ('fast', 'sha256')
+    """
+    choices = next(f for f in fields(cls) if f.name == key).metadata["choices"]
+    if choices is None:
+        raise KeyError(f"{cls.__name__}.{key} has no choices")
+    return choices
+
+
 @dataclass
 class ModelRef:
     """One input: a checkpoint path, or the output of an earlier stage."""
 
-    path: Path | None  # resolved against the recipe's folder
-    stage: str | None  # name of an earlier stage whose output is this input
-    weight: float = 1.0
+    path: Path | None = doc_field(
+        doc="a checkpoint (file, sharded index, .pt/.bin or model folder) relative to the recipe's folder; "
+        "`- PATH` is short for `- path: PATH`",
+        kind="path", shown="one of `path`, `stage`")  # fmt: skip
+    stage: str | None = doc_field(
+        doc="the name of an earlier stage whose output is this model", kind="string", shown="one of `path`, `stage`"
+    )
+    weight: float = doc_field(1.0, "FedAvg weight / task-vector weight (finite, >= 0)", kind="number")
     line: int = 0
     text: str = ""  # as written in the recipe (used in provenance, stable across machines)
 
@@ -85,16 +109,24 @@ class ModelRef:
 
 @dataclass
 class ScopeSpec:
-    """The ``scope:`` block (see module docstring for defaults)."""
+    """The ``scope:`` block: Weight Scope Alignment, applied before the merge method."""
 
-    align: bool = True
-    fusion: str = "moments"
-    target: Union[str, Scope, Path, int] = "fused"  # noqa: UP007
-    rescale: str = "affine"
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-    weights: list[float] | None = None
-    align_base: bool = True
+    align: bool = doc_field(True, "rescale the selected layers onto the target scope", kind="true/false")
+    fusion: str = doc_field(
+        "moments", "how the models' scopes of a layer are fused into the target", kind="string", choices=tuple(FUSION_METHODS)
+    )
+    target: Union[str, Scope, Path, int] = doc_field(  # noqa: UP007
+        "fused", "the scope each layer is rescaled onto: the fused scope, model N's, a fixed one, or one from a scope file",
+        kind="`fused`, `{model: N}`, `{mean: M, std: S}` or a scope-file path")  # fmt: skip
+    rescale: str = doc_field(
+        "affine", "how a layer is moved onto its target; `fp` is function-preserving and needs `permutation:`",
+        kind="string", choices=(*RESCALE_MODES, *MODEL_RESCALE_MODES))  # fmt: skip
+    include: list[str] = doc_field([], "more layers to align, e.g. `*.bias` (globs or re:REGEX)", kind="pattern or list")
+    exclude: list[str] = doc_field([], "layers never aligned, e.g. `*norm*` (globs or re:REGEX)", kind="pattern or list")
+    weights: list[float] | None = doc_field(
+        None, "fusion weights, one per model (>= 0, not all zero); default: the models' weights", kind="list of numbers"
+    )
+    align_base: bool = doc_field(True, "also rescale the base model onto the target", kind="true/false")
     lines: dict[str, int] = field(default_factory=dict)
 
     def selector(self) -> LayerSelector:
@@ -103,27 +135,37 @@ class ScopeSpec:
 
 @dataclass
 class OverrideSpec:
-    """One ``overrides:`` rule."""
+    """One ``overrides:`` rule: other merge settings for the tensors whose key it matches."""
 
-    match: list[str]
-    method: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
-    align: bool | None = None
-    rescale: str | None = None
+    match: list[str] = doc_field(doc="glob(s) or re:REGEX matched against tensor keys", kind="pattern or list")
+    method: str | None = doc_field(None, "another merge method for these tensors (with its own defaults)", kind="string")
+    parameters: dict[str, Any] = doc_field(
+        {}, "its parameters; with the stage's own method they are merged over the stage's", kind="mapping"
+    )
+    align: bool | None = doc_field(
+        None, "turn alignment off (or on, also for tensors that are not layers, e.g. biases)", kind="true/false"
+    )
+    rescale: str | None = doc_field(None, "another rescale mode for these tensors", kind="string", choices=RESCALE_MODES)
     line: int = 0
     lines: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class OutputSpec:
-    """The ``output:`` block."""
+    """The ``output:`` block: where and how the merged model is written."""
 
-    path: Path
-    dtype: torch.dtype | None = None
-    shard_size: int | None = None
-    copy_files_from: Union[int, Path, bool, None] = None  # noqa: UP007
-    provenance: str = "fast"
-    report: bool = True
+    path: Path = doc_field(doc="a `*.safetensors` file, or else a folder (Hugging Face layout)", kind="path")
+    dtype: torch.dtype | None = doc_field(None, "output dtype; default: the inputs'", kind="string", choices=tuple(DTYPE_NAMES))
+    shard_size: int | None = doc_field(
+        None, "folder output only: start a new shard above this size; default: one file", kind="bytes or `500MB`, `2GB`, `1GiB`"
+    )
+    copy_files_from: Union[int, Path, bool, None] = doc_field(  # noqa: UP007
+        None, "whose config/tokenizer files go into a folder output; default: the first model's, if it is a folder; "
+        "`false`: none", kind="model index, folder or `false`")  # fmt: skip
+    provenance: str = doc_field(
+        "fast", "how the report identifies inputs: `fast` = size and mtime of every file, `sha256` = full hashes",
+        kind="string", choices=PROVENANCE_MODES)  # fmt: skip
+    report: bool = doc_field(True, "write the JSON merge report next to the output", kind="true/false")
     lines: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -133,11 +175,11 @@ class OutputSpec:
 
 @dataclass
 class PermutationRef:
-    """The ``permutation:`` block (contract C5)."""
+    """The ``permutation:`` block: match neurons by weight matching before merging."""
 
-    spec: Path
-    reference: int = 0
-    seed: int = 0
+    spec: Path = doc_field(doc="a permutation spec file, or a built-in template name (e.g. `digits-mlp`)", kind="path or name")
+    reference: int = doc_field(0, "the model the others are permuted onto", kind="integer")
+    seed: int = doc_field(0, "seed of weight matching's group order (model i uses seed + i)", kind="integer")
     line: int = 0
     lines: dict[str, int] = field(default_factory=dict)
 
@@ -146,16 +188,30 @@ class PermutationRef:
 class StageSpec:
     """One merge: inputs, method, scope options, overrides, output."""
 
-    name: str
-    models: list[ModelRef]
-    base: ModelRef | None = None
-    method: str = DEFAULT_METHOD
-    parameters: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    scope: ScopeSpec = field(default_factory=ScopeSpec)
-    overrides: list[OverrideSpec] = field(default_factory=list)
-    output: OutputSpec | None = None
-    permutation: PermutationRef | None = None
+    name: str = doc_field(
+        doc="stage name; required in a `stages:` list, where later stages refer to it", kind="string", shown="`merge`"
+    )
+    models: list[ModelRef] = doc_field(
+        doc="the input models (at least one); each a path or a mapping (`models[].*`)", kind="list"
+    )
+    base: ModelRef | None = doc_field(
+        None, "base model of the task-vector methods (task_arithmetic, ties, dare_*); a path or a mapping like a model",
+        kind="path or mapping")  # fmt: skip
+    method: str = doc_field(DEFAULT_METHOD, "the merge method; see `wsa methods`", kind="string")
+    parameters: dict[str, Any] = doc_field({}, "the method's parameters; defaults in `wsa methods`", kind="mapping")
+    seed: int = doc_field(0, "seeds the random masks of the dare_* methods", kind="integer")
+    scope: ScopeSpec = doc_field(
+        doc="Weight Scope Alignment before the method (`scope.*`); `scope: false` is short for `{align: false}`",
+        kind="mapping or `false`", shown="see `scope.*`", factory=ScopeSpec)  # fmt: skip
+    overrides: list[OverrideSpec] = doc_field(
+        [], "per-tensor rules by key pattern (`overrides[].*`); the first match wins", kind="list of mappings"
+    )
+    output: OutputSpec | None = doc_field(
+        None, "where the merge goes (`output.*`); `output: PATH` is short for `{path: PATH}`", kind="path or mapping",
+        shown="required in the last stage")  # fmt: skip
+    permutation: PermutationRef | None = doc_field(
+        None, "match neurons before merging (`permutation.*`)", kind="mapping"
+    )
     line: int = 1
     lines: dict[str, int] = field(default_factory=dict)
 
@@ -166,22 +222,79 @@ class Recipe:
 
     path: Path
     sha256: str
-    stages: list[StageSpec]
+    version: int = doc_field(1, "recipe format version; only 1 exists", kind="integer")
+    stages: list[StageSpec] = doc_field(
+        [], "named stages run in order, each with the stage keys; without it the stage keys sit at the top level",
+        kind="list of mappings", shown="one stage at the top level")  # fmt: skip
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
 
 
+#: (key prefix, dataclass) for every block of a recipe, in the order of the reference table.
+SCHEMA_BLOCKS: tuple[tuple[str, type], ...] = (
+    ("", Recipe),
+    ("", StageSpec),
+    ("models[].", ModelRef),
+    ("scope.", ScopeSpec),
+    ("overrides[].", OverrideSpec),
+    ("output.", OutputSpec),
+    ("permutation.", PermutationRef),
+)
+
 # -- parsing helpers ------------------------------------------------------------------------------
 
-STAGE_KEYS = ("name", "models", "base", "method", "parameters", "seed", "scope", "overrides", "output", "permutation")
-TOP_KEYS = ("version", "stages", *STAGE_KEYS)
-SCOPE_KEYS = ("align", "fusion", "target", "rescale", "include", "exclude", "weights", "align_base")
-OVERRIDE_KEYS = ("match", "method", "parameters", "align", "rescale")
-OUTPUT_KEYS = ("path", "dtype", "shard_size", "copy_files_from", "provenance", "report")
-MODEL_KEYS = ("path", "stage", "weight")
-PERMUTATION_KEYS = ("spec", "reference", "seed")
+STAGE_KEYS = recipe_keys(StageSpec)
+TOP_KEYS = (*recipe_keys(Recipe), *STAGE_KEYS)
+SCOPE_KEYS = recipe_keys(ScopeSpec)
+OVERRIDE_KEYS = recipe_keys(OverrideSpec)
+OUTPUT_KEYS = recipe_keys(OutputSpec)
+MODEL_KEYS = recipe_keys(ModelRef)
+PERMUTATION_KEYS = recipe_keys(PermutationRef)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _default_text(f: Field[Any]) -> str:
+    if f.metadata["shown"] is not None:
+        return f.metadata["shown"]
+    if f.default is not MISSING:
+        value = f.default
+    elif f.default_factory is not MISSING:
+        value = f.default_factory()
+    else:
+        return "required"
+    if value is None or isinstance(value, bool):
+        return f"`{str(value).lower() if value is not None else 'null'}`"
+    return f"`{'[]' if value == [] else '{}' if value == {} else value}`"
+
+
+def schema_table() -> str:
+    """The recipe reference as a markdown table (key, type, default, choices, doc), made from the schema.
+
+    docs/recipes.md holds this table between ``<!-- recipe-schema:start -->`` and
+    ``<!-- recipe-schema:end -->``; a test keeps the two equal.
+
+    Example:
+        >>> table = schema_table().splitlines()
+        >>> table[0]
+        '| key | type | default | choices | doc |'
+        >>> next(row for row in table if row.startswith("| `scope.fusion`"))
+        "| `scope.fusion` | string | `moments` | `moments`, `precision`, `stats-mean` | how the models' scopes of a layer are fused into the target |"
+    """
+    rows = ["| key | type | default | choices | doc |", "|---|---|---|---|---|"]
+    for prefix, cls in SCHEMA_BLOCKS:
+        for f in fields(cls):
+            if "doc" not in f.metadata:
+                continue
+            meta = f.metadata
+            choices = ", ".join(f"`{c}`" for c in meta["choices"]) if meta["choices"] else ""
+            cells = [f"`{prefix}{f.name}`", meta["kind"], _default_text(f), choices, meta["doc"]]
+            rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(rows) + "\n"
 
 
 class _Ctx:
@@ -222,7 +335,16 @@ class _Ctx:
         return self.scalar(node, what, (int,), "an integer")
 
     def number(self, node: YNode, what: str) -> float:
-        return float(self.scalar(node, what, (int, float), "a number"))
+        """A finite number; also a string that parses as one (YAML 1.1 reads ``1e-3`` as a string)."""
+        if isinstance(node, YScalar) and isinstance(node.value, str):
+            value = _float_text(node.value)
+            if value is None:
+                raise self.err(node, f"{what} must be a number, got {node.value!r}")
+        else:
+            value = float(self.scalar(node, what, (int, float), "a number"))
+        if not math.isfinite(value):
+            raise self.err(node, f"{what} must be a finite number, got {value}")
+        return value
 
     def strings(self, node: YNode, what: str) -> list[str]:
         if isinstance(node, YScalar) and isinstance(node.value, str):
@@ -246,6 +368,15 @@ class _Ctx:
         if must_exist and not resolved.exists():
             raise InputNotFoundError(f"{what} {text!r} does not exist ({resolved})", path=self.path, line=node.line)
         return resolved, text
+
+
+#: A decimal number as YAML 1.2 writes it; PyYAML (YAML 1.1) leaves ``1e-3`` and ``5e3`` as strings.
+_FLOAT_TEXT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
+def _float_text(text: str) -> float | None:
+    """The float a numeric string means (``"1e-3"``, ``"5e3"``), or None if it is not a number."""
+    return float(text) if _FLOAT_TEXT.fullmatch(text.strip()) else None
 
 
 def _lines(node: YMap) -> dict[str, int]:
@@ -279,7 +410,7 @@ def _parse_model(ctx: _Ctx, node: YNode, base_dir: Path, what: str) -> ModelRef:
     if ("path" in m) == ("stage" in m):
         raise ctx.err(m, f"{what} needs exactly one of 'path' or 'stage'")
     weight = ctx.number(m.entries["weight"], f"{what} weight") if "weight" in m else 1.0
-    if not weight >= 0 or weight != weight or weight == float("inf"):
+    if weight < 0:
         raise ctx.err(m.entries["weight"], f"{what} weight must be finite and >= 0, got {weight}")
     if "path" in m:
         path, text = ctx.file(m.entries["path"], f"{what} path", base_dir)
@@ -297,6 +428,10 @@ def _parse_params(ctx: _Ctx, node: YNode, what: str) -> dict[str, Any]:
         if not isinstance(value, YScalar):
             raise ctx.err(value, f"{what}: {key} must be a number, string or true/false")
         out[key] = value.value
+        if isinstance(value.value, str) and _float_text(value.value) is not None:
+            out[key] = _float_text(value.value)  # "1e-3": a number YAML 1.1 reads as a string
+        if isinstance(out[key], float) and not math.isfinite(out[key]):
+            raise ctx.err(value, f"{what}: {key} must be a finite number, got {out[key]}")
     return out
 
 
@@ -309,9 +444,9 @@ def _parse_scope(ctx: _Ctx, node: YNode, base_dir: Path) -> ScopeSpec:
     if "align" in e:
         s.align = ctx.boolean(e["align"], "scope.align")
     if "fusion" in e:
-        s.fusion = ctx.choice(e["fusion"], "scope.fusion", list(FUSION_METHODS))
+        s.fusion = ctx.choice(e["fusion"], "scope.fusion", field_choices(ScopeSpec, "fusion"))
     if "rescale" in e:
-        s.rescale = ctx.choice(e["rescale"], "scope.rescale", [*RESCALE_MODES, *MODEL_RESCALE_MODES])
+        s.rescale = ctx.choice(e["rescale"], "scope.rescale", field_choices(ScopeSpec, "rescale"))
     if "align_base" in e:
         s.align_base = ctx.boolean(e["align_base"], "scope.align_base")
     for name in ("include", "exclude"):
@@ -319,7 +454,7 @@ def _parse_scope(ctx: _Ctx, node: YNode, base_dir: Path) -> ScopeSpec:
             patterns = ctx.strings(e[name], f"scope.{name}")
             try:
                 LayerSelector(include=tuple(patterns))
-            except UsageError as exc:
+            except (UsageError, InvalidValueError) as exc:
                 raise ctx.err(e[name], f"scope.{name}: {exc.message}") from None
             setattr(s, name, patterns)
     if "weights" in e:
@@ -349,7 +484,7 @@ def _parse_target(ctx: _Ctx, node: YNode, base_dir: Path) -> str | Scope | Path 
             raise ctx.err(m, "a fixed scope.target needs both 'mean' and 'std'")
         mean = ctx.number(m.entries["mean"], "scope.target.mean")
         std = ctx.number(m.entries["std"], "scope.target.std")
-        if not std >= 0 or std == float("inf") or mean != mean or abs(mean) == float("inf"):
+        if std < 0:
             raise ctx.err(m, f"scope.target needs a finite mean and std >= 0, got mean={mean} std={std}")
         return Scope(mean, std)
     if isinstance(node, YScalar) and isinstance(node.value, str):
@@ -373,7 +508,7 @@ def _parse_overrides(ctx: _Ctx, node: YNode) -> list[OverrideSpec]:
         rule = OverrideSpec(match=ctx.strings(m.entries["match"], f"{what}.match"), line=m.line, lines=_lines(m))
         try:
             LayerSelector(include=tuple(rule.match))
-        except UsageError as exc:
+        except (UsageError, InvalidValueError) as exc:
             raise ctx.err(m.entries["match"], f"{what}.match: {exc.message}") from None
         if "method" in m:
             rule.method = ctx.string(m.entries["method"], f"{what}.method")
@@ -382,7 +517,7 @@ def _parse_overrides(ctx: _Ctx, node: YNode) -> list[OverrideSpec]:
         if "align" in m:
             rule.align = ctx.boolean(m.entries["align"], f"{what}.align")
         if "rescale" in m:
-            rule.rescale = ctx.choice(m.entries["rescale"], f"{what}.rescale", RESCALE_MODES)
+            rule.rescale = ctx.choice(m.entries["rescale"], f"{what}.rescale", field_choices(OverrideSpec, "rescale"))
         rules.append(rule)
     return rules
 
@@ -398,11 +533,14 @@ def _parse_output(ctx: _Ctx, node: YNode, base_dir: Path) -> OutputSpec:
     out = OutputSpec(path=path, lines=_lines(m))
     e = m.entries
     if "dtype" in e and not (isinstance(e["dtype"], YScalar) and e["dtype"].value is None):
-        out.dtype = DTYPE_NAMES[ctx.choice(e["dtype"], "output.dtype", list(DTYPE_NAMES))]
+        out.dtype = DTYPE_NAMES[ctx.choice(e["dtype"], "output.dtype", field_choices(OutputSpec, "dtype"))]
     if "shard_size" in e and not (isinstance(e["shard_size"], YScalar) and e["shard_size"].value is None):
         raw = e["shard_size"]
         value = raw.value if isinstance(raw, YScalar) else None
         size = value if isinstance(value, int) and not isinstance(value, bool) else parse_size(value) if isinstance(value, str) else None
+        number = _float_text(value) if isinstance(value, str) else value if isinstance(value, float) else None
+        if size is None and number is not None and math.isfinite(number) and number == int(number):
+            size = int(number)  # 5e9, 2.0e+9
         if size is None or size <= 0:
             raise ctx.err(raw, f"output.shard_size must be a positive byte count or a size like '2GB', got {value!r}")
         if not out.is_folder:
@@ -424,7 +562,7 @@ def _parse_output(ctx: _Ctx, node: YNode, base_dir: Path) -> OutputSpec:
         if out.copy_files_from is not None and out.copy_files_from is not False and not out.is_folder:
             raise ctx.err(c, "output.copy_files_from needs a folder output path (config files cannot sit in a .safetensors file)")
     if "provenance" in e:
-        out.provenance = ctx.choice(e["provenance"], "output.provenance", PROVENANCE_MODES)
+        out.provenance = ctx.choice(e["provenance"], "output.provenance", field_choices(OutputSpec, "provenance"))
     if "report" in e:
         out.report = ctx.boolean(e["report"], "output.report")
     return out
@@ -486,7 +624,7 @@ def parse_recipe(node: YNode, path: Path, text: str) -> Recipe:
     if "version" in top and ctx.integer(top.entries["version"], "version") != 1:
         raise ctx.err(top.entries["version"], "only recipe version 1 exists")
     if "stages" in top:
-        stray = [k for k in top.entries if k not in ("version", "stages")]
+        stray = [k for k in top.entries if k not in recipe_keys(Recipe)]
         if stray:
             raise ctx.err(top.key_lines[stray[0]], f"{stray[0]!r} must go inside a stage when 'stages' is used")
         snode = top.entries["stages"]

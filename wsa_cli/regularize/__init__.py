@@ -10,7 +10,7 @@ Example:
 
 from wsa_cli.regularize.kl import KL_DIRECTIONS, differentiable_scope, layer_kl
 from wsa_cli.regularize.regularizer import MISSING_POLICIES, REDUCTIONS, ScopeRegularizer
-from wsa_cli.regularize.targets import TargetLike, parse_target, resolve_target, scopes_of_state_dict
+from wsa_cli.regularize.targets import TargetLike, resolve_target, scopes_of_state_dict
 
 __all__ = [
     "KL_DIRECTIONS",
@@ -20,7 +20,6 @@ __all__ = [
     "TargetLike",
     "differentiable_scope",
     "layer_kl",
-    "parse_target",
     "resolve_target",
     "scopes_of_state_dict",
 ]

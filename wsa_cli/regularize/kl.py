@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
 from wsa_cli.scope.gaussian import Scope, gaussian_kl
 
 KL_DIRECTIONS = ("forward", "reverse")
@@ -53,4 +53,4 @@ def layer_kl(w: torch.Tensor, target: Scope, direction: str = "forward") -> torc
         return gaussian_kl(mu, s, mu_t, s_t)
     if direction == "reverse":
         return gaussian_kl(mu_t, s_t, mu, s)
-    raise UsageError(f"unknown KL direction {direction!r}; choose from {', '.join(KL_DIRECTIONS)}")
+    raise InvalidValueError(f"unknown KL direction {direction!r}; choose from {', '.join(KL_DIRECTIONS)}")

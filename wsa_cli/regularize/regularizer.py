@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wsa_cli.errors import ConfigError, UsageError
+from wsa_cli.errors import ConfigError, InvalidValueError
 from wsa_cli.scope.gaussian import Scope
 from wsa_cli.regularize.kl import KL_DIRECTIONS, layer_kl
 from wsa_cli.regularize.targets import TargetLike, check_table_covers, resolve_target
@@ -59,14 +59,14 @@ class ScopeRegularizer:
         missing: str = "error",
     ) -> None:
         if reduction not in REDUCTIONS:
-            raise UsageError(f"unknown reduction {reduction!r}; choose from {', '.join(REDUCTIONS)}")
+            raise InvalidValueError(f"unknown reduction {reduction!r}; choose from {', '.join(REDUCTIONS)}")
         if direction not in KL_DIRECTIONS:
-            raise UsageError(f"unknown KL direction {direction!r}; choose from {', '.join(KL_DIRECTIONS)}")
+            raise InvalidValueError(f"unknown KL direction {direction!r}; choose from {', '.join(KL_DIRECTIONS)}")
         if missing not in MISSING_POLICIES:
-            raise UsageError(f"unknown missing-layer policy {missing!r}; choose from {', '.join(MISSING_POLICIES)}")
+            raise InvalidValueError(f"unknown missing-layer policy {missing!r}; choose from {', '.join(MISSING_POLICIES)}")
         coef = float(coef)
         if not coef >= 0 or coef == float("inf"):
-            raise UsageError(f"the regularizer coefficient must be finite and >= 0, got {coef}")
+            raise InvalidValueError(f"the regularizer coefficient must be finite and >= 0, got {coef}")
         self.coef = coef
         self.reduction = reduction
         self.direction = direction

@@ -8,8 +8,9 @@ A target is one of
 * a path to a checkpoint, a state dict ``{key: Tensor}`` or an ``nn.Module``: the scopes of its
   layers (as chosen by the selector).
 
-On the command line (:func:`parse_target`): ``init`` (the task model's initial scopes),
-``MEAN,STD`` (a fixed scope, e.g. ``0,0.05``), a ``.json`` scope file, or a checkpoint path.
+Written as text (``wsa train --wsa-target``) a target is parsed by
+:func:`wsa_cli.fusion.targets.parse_target` with ``accept=("init", "fixed", "file", "checkpoint")``:
+``init`` (the task model's initial scopes), ``MEAN,STD``, a ``.json`` scope file or a checkpoint.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from typing import Union
 import torch
 from torch import nn
 
-from wsa_cli.errors import ConfigError, InputNotFoundError, UsageError
+from wsa_cli.errors import ConfigError, InputNotFoundError, InvalidValueError
 from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.scopefile import ScopeTable, load_scope_file
-from wsa_cli.fusion.scopefile import parse_target as _parse_scope_target
 from wsa_cli.scope.selection import LayerSelector
 from wsa_cli.scope.stats import tensor_scope
 
@@ -56,7 +56,7 @@ def resolve_target(target: TargetLike, selector: LayerSelector | None = None) ->
     """
     if isinstance(target, Scope):
         if target.std <= 0:
-            raise UsageError(f"target std must be > 0, got {target.std}")
+            raise InvalidValueError(f"target std must be > 0, got {target.std}")
         return target
     if isinstance(target, ScopeTable):
         return dict(target.layers)
@@ -83,32 +83,8 @@ def resolve_target(target: TargetLike, selector: LayerSelector | None = None) ->
             return dict(target)  # type: ignore[arg-type]
         if values and all(isinstance(v, torch.Tensor) for v in values):
             return scopes_of_state_dict(target, selector)  # type: ignore[arg-type]
-        raise UsageError("a target mapping must hold Scopes or tensors")
-    raise UsageError(f"cannot use {type(target).__name__} as a regularizer target")
-
-
-def parse_target(text: str) -> str | Scope | Path:
-    """Parse ``--wsa-target``: ``init``, ``MEAN,STD``, a scope ``.json`` file, or a checkpoint path.
-
-    ``MEAN,STD`` and scope files are parsed by :func:`wsa_cli.fusion.scopefile.parse_target`, the
-    same parser as ``wsa inspect --target``; ``init`` and checkpoints are additions for training.
-
-    Example:
-        >>> parse_target("0,0.05")
-        Scope(mean=0.0, std=0.05)
-        >>> parse_target("init")
-        'init'
-    """
-    raw = text.strip()
-    if raw.lower() == "init":
-        return "init"
-    p = Path(raw)
-    if p.exists() and p.suffix.lower() != ".json":
-        return p  # a checkpoint: its layer scopes are the targets
-    if "," not in raw and not p.exists():
-        raise InputNotFoundError("--wsa-target file not found (expected 'init', MEAN,STD or a file)", path=p)
-    parsed = _parse_scope_target(raw)  # validates a scope file now, before any training
-    return p if isinstance(parsed, ScopeTable) else parsed
+        raise InvalidValueError("a target mapping must hold Scopes or tensors")
+    raise InvalidValueError(f"cannot use {type(target).__name__} as a regularizer target")
 
 
 def check_table_covers(table: Mapping[str, Scope], keys: list[str], *, source: str | None = None) -> None:

@@ -12,6 +12,22 @@ from collections.abc import Sequence
 
 import torch
 
+#: The leaves of a BatchNorm module's running statistics (``bn1.running_mean``, ``bn1.running_var``).
+BN_RUNNING_STATS = ("running_mean", "running_var")
+#: Every tensor leaf a BatchNorm module stores.
+BN_LEAVES = ("weight", "bias", *BN_RUNNING_STATS, "num_batches_tracked")
+
+
+def is_bn_running_stat(key: str) -> bool:
+    """True for a BatchNorm running-statistics key.
+
+    Example:
+        >>> is_bn_running_stat("layer1.bn.running_var"), is_bn_running_stat("layer1.bn.weight")
+        (True, False)
+    """
+    return key.rpartition(".")[2] in BN_RUNNING_STATS
+
+
 LAYER_KINDS = ("matrix", "conv", "embedding", "bias", "norm", "vector", "scalar", "buffer", "integer", "complex")
 
 _BUFFER = re.compile(r"(running_mean|running_var|num_batches_tracked|position_ids|\.masked_bias|attn\.bias$|inv_freq)")

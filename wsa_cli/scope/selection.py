@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -24,7 +24,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
         try:
             return re.compile(pattern[3:])
         except re.error as exc:
-            raise UsageError(f"bad regular expression {pattern!r}: {exc}") from None
+            raise InvalidValueError(f"bad regular expression {pattern!r}: {exc}") from None
     return re.compile(fnmatch.translate(pattern))
 
 

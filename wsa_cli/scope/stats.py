@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from wsa_cli.io.dtypes import dtype_name
 from wsa_cli.scope.gaussian import Scope
 
 #: Elements per chunk on the CPU: 2 MiB of float64 stays in cache across the passes below.
@@ -285,7 +286,7 @@ def stats_from_moments(
     return TensorStats(
         key=key,
         shape=tuple(int(s) for s in shape),
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=dtype_name(dtype),
         kind=kind,
         is_layer=is_layer,
         numel=numel,

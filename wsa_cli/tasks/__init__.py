@@ -1,4 +1,4 @@
-"""Built-in example tasks (contract C1): small digits classifiers that train offline in seconds.
+"""Built-in example tasks: small digits classifiers that train offline in seconds.
 
 Example:
     >>> from wsa_cli.tasks import train_model, evaluate

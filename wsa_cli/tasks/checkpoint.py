@@ -7,17 +7,18 @@ is a folder path, ``OUT/model.safetensors`` and ``OUT/metrics.json``. Both are w
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
 from wsa_cli.io.writer import check_output
 from wsa_cli.jsontext import to_json
+from wsa_cli.progress import ProgressFn, announce_total
 from wsa_cli.regularize.targets import TargetLike
+from wsa_cli.results import Result, Table, View
 from wsa_cli.tasks.registry import get_task
 from wsa_cli.tasks.splits import label_histogram, make_split
 from wsa_cli.tasks.train import train_model
@@ -63,13 +64,51 @@ def metrics_path(out: str | Path) -> Path:
 def client_indices(cfg: TrainConfig) -> torch.Tensor | None:
     """The training indices of client ``client_index`` (None = all data when there is one client)."""
     if cfg.clients < 1:
-        raise UsageError(f"--clients must be >= 1, got {cfg.clients}")
+        raise InvalidValueError(f"must be >= 1, got {cfg.clients}", option="clients")
     if not 0 <= cfg.client_index < cfg.clients:
-        raise UsageError(f"--client-index must be in 0..{cfg.clients - 1}, got {cfg.client_index}")
+        raise InvalidValueError(f"must be in 0..{cfg.clients - 1}, got {cfg.client_index}", option="client_index")
     if cfg.clients == 1:
         return None
     labels = get_task(cfg.task).load_data(0).y_train
     return make_split(labels, cfg.clients, cfg.split, cfg.dirichlet_alpha, cfg.split_seed)[cfg.client_index]
+
+
+#: The metrics ``wsa train`` shows in its table and CSV.
+SUMMARY = ("task", "seed", "optimizer", "epochs", "width", "lr", "wsa_coef", "wsa_target", "n_train",
+           "train_accuracy", "test_accuracy", "test_loss", "seconds")  # fmt: skip
+
+
+@dataclass
+class TrainResult(Result):
+    """A trained checkpoint and its metrics (also written next to it)."""
+
+    command = "train"
+
+    checkpoint: Path
+    metrics: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoint": str(self.checkpoint), **self.metrics}
+
+    def rows(self) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+        return SUMMARY, [self.metrics]
+
+    def render(self) -> list[View]:
+        return [Table(f"wsa train {self.metrics.get('task')}", ["metric", "value"], [(k, self.metrics.get(k)) for k in SUMMARY])]
+
+
+def train_checkpoint(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: ProgressFn | None = None) -> TrainResult:
+    """Train per ``cfg`` and write the checkpoint and its metrics (the library call behind ``wsa train``).
+
+    Example:
+        >>> train_checkpoint(TrainConfig("digits-mlp", epochs=2), "a.safetensors").metrics["test_accuracy"]  # doctest: +SKIP
+    """
+    spec = get_task(cfg.task)
+    announce_total(progress, max(spec.default_epochs if cfg.epochs is None else cfg.epochs, 1))
+    path, metrics = train_to_file(cfg, out, force=force, progress=progress)
+    return TrainResult(path, metrics, notes=[f"wrote {path} (test accuracy {metrics['test_accuracy']:.3f})"])
 
 
 def train_to_file(
@@ -77,7 +116,7 @@ def train_to_file(
     out: str | Path,
     *,
     force: bool = False,
-    progress: Callable[[int, str], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Train per ``cfg`` and write the checkpoint and its metrics; return ``(checkpoint path, metrics)``.
 

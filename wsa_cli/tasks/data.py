@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import torch
 
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
 
 #: Fraction of the digits held out for testing.
 TEST_FRACTION = 0.2
@@ -50,7 +50,7 @@ def _sklearn_digits():  # noqa: ANN202 - numpy arrays
     try:
         from sklearn.datasets import load_digits
     except ImportError:  # pragma: no cover - depends on the environment
-        raise UsageError(
+        raise InvalidValueError(
             "the built-in tasks need scikit-learn (it ships the digits data): pip install 'wsa[tasks]'"
         ) from None
     return load_digits(return_X_y=True)

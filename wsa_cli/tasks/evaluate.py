@@ -1,4 +1,4 @@
-"""Turn a state dict back into a task model and measure its loss and accuracy (contract C1).
+"""Turn a state dict back into a task model and measure its loss and accuracy.
 
 These are also the built-in evaluators of ``wsa interpolate --eval digits-mlp``: the evaluator
 plug-in contract is ``callable(state_dict, device) -> {"loss": ..., "accuracy": ...}``, which
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from wsa_cli.device import resolve_device
-from wsa_cli.errors import MismatchError, UsageError
+from wsa_cli.errors import MismatchError, InvalidValueError
 from wsa_cli.tasks.registry import get_task
 from wsa_cli.tasks.threads import small_model_threads
 
@@ -90,7 +90,7 @@ def evaluate(
         ['accuracy', 'loss']
     """
     if split not in ("test", "train"):
-        raise UsageError(f"split must be 'test' or 'train', got {split!r}")
+        raise InvalidValueError(f"split must be 'test' or 'train', got {split!r}")
     dev = resolve_device(device)
     spec = get_task(task_name)
     data = spec.load_data(data_seed)

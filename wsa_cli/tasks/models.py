@@ -1,4 +1,5 @@
-"""The small classifiers of the built-in tasks. Parameter names are part of contract C1.
+"""The small classifiers of the built-in tasks. Their parameter names are fixed:
+the spec templates, the example recipes and saved checkpoints rely on them.
 
 ``digits-mlp``: ``fc1`` (w, 64) -> ReLU -> ``fc2`` (w, w) -> ReLU -> ``fc3`` (10, w).
 ``digits-cnn``: ``conv1`` (c, 1, 3, 3) -> ``bn1`` -> ReLU -> ``conv2`` (2c, c, 3, 3) -> ``bn2`` -> ReLU

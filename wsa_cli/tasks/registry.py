@@ -1,4 +1,4 @@
-"""Registry of built-in tasks by name (contract C1): how to build the model and load the data.
+"""Registry of built-in tasks by name: how to build the model and load the data.
 
 Example:
     >>> spec = get_task("digits-mlp")
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from wsa_cli.errors import MismatchError, UsageError
+from wsa_cli.errors import MismatchError, InvalidValueError
 from wsa_cli.tasks.data import DataSplit, load_digits_split
 from wsa_cli.tasks.models import DigitsCNN, DigitsMLP
 
@@ -41,7 +41,7 @@ class TaskSpec:
         """A freshly initialised model; ``seed`` fixes the initialisation (PyTorch's default init)."""
         w = self.default_width if width is None else int(width)
         if w < 1:
-            raise UsageError(f"--width must be >= 1, got {w}")
+            raise InvalidValueError(f"must be >= 1, got {w}", option="width")
         if seed is None:
             return self._factory(w)
         # fork the RNG so that building a model does not disturb the caller's random stream
@@ -97,4 +97,4 @@ def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name]
     except KeyError:
-        raise UsageError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}") from None
+        raise InvalidValueError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}", option="task") from None

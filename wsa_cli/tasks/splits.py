@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
 
 SPLITS = ("iid", "dirichlet")
 
@@ -43,9 +43,9 @@ def dirichlet_split(
     n = int(labels.shape[0])
     _check(n, clients)
     if not alpha > 0:
-        raise UsageError(f"--dirichlet-alpha must be > 0, got {alpha}")
+        raise InvalidValueError(f"must be > 0, got {alpha}", option="dirichlet_alpha")
     if n < clients * min_size:
-        raise UsageError(f"{n} examples cannot give {clients} clients {min_size} each")
+        raise InvalidValueError(f"{n} examples cannot give {clients} clients {min_size} each")
     rng = np.random.default_rng(int(seed))
     y = labels.cpu().numpy()
     classes = np.unique(y)
@@ -60,7 +60,7 @@ def dirichlet_split(
                 shards[k].extend(part.tolist())
         if min(len(s) for s in shards) >= min_size:
             return [torch.sort(torch.as_tensor(s, dtype=torch.int64)).values for s in shards]
-    raise UsageError(
+    raise InvalidValueError(
         f"could not give all {clients} clients >= {min_size} examples with alpha={alpha}; "
         "use fewer clients or a larger --dirichlet-alpha"
     )
@@ -74,7 +74,7 @@ def make_split(
         return iid_split(int(labels.shape[0]), clients, seed)
     if split == "dirichlet":
         return dirichlet_split(labels, clients, alpha, seed)
-    raise UsageError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    raise InvalidValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}", option="split")
 
 
 def label_histogram(labels: torch.Tensor, shards: list[torch.Tensor], num_classes: int = 10) -> torch.Tensor:
@@ -84,6 +84,6 @@ def label_histogram(labels: torch.Tensor, shards: list[torch.Tensor], num_classe
 
 def _check(n: int, clients: int) -> None:
     if clients < 1:
-        raise UsageError(f"--clients must be >= 1, got {clients}")
+        raise InvalidValueError(f"must be >= 1, got {clients}", option="clients")
     if clients > n:
-        raise UsageError(f"cannot split {n} examples among {clients} clients")
+        raise InvalidValueError(f"cannot split {n} examples among {clients} clients")

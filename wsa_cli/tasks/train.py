@@ -1,4 +1,4 @@
-"""The training loop of the built-in tasks, with the optional WSA scope regularizer (contract C1).
+"""The training loop of the built-in tasks, with the optional WSA scope regularizer.
 
 Mini-batch SGD (momentum 0.9) or Adam on cross-entropy, plus ``wsa_coef * sum_l KL(scope_l ||
 target_l)`` when ``wsa_coef > 0``. Deterministic for a given seed on the CPU: the seed fixes the
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from wsa_cli.device import resolve_device
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InvalidValueError
 from wsa_cli.scope.gaussian import Scope
 from wsa_cli.regularize import KL_DIRECTIONS, REDUCTIONS, ScopeRegularizer
 from wsa_cli.regularize.targets import TargetLike
@@ -30,6 +30,7 @@ from wsa_cli.tasks.data import DataSplit
 from wsa_cli.tasks.evaluate import evaluate_model
 from wsa_cli.tasks.registry import get_task
 from wsa_cli.tasks.threads import small_model_threads
+from wsa_cli.progress import ProgressFn
 
 OPTIMIZERS = ("sgd", "adam")
 DEFAULT_BATCH = 64
@@ -66,7 +67,7 @@ def train_model(
     wsa_target: TargetLike | None = None,
     train_indices: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
-    progress: Callable[[int, str], None] | None = None,
+    progress: ProgressFn | None = None,
     batch_size: int = DEFAULT_BATCH,
     weight_decay: float = 0.0,
     init_state: Mapping[str, torch.Tensor] | None = None,
@@ -89,15 +90,15 @@ def train_model(
     """
     spec = get_task(task_name)
     if optimizer not in OPTIMIZERS:
-        raise UsageError(f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        raise InvalidValueError(f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}", option="optimizer")
     epochs = spec.default_epochs if epochs is None else int(epochs)
     if epochs < 0:
-        raise UsageError(f"--epochs must be >= 0, got {epochs}")
+        raise InvalidValueError(f"must be >= 0, got {epochs}", option="epochs")
     if batch_size < 1:
-        raise UsageError(f"batch size must be >= 1, got {batch_size}")
+        raise InvalidValueError(f"batch size must be >= 1, got {batch_size}")
     lr = spec.default_lr[optimizer] if lr is None else float(lr)
     if not (lr > 0 and math.isfinite(lr)):
-        raise UsageError(f"--lr must be > 0, got {lr}")
+        raise InvalidValueError(f"must be > 0, got {lr}", option="lr")
     dev = resolve_device(device)
     sel = selector or LayerSelector()
     data = data or spec.load_data(0)
@@ -115,12 +116,12 @@ def train_model(
 
     reg: ScopeRegularizer | None = None
     if wsa_coef < 0 or not math.isfinite(wsa_coef):
-        raise UsageError(f"--wsa-coef must be finite and >= 0, got {wsa_coef}")
+        raise InvalidValueError(f"must be finite and >= 0, got {wsa_coef}", option="wsa_coef")
     # checked even when the regularizer is off: a typo must not be recorded in the metrics as if used
     if wsa_reduction not in REDUCTIONS:
-        raise UsageError(f"--wsa-reduction {wsa_reduction!r}: choose from {', '.join(REDUCTIONS)}")
+        raise InvalidValueError(f"choose from {', '.join(REDUCTIONS)}", option="wsa_reduction", value=wsa_reduction)
     if wsa_direction not in KL_DIRECTIONS:
-        raise UsageError(f"--wsa-direction {wsa_direction!r}: choose from {', '.join(KL_DIRECTIONS)}")
+        raise InvalidValueError(f"choose from {', '.join(KL_DIRECTIONS)}", option="wsa_direction", value=wsa_direction)
     if wsa_coef > 0:
         reg = ScopeRegularizer(
             _target_for(task_name, width, wsa_target), wsa_coef,
@@ -131,7 +132,7 @@ def train_model(
     if train_indices is not None:
         idx = torch.as_tensor(train_indices, dtype=torch.int64)
         if idx.numel() == 0:
-            raise UsageError("training subset is empty")
+            raise InvalidValueError("training subset is empty")
         x_all, y_all = x_all[idx], y_all[idx]
     x_tr, y_tr = x_all.to(dev), y_all.to(dev)
     x_te, y_te = data.x_test.to(dev), data.y_test.to(dev)

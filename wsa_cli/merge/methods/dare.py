@@ -12,7 +12,7 @@ Models as a Free Lunch", ICML 2024.
 
 from __future__ import annotations
 
-from wsa_cli.merge.registry import MergeMethod, Param, register_method
+from wsa_cli.merge.registry import BlockInputs, MergeMethod, Param
 from wsa_cli.merge.task_vectors import combine_task_vectors, combine_task_vectors_into
 
 _PARAMS = (
@@ -26,12 +26,14 @@ def _dare_options(params, consensus: bool) -> dict:  # noqa: ANN001
     return {"scale": params["scale"], "sparsify": "random", "drop_rate": params["drop_rate"], **extra}
 
 
-def _dare_linear_into(out, inputs, base, weights, params, ctx, wide):  # noqa: ANN001, ANN202
-    combine_task_vectors_into(out, inputs, base, weights, ctx, wide=wide, **_dare_options(params, consensus=False))
+def _dare_linear_into(job: BlockInputs) -> None:
+    combine_task_vectors_into(job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide,
+                              **_dare_options(job.params, consensus=False))  # fmt: skip
 
 
-def _dare_ties_into(out, inputs, base, weights, params, ctx, wide):  # noqa: ANN001, ANN202
-    combine_task_vectors_into(out, inputs, base, weights, ctx, wide=wide, **_dare_options(params, consensus=True))
+def _dare_ties_into(job: BlockInputs) -> None:
+    combine_task_vectors_into(job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide,
+                              **_dare_options(job.params, consensus=True))  # fmt: skip
 
 
 def _dare_linear(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
@@ -44,26 +46,24 @@ def _dare_ties(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
 
 REFERENCE = "Yu et al. 2024, Language Models are Super Mario (DARE, ICML)"
 
-DARE_LINEAR = register_method(
-    MergeMethod(
-        name="dare_linear",
-        fn=_dare_linear,
-        into=_dare_linear_into,
-        summary="DARE: drop task-vector entries with prob. p, rescale by 1/(1-p), add (task arithmetic).",
-        reference=REFERENCE,
-        params=(*_PARAMS, Param("normalize", bool, False, "divide the weighted sum by the sum of the weights")),
-        needs_base=True,
-    )
+DARE_LINEAR = MergeMethod(
+    name="dare_linear",
+    fn=_dare_linear,
+    into=_dare_linear_into,
+    summary="DARE: drop task-vector entries with prob. p, rescale by 1/(1-p), add (task arithmetic).",
+    reference=REFERENCE,
+    params=(*_PARAMS, Param("normalize", bool, False, "divide the weighted sum by the sum of the weights")),
+    needs_base=True,
 )
 
-DARE_TIES = register_method(
-    MergeMethod(
-        name="dare_ties",
-        fn=_dare_ties,
-        into=_dare_ties_into,
-        summary="DARE drop-and-rescale, then TIES sign election and disjoint mean.",
-        reference=REFERENCE + " with Yadav et al. 2023 (TIES)",
-        params=_PARAMS,
-        needs_base=True,
-    )
+DARE_TIES = MergeMethod(
+    name="dare_ties",
+    fn=_dare_ties,
+    into=_dare_ties_into,
+    summary="DARE drop-and-rescale, then TIES sign election and disjoint mean.",
+    reference=REFERENCE + " with Yadav et al. 2023 (TIES)",
+    params=_PARAMS,
+    needs_base=True,
 )
+
+METHODS = (DARE_LINEAR, DARE_TIES)

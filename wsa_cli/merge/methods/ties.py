@@ -10,7 +10,7 @@ Reference: Yadav et al., "TIES-Merging: Resolving Interference When Merging Mode
 
 from __future__ import annotations
 
-from wsa_cli.merge.registry import MergeMethod, Param, register_method
+from wsa_cli.merge.registry import BlockInputs, MergeMethod, Param
 from wsa_cli.merge.task_vectors import combine_task_vectors, combine_task_vectors_into
 
 
@@ -20,24 +20,25 @@ def _ties(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
     )
 
 
-def _ties_into(out, inputs, base, weights, params, ctx, wide):  # noqa: ANN001, ANN202
+def _ties_into(job: BlockInputs) -> None:
+    p = job.params
     combine_task_vectors_into(
-        out, inputs, base, weights, ctx, wide=wide, scale=params["scale"], sparsify="magnitude", density=params["density"],
-        consensus=True,
+        job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide, scale=p["scale"], sparsify="magnitude",
+        density=p["density"], consensus=True,
     )  # fmt: skip
 
 
-TIES = register_method(
-    MergeMethod(
-        name="ties",
-        fn=_ties,
-        into=_ties_into,
-        summary="TIES: trim task vectors to top-k% magnitude, elect sign, disjoint mean.",
-        reference="Yadav et al. 2023, TIES-Merging (NeurIPS)",
-        params=(
-            Param("density", float, 0.2, "fraction k of each task vector kept by magnitude", lo=0.0, hi=1.0),
-            Param("scale", float, 1.0, "lambda, scaling of the merged task vector"),
-        ),
-        needs_base=True,
-    )
+TIES = MergeMethod(
+    name="ties",
+    fn=_ties,
+    into=_ties_into,
+    summary="TIES: trim task vectors to top-k% magnitude, elect sign, disjoint mean.",
+    reference="Yadav et al. 2023, TIES-Merging (NeurIPS)",
+    params=(
+        Param("density", float, 0.2, "fraction k of each task vector kept by magnitude", lo=0.0, hi=1.0),
+        Param("scale", float, 1.0, "lambda, scaling of the merged task vector"),
+    ),
+    needs_base=True,
 )
+
+METHODS = (TIES,)

@@ -15,9 +15,9 @@ import math
 
 import torch
 
-from wsa_cli.merge.buffers import Scratch
+from wsa_cli.buffers import Scratch
 from wsa_cli.merge.kernel import AlignedInput, block_ranges, block_size, combine_linear
-from wsa_cli.merge.registry import MergeMethod, MethodContext, Param, register_method
+from wsa_cli.merge.registry import BlockInputs, MergeMethod, MethodContext, Param
 
 
 def slerp_coefficients(n0: float, n1: float, dot: float, t: float, dot_threshold: float = 0.9995) -> tuple[float, float]:
@@ -75,22 +75,22 @@ def _slerp(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
     return slerp(tensors[0], tensors[1], params["t"], params["dot_threshold"])
 
 
-def _slerp_into(out, inputs, base, weights, params, ctx, wide):  # noqa: ANN001, ANN202
-    slerp_into(out, list(inputs), params["t"], params["dot_threshold"], ctx, wide)
+def _slerp_into(job: BlockInputs) -> None:
+    slerp_into(job.out, list(job.inputs), job.params["t"], job.params["dot_threshold"], job.ctx, job.wide)
 
 
-SLERP = register_method(
-    MergeMethod(
-        name="slerp",
-        fn=_slerp,
-        into=_slerp_into,
-        summary="Spherical interpolation between two models (t=0: first, t=1: second); weights unused.",
-        reference="Shoemake 1985, Animating Rotation with Quaternion Curves (SIGGRAPH)",
-        params=(
-            Param("t", float, 0.5, "interpolation factor: 0 gives the first model, 1 the second", lo=0.0, hi=1.0),
-            Param("dot_threshold", float, 0.9995, "above this |cos| fall back to linear interpolation", lo=0.0, hi=1.0),
-        ),
-        min_models=2,
-        max_models=2,
-    )
+SLERP = MergeMethod(
+    name="slerp",
+    fn=_slerp,
+    into=_slerp_into,
+    summary="Spherical interpolation between two models (t=0: first, t=1: second); weights unused.",
+    reference="Shoemake 1985, Animating Rotation with Quaternion Curves (SIGGRAPH)",
+    params=(
+        Param("t", float, 0.5, "interpolation factor: 0 gives the first model, 1 the second", lo=0.0, hi=1.0),
+        Param("dot_threshold", float, 0.9995, "above this |cos| fall back to linear interpolation", lo=0.0, hi=1.0),
+    ),
+    min_models=2,
+    max_models=2,
 )
+
+METHODS = (SLERP,)

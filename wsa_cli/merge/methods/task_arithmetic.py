@@ -6,7 +6,7 @@ Reference: Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023. Wei
 
 from __future__ import annotations
 
-from wsa_cli.merge.registry import MergeMethod, Param, register_method
+from wsa_cli.merge.registry import MergeMethod, Param
 from wsa_cli.merge.task_vectors import combine_task_vectors
 
 
@@ -21,17 +21,17 @@ def _linear_form(weights, params, has_base):  # noqa: ANN001, ANN202
     return coeffs, 1.0 - sum(coeffs)
 
 
-TASK_ARITHMETIC = register_method(
-    MergeMethod(
-        name="task_arithmetic",
-        fn=_task_arithmetic,
-        summary="base + scale * sum_i w_i (theta_i - base): add task vectors to a base model.",
-        reference="Ilharco et al. 2023, Editing Models with Task Arithmetic (ICLR)",
-        params=(
-            Param("scale", float, 1.0, "lambda, scaling of the summed task vectors"),
-            Param("normalize", bool, False, "divide the weighted sum by the sum of the weights"),
-        ),
-        needs_base=True,
-        linear_form=_linear_form,
-    )
+TASK_ARITHMETIC = MergeMethod(
+    name="task_arithmetic",
+    fn=_task_arithmetic,
+    summary="base + scale * sum_i w_i (theta_i - base): add task vectors to a base model.",
+    reference="Ilharco et al. 2023, Editing Models with Task Arithmetic (ICLR)",
+    params=(
+        Param("scale", float, 1.0, "lambda, scaling of the summed task vectors"),
+        Param("normalize", bool, False, "divide the weighted sum by the sum of the weights"),
+    ),
+    needs_base=True,
+    linear_form=_linear_form,
 )
+
+METHODS = (TASK_ARITHMETIC,)

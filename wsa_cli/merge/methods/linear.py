@@ -6,7 +6,7 @@ Reference: McMahan et al., 2017 (FedAvg); Wortsman et al., 2022 (model soups).
 
 from __future__ import annotations
 
-from wsa_cli.merge.registry import MergeMethod, Param, register_method, weighted_sum
+from wsa_cli.merge.registry import MergeMethod, Param, weighted_sum
 
 
 def _linear(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202 - MergeFn signature
@@ -21,13 +21,13 @@ def _linear_form(weights, params, has_base):  # noqa: ANN001, ANN202
     return [float(w) / total for w in weights], 0.0
 
 
-LINEAR = register_method(
-    MergeMethod(
-        name="linear",
-        fn=_linear,
-        summary="Weighted average sum(w_i theta_i) / sum(w_i); FedAvg-style weights.",
-        reference="McMahan et al. 2017 (FedAvg); Wortsman et al. 2022 (model soups)",
-        params=(Param("normalize", bool, True, "divide by the sum of the weights"),),
-        linear_form=_linear_form,
-    )
+LINEAR = MergeMethod(
+    name="linear",
+    fn=_linear,
+    summary="Weighted average sum(w_i theta_i) / sum(w_i); FedAvg-style weights.",
+    reference="McMahan et al. 2017 (FedAvg); Wortsman et al. 2022 (model soups)",
+    params=(Param("normalize", bool, True, "divide by the sum of the weights"),),
+    linear_form=_linear_form,
 )
+
+METHODS = (LINEAR,)
