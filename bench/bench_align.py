@@ -97,7 +97,7 @@ def timing_rows(widths: list[int], depth: int, args: argparse.Namespace, tmp: Pa
         report = run_align(AlignOptions(paths[0], [paths[1]], "mlp", out, seed=0, device=resolve_device(args.device), force=True))
         total = time.perf_counter() - t0
         m = report.models[0]
-        params = sum(a * b + a for a, b in zip(sizes[1:], sizes[:-1]))
+        params = sum(a * b + a for a, b in zip(sizes[1:], sizes[:-1], strict=False))
         rows.append({"width": w, "params": params, "groups": len(report.groups), "sweeps": m["sweeps"],
                      "match_s": m["seconds"], "total_s": total, "s_per_sweep": m["seconds"] / max(m["sweeps"], 1)})  # fmt: skip
     base = rows[0]
@@ -120,9 +120,9 @@ def fmt(v: object) -> str:
 def print_table(title: str, rows: list[dict], cols: list[str]) -> None:
     print(f"\n{title}")
     widths = [max(len(c), *(len(fmt(r[c])) for r in rows)) for c in cols]
-    print("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
+    print("  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
-        print("  ".join(fmt(r[c]).rjust(w) for c, w in zip(cols, widths)))
+        print("  ".join(fmt(r[c]).rjust(w) for c, w in zip(cols, widths, strict=True)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,7 +106,7 @@ def child_baseline(folder: Path, k: int) -> dict:
     handles = [safe_open(str(p), framework="pt") for p in paths]
     scratch = torch.empty(0, dtype=torch.uint8)
     result = {}
-    for key in handles[0].keys():
+    for key in handles[0].keys():  # noqa: SIM118 - a safe_open handle is not iterable
         for h in handles:
             # get_tensor maps the file and returns without touching the bytes: copy them into a
             # reused buffer so that every input is really read once, as a merge must

@@ -53,7 +53,7 @@ def fmt(xs: list[float], digits: int = 3) -> str:
 
 def verdict(name: str, base: list[float], treated: list[float], *, higher_is_better: bool) -> str:
     """One honest line from *paired* differences (same seed = same init, data split and batch order)."""
-    diffs = [t - b for b, t in zip(base, treated)]
+    diffs = [t - b for b, t in zip(base, treated, strict=True)]
     diff, sd = mean_sd(diffs)
     se = sd / math.sqrt(len(diffs)) if len(diffs) > 1 else float("inf")
     better = diff > 0 if higher_is_better else diff < 0

@@ -113,7 +113,7 @@ def test_compute_target_scopes_on_readers_and_targets(tmp_path) -> None:
         assert list(table) == ["fc.weight"]
         per, target = table["fc.weight"]
         sa, sb = (Scope(float(x.double().mean()), float(x.double().std(correction=0))) for x in (a["fc.weight"], b["fc.weight"]))
-        for got, want in zip(per, [sa, sb]):
+        for got, want in zip(per, [sa, sb], strict=True):
             assert got.mean == pytest.approx(want.mean, rel=1e-12) and got.std == pytest.approx(want.std, rel=1e-12)
             inspect = tensor_scope(a["fc.weight"] if want is sa else b["fc.weight"])  # what `wsa inspect` reports
             assert got.std == pytest.approx(inspect.std, rel=1e-6)

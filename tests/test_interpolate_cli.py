@@ -69,7 +69,7 @@ def _same(actual, expected, where="$"):  # noqa: ANN001, ANN202
             _same(actual[k], expected[k], f"{where}.{k}")
     elif isinstance(expected, list):
         assert isinstance(actual, list) and len(actual) == len(expected), f"{where}: length differs"
-        for i, (x, y) in enumerate(zip(actual, expected)):
+        for i, (x, y) in enumerate(zip(actual, expected, strict=True)):
             _same(x, y, f"{where}[{i}]")
     elif isinstance(expected, float) or isinstance(actual, float):
         assert isinstance(actual, (int, float)) and actual == pytest.approx(expected, rel=1e-9, abs=1e-12), f"{where}: {actual} != {expected}"
@@ -517,7 +517,7 @@ def test_low_memory_gives_the_same_curves(digits_pair, plugin) -> None:  # noqa:
     assert json.loads(held.stdout)["modes"] == json.loads(low.stdout)["modes"]
     res = invoke(a, b, "--eval", f"{PLUGIN}:bump", "--alphas", "0,1", "--modes", "naive", "--low-memory", "--json")
     assert res.exit_code == 0
-    for (state, _), path in zip(plugin.CALLS, (a, b)):
+    for (state, _), path in zip(plugin.CALLS, (a, b), strict=True):
         for k, v in load_file(str(path)).items():
             assert torch.equal(state[k], v)  # endpoints still bit-exact when re-read
 

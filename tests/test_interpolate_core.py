@@ -72,7 +72,7 @@ def test_bad_grids(spec: str, message: str) -> None:
 def test_range_grid_properties(count: int) -> None:
     grid = parse_alphas(f"0:1:{count}")
     assert len(grid) == count and grid[0] == 0.0 and grid[-1] == 1.0
-    assert all(x < y for x, y in zip(grid, grid[1:]))
+    assert all(x < y for x, y in zip(grid, grid[1:], strict=False))
 
 
 # -- the path ------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def test_wsa_mode_lands_both_endpoints_on_the_fused_scope() -> None:
     mus = [float(t["w"].double().mean()) for t in (a, b)]
     sds = [float(t["w"].double().std(correction=0)) for t in (a, b)]
     mu = sum(mus) / 2
-    fused_std = math.sqrt(sum(s * s + (m - mu) ** 2 for m, s in zip(mus, sds)) / 2)
+    fused_std = math.sqrt(sum(s * s + (m - mu) ** 2 for m, s in zip(mus, sds, strict=True)) / 2)
     for prepared in (pa, pb):
         w = prepared["w"].double()
         assert float(w.mean()) == pytest.approx(mu, abs=1e-5)

@@ -251,7 +251,7 @@ def test_get_into_buffer_matches_plain_get(tmp_path: Path) -> None:
     for path in (tmp_path / "m.safetensors", tmp_path / "sh"):
         with open_checkpoint(path) as r:
             buf = torch.empty(max(i.nbytes for i in r.infos()) + 5, dtype=torch.uint8)
-            for key in r.keys():
+            for key in r:
                 assert _same(r.get(key, out=buf), tensors[key]), key
             with pytest.raises(ValueError, match="uint8 buffer"):
                 r.get(r.keys()[0], out=torch.empty(1, dtype=torch.uint8))
@@ -329,7 +329,7 @@ def test_views_equal_reads_for_every_dtype_shard_and_prefix(tmp_path: Path) -> N
     save_file({k: tensors[k] for k in keys[4:]}, str(folder / "model-00002-of-00002.safetensors"))
     for path in (tmp_path / "m.safetensors", folder):
         with open_checkpoint(path) as r:
-            views = {k: r.view(k) for k in r.keys()}
+            views = {k: r.view(k) for k in r}
             for k, v in views.items():
                 r.will_need(k)
                 assert _same(v, tensors[k]) and _same(v, r.get(k)), (path, k)

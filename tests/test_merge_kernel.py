@@ -18,7 +18,7 @@ from wsa_cli.scope.stats import tensor_scope
 def _reference(xs: list[torch.Tensor], ms: list[float], shift: float, wide: torch.dtype) -> torch.Tensor:
     """``sum m_i x_i + shift`` tensor-wide in ``wide``, terms added in order (the kernel's order)."""
     out = torch.zeros(xs[0].shape, dtype=wide)
-    for m, x in zip(ms, xs):
+    for m, x in zip(ms, xs, strict=True):
         if m != 0.0:
             out.add_(x.to(wide), alpha=m)
     return out + shift if shift != 0.0 else out
@@ -74,7 +74,7 @@ def test_float8_inputs_are_converted_not_promoted(dtype: torch.dtype) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(kernel, "SCOPE_CHUNK", 7)
         combine_linear(xs, [0.5, 0.5], 0.0, out, wide=torch.float32)
-    assert torch.equal(out.float(), ((xs[0].float() * 0.5 + xs[1].float() * 0.5)).to(dtype).float())
+    assert torch.equal(out.float(), (xs[0].float() * 0.5 + xs[1].float() * 0.5).to(dtype).float())
 
 
 def test_nonfinite_inputs_give_nonfinite_outputs_and_a_finite_scope() -> None:

@@ -34,11 +34,11 @@ from wsa_cli.merge.task_vectors import dare_mask
 
 def ref_average(xs, w):
     p = np.asarray(w, dtype=np.float64) / np.sum(w)
-    return sum(pi * x for pi, x in zip(p, xs))
+    return sum(pi * x for pi, x in zip(p, xs, strict=True))
 
 
 def ref_task_arithmetic(xs, base, lam, w):
-    return base + lam * sum(wi * (x - base) for wi, x in zip(w, xs))
+    return base + lam * sum(wi * (x - base) for wi, x in zip(w, xs, strict=True))
 
 
 def ref_trim(tau, density):
@@ -86,13 +86,13 @@ def ref_dare(xs, base, p, lam, w, ctx, consensus, normalize=False):
     if consensus:
         return base + lam * ref_ties_combine(taus, w)
     div = np.sum(w) if normalize else 1.0
-    return base + lam * sum(wi * t for wi, t in zip(w, taus)) / div
+    return base + lam * sum(wi * t for wi, t in zip(w, taus, strict=True)) / div
 
 
 #: One independent reference per built-in method: ``(xs, base, w, params, ctx) -> ndarray``
 #: over float64 NumPy arrays with the method's resolved parameters.
 REFERENCES = {
-    "linear": lambda xs, base, w, p, ctx: ref_average(xs, w) if p["normalize"] else sum(wi * x for wi, x in zip(w, xs)),
+    "linear": lambda xs, base, w, p, ctx: ref_average(xs, w) if p["normalize"] else sum(wi * x for wi, x in zip(w, xs, strict=True)),
     "task_arithmetic": lambda xs, base, w, p, ctx: ref_task_arithmetic(xs, base, p["scale"] / (np.sum(w) if p["normalize"] else 1.0), w),
     "ties": lambda xs, base, w, p, ctx: ref_ties(xs, base, p["density"], p["scale"], w),
     "dare_linear": lambda xs, base, w, p, ctx: ref_dare(xs, base, p["drop_rate"], p["scale"], w, ctx, False, p["normalize"]),
@@ -109,7 +109,7 @@ def ref_wsa_align(xs, w):
     p = np.asarray(w, dtype=np.float64) / np.sum(w)
     mu = np.sum(p * mus)
     sd = math.sqrt(np.sum(p * (sds**2 + (mus - mu) ** 2)))
-    return [(x - m) / s * sd + mu for x, m, s in zip(xs, mus, sds)]
+    return [(x - m) / s * sd + mu for x, m, s in zip(xs, mus, sds, strict=True)]
 
 
 # -- helpers --------------------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ def test_end_to_end_methods_match_references(tmp_path):
     paths, base_path = _write_models(tmp_path, 3)
     ms = [_load_np(p) for p in paths]
     base = _load_np(base_path)
-    models = "\n".join(f"  - path: {p.name}\n    weight: {w}" for p, w in zip(paths, [1, 2, 3]))
+    models = "\n".join(f"  - path: {p.name}\n    weight: {w}" for p, w in zip(paths, [1, 2, 3], strict=True))
     out = _merge(tmp_path, f"models:\n{models}\nscope: {{align: false}}\noutput: out.safetensors\n")
     for k in base:
         np.testing.assert_allclose(out[k].numpy(), ref_average([m[k] for m in ms], [1, 2, 3]), rtol=1e-12, atol=1e-12)
@@ -345,7 +345,7 @@ def test_end_to_end_wsa_alignment_then_average_and_ties(tmp_path):
     ms = [_load_np(p) for p in paths]
     base = _load_np(base_path)
     w = [1, 1, 2]
-    models = "\n".join(f"  - path: {p.name}\n    weight: {wi}" for p, wi in zip(paths, w))
+    models = "\n".join(f"  - path: {p.name}\n    weight: {wi}" for p, wi in zip(paths, w, strict=True))
     out = _merge(tmp_path, f"models:\n{models}\noutput: out.safetensors\n")
     for k in ("fc1.weight", "fc2.weight"):  # layers (ndim >= 2): aligned, then averaged
         want = ref_average(ref_wsa_align([m[k] for m in ms], w), w)
@@ -371,7 +371,7 @@ def test_linear_form_agrees_with_method(name, w):
                   {"model": -1} if name == "copy" else {}):  # fmt: skip
         params = m.resolve_params(given)
         coeffs, c_base = m.linear_form(w, params, True)
-        folded = sum(c * x for c, x in zip(coeffs, xs)) + c_base * base
+        folded = sum(c * x for c, x in zip(coeffs, xs, strict=True)) + c_base * base
         torch.testing.assert_close(m.fn(xs, base, w, params, MethodContext("k")), folded, rtol=1e-12, atol=1e-12)
 
 
@@ -390,7 +390,7 @@ def test_folded_alignment_equals_align_then_merge():
         got = merge_tensor(entry, xs, base, scope=opts, weights=[1, 2, 3], seed=0, device=torch.device("cpu")).tensor
         scopes = [tensor_scope(x) for x in xs]
         target = resolve_target("w", scopes, opts)
-        aligned = [align_tensor(x, s, target, opts)[0] for x, s in zip(xs, scopes)]
+        aligned = [align_tensor(x, s, target, opts)[0] for x, s in zip(xs, scopes, strict=True)]
         b = align_tensor(base, tensor_scope(base), target, opts)[0]
         torch.testing.assert_close(got, m.fn(aligned, b, [1, 2, 3], p, MethodContext("w")), rtol=1e-12, atol=1e-12)
 
@@ -465,7 +465,7 @@ def test_block_form_with_alignment_equals_align_then_merge(name, params, monkeyp
         res = merge_tensor(entry, xs, b, scope=opts, weights=w, seed=1, device=torch.device("cpu"), scratch=Scratch(), work=work)
         scopes = [tensor_scope(x) for x in xs]
         target = resolve_target("w", scopes, opts)
-        aligned = [align_tensor(x.float(), s, target, opts)[0] for x, s in zip(xs, scopes)]
+        aligned = [align_tensor(x.float(), s, target, opts)[0] for x, s in zip(xs, scopes, strict=True)]
         ab = None if b is None else align_tensor(base.float(), tensor_scope(base), target, opts)[0]
         want = m.fn(aligned, ab, w, p, MethodContext("w", 1))
         torch.testing.assert_close(res.tensor, want, rtol=1e-5, atol=1e-6)

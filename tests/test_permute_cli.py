@@ -196,7 +196,7 @@ def test_recipe_entry_point(ckpts):
     out = permute_inputs(states, "digits-mlp", reference=1, seed=0, device="cpu")
     assert len(out) == 3 and all(torch.equal(out[1][k], states[1][k]) for k in states[1])
     x = torch.rand(10, 64)
-    for o, s in zip(out, states):
+    for o, s in zip(out, states, strict=True):
         torch.testing.assert_close(_logits(o, x), _logits(s, x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="out of range"):
         permute_inputs(states, "digits-mlp", reference=5)

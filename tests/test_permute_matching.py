@@ -67,13 +67,13 @@ def test_objective_is_monotone_and_stops_when_no_gain():
     a, b = MLP((8, 32, 32, 4)).state_dict(), MLP((8, 32, 32, 4)).state_dict()
     spec = mlp_spec(shapes_of(a))
     res = weight_matching(spec, a, b, seed=3, max_sweeps=50)
-    diffs = [y - x for x, y in zip(res.objective, res.objective[1:])]
+    diffs = [y - x for x, y in zip(res.objective, res.objective[1:], strict=False)]
     assert all(d >= -1e-9 for d in diffs)
     assert res.sweeps < 50 and diffs[-1] == pytest.approx(0.0, abs=1e-9)  # last sweep gained nothing
     again = weight_matching(spec, a, b, seed=3, max_sweeps=50)
     assert all(torch.equal(again.perms[g], res.perms[g]) for g in res.perms)  # seeded: reproducible
     plain = weight_matching(spec, a, b, seed=3, max_sweeps=50, forward_init=False)  # Ainsworth's identity start
-    assert all(y >= x - 1e-9 for x, y in zip(plain.objective, plain.objective[1:]))
+    assert all(y >= x - 1e-9 for x, y in zip(plain.objective, plain.objective[1:], strict=False))
 
 
 def test_permute_axis_inner_blocks_and_perm_validation():

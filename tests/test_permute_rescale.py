@@ -90,7 +90,7 @@ def test_fp_rescale_inputs_moves_models_toward_fused_scopes_and_keeps_them(outpu
     states = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]  # outputs() loads into m
     new, reports = fp_rescale_inputs(states, "digits-mlp", ScopeOptions(), "cpu")
     x = torch.rand(5, 64)
-    for m, s, n in zip(models, states, new):
+    for m, s, n in zip(models, states, new, strict=True):
         torch.testing.assert_close(outputs(m, dict(n), x), outputs(m, dict(s), x), rtol=1e-4, atol=1e-4)
     before = abs(tensor_scope(states[0]["fc1.weight"]).std - tensor_scope(states[1]["fc1.weight"]).std)
     after = abs(tensor_scope(new[0]["fc1.weight"]).std - tensor_scope(new[1]["fc1.weight"]).std)

@@ -83,7 +83,7 @@ def fresh_registries():
     for r in registries:
         r._items = None
     yield
-    for r, (items, names) in zip(registries, saved):
+    for r, (items, names) in zip(registries, saved, strict=True):
         r._items, r._builtin_names = items, names
 
 

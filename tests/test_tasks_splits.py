@@ -55,8 +55,8 @@ def test_splits_are_seeded():
     a = dirichlet_split(LABELS, 5, 0.3, seed=1)
     b = dirichlet_split(LABELS, 5, 0.3, seed=1)
     c = dirichlet_split(LABELS, 5, 0.3, seed=2)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
 
 
 def test_bad_split_arguments():

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Text:
     text: str
 
 
-View = Union[Table, Text]
+View = Table | Text
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
@@ -64,7 +64,7 @@ class YMap:
         return {k: v.plain() for k, v in self.entries.items()}
 
 
-YNode = Union[YScalar, YList, YMap]
+YNode = YScalar | YList | YMap
 
 
 def _convert(node: yaml.Node, path: Path, constructor: yaml.constructor.SafeConstructor) -> YNode:

@@ -18,21 +18,21 @@ def command(
     spec: Annotated[str, typer.Option("--spec", "-s", help="Permutation spec YAML, or a built-in template (digits-mlp, digits-cnn, mlp, vgg, resnet).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Aligned checkpoint (one model) or a new folder (several models).")],
     model: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--model", help="Model factory package.module:factory (or a task name) to verify the aligned models compute the same outputs."),
     ] = None,
     input_shape: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--input-shape", help="Input shape for --model without the batch axis, e.g. 3,32,32."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random group order in each sweep.")] = 0,
     max_sweeps: Annotated[int, typer.Option("--max-sweeps", min=1, help="Stop after this many sweeps even if still improving.")] = 100,
     perms_out: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--perms-out", help="Where to write the permutations JSON (default: OUT.perms.json, or OUT/perms.json for a folder)."),
     ] = None,
     perms: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--perms", help="Reuse permutations from an earlier run's JSON instead of matching."),
     ] = None,
     key: KeyOpt = None,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import enum
 import io
-import math
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,7 +38,7 @@ class OutputFormat(str, enum.Enum):
 
 
 FormatOpt = Annotated[
-    Optional[OutputFormat],  # noqa: UP007 - typer needs Optional here
+    Optional[OutputFormat],
     typer.Option("--format", "-f", help="table (default on a terminal), json (default when piped) or csv."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
@@ -48,25 +47,25 @@ DeviceOpt = Annotated[
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
 FailAboveOpt = Annotated[
-    Optional[list[str]],  # noqa: UP007
+    Optional[list[str]],
     typer.Option("--fail-above", metavar="METRIC=VALUE", help="Exit 1 when METRIC exceeds VALUE (repeatable)."),
 ]
 IncludeOpt = Annotated[
-    Optional[list[str]],  # noqa: UP007
+    Optional[list[str]],
     typer.Option("--include", help="Also treat tensors matching this glob (or re:REGEX) as layers. Repeatable."),
 ]
 ExcludeOpt = Annotated[
-    Optional[list[str]],  # noqa: UP007
+    Optional[list[str]],
     typer.Option("--exclude", help="Never treat tensors matching this glob (or re:REGEX) as layers. Repeatable."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
 #: The two checkpoint options, offered by every command that opens a checkpoint.
 KeyOpt = Annotated[
-    Optional[str],  # noqa: UP007
+    Optional[str],
     typer.Option("--key", help="Entry holding the state dict inside a pickled checkpoint (e.g. state_dict, ema.model)."),
 ]
 StripPrefixOpt = Annotated[
-    Optional[str],  # noqa: UP007
+    Optional[str],
     typer.Option("--strip-prefix", help="Remove this prefix from every key (module. is always removed)."),
 ]
 
@@ -135,7 +134,7 @@ def write_stdout(text: str) -> None:
     sys.stdout.flush()
 
 
-def stdout_console():  # noqa: ANN201 - rich type imported lazily
+def stdout_console() -> Any:  # a rich Console, imported lazily so --help stays instant
     """Console for tables on stdout; when piped (``--format table | less``) it is wide, not 80 columns."""
     import shutil
 
@@ -145,7 +144,7 @@ def stdout_console():  # noqa: ANN201 - rich type imported lazily
     return Console(highlight=False, soft_wrap=False, width=width)
 
 
-def stderr_console():  # noqa: ANN201
+def stderr_console() -> Any:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)

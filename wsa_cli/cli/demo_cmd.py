@@ -14,8 +14,8 @@ from wsa_cli.errors import UsageError
 def command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder that receives everything the demo writes.")] = Path("wsa-demo"),
     quick: Annotated[bool, typer.Option("--quick", help="Same steps with fewer epochs, a narrower model and fewer alphas.")] = False,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per model (default 20, quick 4).")] = None,  # noqa: UP007
-    width: Annotated[Optional[int], typer.Option("--width", min=2, help="Hidden width (default 64, quick 32).")] = None,  # noqa: UP007
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per model (default 20, quick 4).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", min=2, help="Hidden width (default 64, quick 32).")] = None,
     wsa_coef: Annotated[float, typer.Option("--wsa-coef", min=0.0, help="Regularizer coefficient of the WSA-trained models.")] = 0.1,
     device: DeviceOpt = "cpu",
     force: ForceOpt = False,

@@ -23,7 +23,7 @@ def command(
     split: Annotated[str, typer.Option("--split", help="iid or dirichlet (label-skewed shards).")] = "dirichlet",
     dirichlet_alpha: Annotated[float, typer.Option("--dirichlet-alpha", help="Label skew; smaller = more skewed.")] = 0.3,
     wsa_coef: Annotated[
-        Optional[list[float]],  # noqa: UP007
+        Optional[list[float]],
         typer.Option("--wsa-coef", help="WSA coefficient; repeat to compare runs (0 = plain FedAvg). Default: 0."),
     ] = None,
     wsa_reduction: Annotated[str, typer.Option("--wsa-reduction", help="sum or mean over layers.")] = "sum",
@@ -31,12 +31,12 @@ def command(
     fusion: Annotated[str, typer.Option("--fusion", help="Server scope fusion: moments, precision, stats-mean.")] = "moments",
     align: Annotated[bool, typer.Option("--align/--no-align", help="Rescale clients onto the fused scope before averaging.")] = False,
     optimizer: Annotated[str, typer.Option("--optimizer", help="Local optimizer: sgd or adam.")] = "sgd",
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Local learning rate (task default).")] = None,  # noqa: UP007
-    width: Annotated[Optional[int], typer.Option("--width", min=1, help="Model width (task default).")] = None,  # noqa: UP007
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Local learning rate (task default).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", min=1, help="Model width (task default).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Local mini-batch size.")] = 32,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial model, the batch order and the split.")] = 0,
     out_dir: Annotated[
-        Optional[Path],  # noqa: UP007
+        Optional[Path],
         typer.Option("--out-dir", help="Also write each run's final global model and fused scope file here."),
     ] = None,
     device: DeviceOpt = "cpu",

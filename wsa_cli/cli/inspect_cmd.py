@@ -19,25 +19,25 @@ def command(
     exclude: ExcludeOpt = None,
     all_tensors: Annotated[bool, typer.Option("--all", help="Measure every tensor, not only layers.")] = False,
     target: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--target", help="Target scope MEAN,STD (e.g. 0,0.05) or a scope file; adds KL to it."),
     ] = None,
     fusion: Annotated[str, typer.Option("--fusion", help="How scopes are fused for comparison: moments, precision, stats-mean.")] = "moments",
     weights: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--weights", help="Comma-separated model weights for fusion (default equal)."),
     ] = None,
     histogram: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--histogram", metavar="LAYER", help="Show LAYER's weight histogram with its fitted Gaussian."),
     ] = None,
     bins: Annotated[int, typer.Option("--bins", min=2, max=1000, help="Histogram bins.")] = 30,
     sort: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--sort", help="Sort rows by this column (numbers descending). Default: file order for one "
                      "checkpoint, max_kl for several."),
     ] = None,
-    top: Annotated[Optional[int], typer.Option("--top", min=1, help="Show only the first N rows after sorting.")] = None,  # noqa: UP007
+    top: Annotated[Optional[int], typer.Option("--top", min=1, help="Show only the first N rows after sorting.")] = None,
     key: KeyOpt = None,
     strip_prefix: StripPrefixOpt = None,
     fail_above: FailAboveOpt = None,

@@ -24,38 +24,38 @@ def command(
     b: Annotated[str, typer.Argument(help="Second checkpoint (alpha = 1).")],
     alphas: Annotated[str, typer.Option("--alphas", help="START:STOP:COUNT (both ends included) or a list a,b,c; must contain 0 and 1.")] = DEFAULT_ALPHAS,
     evaluator: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--eval", help="Built-in task (digits-mlp, digits-cnn) or plug-in package.module:function. "
                      "Without it: data-free weight diagnostics."),
     ] = None,
     modes: Annotated[str, typer.Option("--modes", help="Comma-separated modes run side by side: naive, wsa (+ permutation modes).")] = DEFAULT_MODES,
     recipe: Annotated[
-        Optional[Path],  # noqa: UP007
+        Optional[Path],
         typer.Option("--recipe", help="Take fusion/target/rescale/layer options from this merge recipe."),
     ] = None,
     fusion: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--fusion", help="How the pair's scopes are fused (wsa mode): moments (default), precision, stats-mean."),
     ] = None,
     target: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--target", help="Target scope: fused (default), a model index 0/1, MEAN,STD, or a scope file."),
     ] = None,
     rescale: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--rescale", help="How layers are mapped onto the target: affine (default), std, none."),
     ] = None,
     weights: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--weights", help="Fusion weights of A and B, e.g. 1,3 (default equal)."),
     ] = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     spec: Annotated[
-        Optional[Path],  # noqa: UP007
+        Optional[Path],
         typer.Option("--spec", help="Permutation spec for the permutation modes."),
     ] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for modes with randomness (default 0).")] = None,  # noqa: UP007
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for modes with randomness (default 0).")] = None,
     recalibrate_bn: Annotated[
         bool, typer.Option("--recalibrate-bn", help="Re-estimate BatchNorm running statistics at every alpha (needs --eval).")
     ] = False,
@@ -64,7 +64,7 @@ def command(
     ] = False,
     split: Annotated[str, typer.Option("--split", help="Data split of a built-in task evaluator: test or train.")] = "test",
     plot: Annotated[
-        Optional[Path],  # noqa: UP007
+        Optional[Path],
         typer.Option("--plot", help="Also draw the curves to this PNG (needs the plot extra: pip install 'wsa[plot]')."),
     ] = None,
     force: ForceOpt = False,

@@ -20,7 +20,7 @@ def fuse(
     checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint files or folders whose layer scopes are fused.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Scope file to write (JSON, format wsa-scopes v1).")],
     weights: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option("--weights", help="Comma-separated model weights, e.g. client data sizes (default equal)."),
     ] = None,
     fusion: Annotated[str, typer.Option("--fusion", help="moments (default), precision or stats-mean.")] = "moments",

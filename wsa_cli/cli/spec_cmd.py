@@ -14,15 +14,15 @@ app = typer.Typer(
 )
 
 OutOpt = Annotated[
-    Optional[str],  # noqa: UP007
+    Optional[str],
     typer.Option("--out", "-o", help="Write the spec YAML here (default: print it on stdout)."),
 ]
 ModelOpt = Annotated[
-    Optional[str],  # noqa: UP007
+    Optional[str],
     typer.Option("--model", help="Model factory package.module:factory (no arguments) or a built-in task name."),
 ]
 ShapeOpt = Annotated[
-    Optional[str],  # noqa: UP007
+    Optional[str],
     typer.Option("--input-shape", help="One input's shape without the batch axis, e.g. 3,32,32."),
 ]
 FLAGS = {"input_shape": "--input-shape", "model": "--model", "out": "--out"}

@@ -20,9 +20,9 @@ def command(
     out: Annotated[str, typer.Option("--out", "-o", help="Output checkpoint (.safetensors file, or a folder).")],
     seed: Annotated[int, typer.Option("--seed", help="Initialisation and batch-order seed.")] = 0,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (momentum 0.9) or adam.")] = "sgd",
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=0, help="Epochs (default: 20 MLP, 10 CNN).")] = None,  # noqa: UP007
-    width: Annotated[Optional[int], typer.Option("--width", min=1, help="MLP hidden size / CNN first-layer channels (default 64 / 16).")] = None,  # noqa: UP007
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default 0.05 for sgd, 0.003 for adam).")] = None,  # noqa: UP007
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=0, help="Epochs (default: 20 MLP, 10 CNN).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", min=1, help="MLP hidden size / CNN first-layer channels (default 64 / 16).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default 0.05 for sgd, 0.003 for adam).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Mini-batch size.")] = 64,
     wsa_coef: Annotated[float, typer.Option("--wsa-coef", min=0.0, help="WSA regularizer coefficient (0 = off).")] = 0.0,
     wsa_target: Annotated[

@@ -230,7 +230,7 @@ def _merge(cfg: DemoConfig, result: DemoResult, paths: dict[str, Path], say: Pro
         )
         merge_recipe(recipe_path, device=cfg.device, force=True)
         with open_checkpoint(merged) as reader:
-            state = {k: reader.get(k) for k in reader.keys()}
+            state = {k: reader.get(k) for k in reader}
         acc = evaluate(cfg.task, state, cfg.device)
         result.merges.append({
             "name": name, "what": what, "a": a, "b": b, "template": source, "align": align,

@@ -88,7 +88,7 @@ def run_comparison(
     announce_total(progress, len(coefs) * base.rounds * base.clients)
     runs = [run_fedsim(replace(base, wsa_coef=c), progress=progress) for c in coefs]
     notes = []
-    for res, (ckpt, scopes) in zip(runs, outputs):
+    for res, (ckpt, scopes) in zip(runs, outputs, strict=False):  # no outputs without out_dir
         save_safetensors(res.final_state, ckpt, metadata={"wsa.task": base.task, "wsa.fedsim_wsa_coef": f"{res.config.wsa_coef:g}"}, force=force)
         atomic_write_text(scopes, res.final_scopes.to_json())
         notes.append(f"wrote {ckpt} and {scopes}")

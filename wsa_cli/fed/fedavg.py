@@ -40,7 +40,7 @@ def fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float
     for k in keys:
         ref = states[0][k]
         acc = torch.zeros(ref.shape, dtype=torch.float64)
-        for pi, s in zip(p, states):
+        for pi, s in zip(p, states, strict=True):
             if tuple(s[k].shape) != tuple(ref.shape):
                 raise MismatchError(f"shape {tuple(s[k].shape)} differs from {tuple(ref.shape)}", key=k)
             acc += pi * s[k].detach().to("cpu", torch.float64)

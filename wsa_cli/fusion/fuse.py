@@ -61,17 +61,17 @@ def parse_weights(text: str, k: int) -> list[float]:
 
 
 def _moments(scopes: Sequence[Scope], p: Sequence[float]) -> Scope:
-    mu = sum(pi * s.mean for pi, s in zip(p, scopes))
-    var = sum(pi * (s.std * s.std + (s.mean - mu) ** 2) for pi, s in zip(p, scopes))
+    mu = sum(pi * s.mean for pi, s in zip(p, scopes, strict=True))
+    var = sum(pi * (s.std * s.std + (s.mean - mu) ** 2) for pi, s in zip(p, scopes, strict=True))
     return Scope(mu, math.sqrt(max(var, 0.0)))
 
 
 def _precision(scopes: Sequence[Scope], p: Sequence[float]) -> Scope:
-    constant = [(pi, s) for pi, s in zip(p, scopes) if s.std == 0.0 and pi > 0]
+    constant = [(pi, s) for pi, s in zip(p, scopes, strict=True) if s.std == 0.0 and pi > 0]
     if constant:  # infinite precision wins outright
         total = sum(pi for pi, _ in constant)
         return Scope(sum(pi * s.mean for pi, s in constant) / total, 0.0)
-    used = [(pi, s) for pi, s in zip(p, scopes) if pi > 0]  # zero-weight models do not count
+    used = [(pi, s) for pi, s in zip(p, scopes, strict=True) if pi > 0]  # zero-weight models do not count
     prec = sum(pi / (s.std * s.std) for pi, s in used)
     var = 1.0 / prec
     mu = var * sum(pi * s.mean / (s.std * s.std) for pi, s in used)
@@ -79,7 +79,7 @@ def _precision(scopes: Sequence[Scope], p: Sequence[float]) -> Scope:
 
 
 def _stats_mean(scopes: Sequence[Scope], p: Sequence[float]) -> Scope:
-    return Scope(sum(pi * s.mean for pi, s in zip(p, scopes)), sum(pi * s.std for pi, s in zip(p, scopes)))
+    return Scope(sum(pi * s.mean for pi, s in zip(p, scopes, strict=True)), sum(pi * s.std for pi, s in zip(p, scopes, strict=True)))
 
 
 #: Registry of fusion methods by name; ``moments`` is the default everywhere.

@@ -74,7 +74,7 @@ def fuse_checkpoints(
             readers.append(open_checkpoint(p, container_key=container_key, strip_prefix=strip_prefix))
         check_output(out, [f for r in readers for f in r.files()], force=force)
         first = readers[0]
-        announce_total(progress, sum(1 for k in first.keys() if opts.selector.selects(k, first.info(k).shape, first.info(k).dtype)))
+        announce_total(progress, sum(1 for k in first if opts.selector.selects(k, first.info(k).shape, first.info(k).dtype)))
         table = fused_scope_table(readers, opts, device, names=[str(p) for p in paths], progress=progress)
     finally:
         for r in readers:

@@ -28,7 +28,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -49,7 +49,7 @@ from wsa_cli.progress import ProgressFn
 #: What a target may be: "fused", a fixed scope, a scope file (path or loaded table), a model index.
 Target = Union[str, Scope, ScopeTable, "PathLike[str]", int]
 #: A model as the pipeline sees it: a lazy reader or an in-memory state dict.
-Source = Union[CheckpointReader, Mapping[str, torch.Tensor]]
+Source = CheckpointReader | Mapping[str, torch.Tensor]
 
 
 @dataclass(frozen=True)

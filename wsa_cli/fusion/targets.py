@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 from pathlib import Path
-from typing import Union
 
 from wsa_cli.errors import ConfigError, InputNotFoundError, InvalidValueError
 from wsa_cli.fusion.scopefile import load_scope_file
@@ -31,7 +30,7 @@ from wsa_cli.scope.gaussian import Scope
 TARGET_KINDS = ("fused", "model", "fixed", "file", "init", "checkpoint")
 
 #: A parsed target: ``"fused"``, ``"init"``, a model index, a fixed scope, or a path (scope file or checkpoint).
-ParsedTarget = Union[str, int, Scope, Path]
+ParsedTarget = str | int | Scope | Path
 
 
 def parse_target(text: str, *, accept: Collection[str] = ("fixed", "file"), models: int = 2) -> ParsedTarget:

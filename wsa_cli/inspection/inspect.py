@@ -87,7 +87,7 @@ class InspectResult(Result):
         return self.target is not None
 
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"checkpoints": [_checkpoint_json(rep, rows) for rep, rows in zip(self.reports, self.tensor_rows)]}
+        body: dict[str, Any] = {"checkpoints": [_checkpoint_json(rep, rows) for rep, rows in zip(self.reports, self.tensor_rows, strict=True)]}
         if self.comparison is not None:
             body["comparison"] = {
                 "fusion": self.comparison.fusion,

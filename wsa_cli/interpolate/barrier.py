@@ -102,7 +102,7 @@ def max_above_line(alphas: Sequence[float], values: Sequence[float | None], v0: 
         return Peak(None, None)
     best: float | None = None
     where: float | None = None
-    for a, v in zip(alphas, values):
+    for a, v in zip(alphas, values, strict=True):
         if not (-_ALPHA_TOL <= a <= 1 + _ALPHA_TOL):
             continue
         if v is None:

@@ -17,7 +17,7 @@ Summary gates: ``std_shrinkage = 1 - min std_ratio`` (over layers and 0 <= alpha
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -114,13 +114,13 @@ def check_compatible(a: CheckpointReader, b: CheckpointReader) -> None:
         >>> check_compatible(open_checkpoint("a.pt"), open_checkpoint("b.pt"))  # doctest: +SKIP
     """
     keys_a, keys_b = set(a.keys()), set(b.keys())
-    for key in a.keys():
+    for key in a:
         if key not in keys_b:
             raise MismatchError(f"is missing (present in {a.path})", path=b.path, key=key)
-    for key in b.keys():
+    for key in b:
         if key not in keys_a:
             raise MismatchError(f"is missing (present in {b.path})", path=a.path, key=key)
-    for key in a.keys():
+    for key in a:
         ia, ib = a.info(key), b.info(key)
         if ia.shape != ib.shape:
             raise MismatchError(f"has shape {_shape(ib.shape)}, but {a.path} has {_shape(ia.shape)}", path=b.path, key=key)

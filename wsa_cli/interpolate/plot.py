@@ -58,7 +58,7 @@ def plot_result(result: InterpolationResult, out: str | Path) -> Path:
     out = Path(out)
     metrics = [m for m in result.metrics if not m.endswith("_layer")][:4]
     fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.5 * max(len(metrics), 1), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         for curve in result.modes:
             ys = [float("nan") if r.get(metric) is None else r.get(metric) for r in curve.rows]
             ax.plot(result.alphas, ys, marker="o", markersize=3, label=curve.mode)

@@ -282,7 +282,7 @@ def _summarize_modes(
     curves = []
     for mode in modes:
         points = raw[mode.name]
-        rows = [{"alpha": a, **{k: m.get(k) for k in metrics}} for a, m in zip(alphas, points)]
+        rows = [{"alpha": a, **{k: m.get(k) for k in metrics}} for a, m in zip(alphas, points, strict=True)]
         loss = [m.get("loss") for m in points]
         acc = [m.get("accuracy") for m in points]
         summary = summarize_curve(

@@ -118,7 +118,7 @@ class _DataFile:
 
 def _infos_of(handle, path: Path) -> dict[str, TensorInfo]:  # noqa: ANN001
     infos: dict[str, TensorInfo] = {}
-    for key in handle.keys():
+    for key in handle.keys():  # noqa: SIM118 - a safe_open handle is not iterable
         sl = handle.get_slice(key)
         tag = sl.get_dtype()
         if tag not in TAG_TO_DTYPE:

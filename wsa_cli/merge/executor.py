@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from concurrent.futures import Future, ThreadPoolExecutor
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from wsa_cli.io import CheckpointReader, SafetensorsWriter, open_checkpoint
 from wsa_cli.io.prefetch import prefetch as read_ahead
 from wsa_cli.buffers import Scratch
 from wsa_cli.merge.kernel import AlignedInput, block_size, combine_linear
-from wsa_cli.merge.plan import StagePlan, TensorPlan, plan_recipe
+from wsa_cli.merge.plan import InputPlan, StagePlan, TensorPlan, plan_recipe
 from wsa_cli.merge.provenance import input_fingerprint, merge_metadata
 from wsa_cli.merge.result import MergeResult
 from wsa_cli.merge.registry import BlockInputs, MethodContext, get_method
@@ -120,7 +120,7 @@ def merge_tensor(
             record["target"] = _scope_dict(target)
             folded = [align_coefficients(s, target, opts) for s in scopes]
             coef = [(a, c) for a, c, _ in folded]
-            constant = [i for i, (s, f) in enumerate(zip(scopes, folded)) if not f[2] and s.std == 0.0 and opts.rescale != "none"]
+            constant = [i for i, (s, f) in enumerate(zip(scopes, folded, strict=True)) if not f[2] and s.std == 0.0 and opts.rescale != "none"]
             if constant:
                 record["constant_not_rescaled"] = constant
             if b is not None and align_base:
@@ -135,8 +135,8 @@ def merge_tensor(
 
     if method.linear_form is not None:
         cs, c_base = method.linear_form(list(weights), entry.params, b is not None)
-        terms = [(c * a, x) for c, (a, _), x in zip(cs, coef, xs)]
-        shift = sum(c * sh for c, (_, sh) in zip(cs, coef) if c != 0.0)
+        terms = [(c * a, x) for c, (a, _), x in zip(cs, coef, xs, strict=True)]
+        shift = sum(c * sh for c, (_, sh) in zip(cs, coef, strict=True) if c != 0.0)
         if b is not None and c_base != 0.0:
             terms.append((c_base * coef_base[0], b))
             shift += c_base * coef_base[1]
@@ -147,12 +147,12 @@ def merge_tensor(
         return TensorResult(out.to("cpu"), record)
     ctx = MethodContext(entry.key, seed, device, scratch=work)
     if method.into is not None:
-        inputs = [AlignedInput(x, a, sh) for (a, sh), x in zip(coef, xs)]
+        inputs = [AlignedInput(x, a, sh) for (a, sh), x in zip(coef, xs, strict=True)]
         base_in = AlignedInput(b, *coef_base) if b is not None else None
         result = work.get(entry.shape, wide, device, "result") if out_dtype != wide else output(wide)  # (shape,) wide
         method.into(BlockInputs(result, inputs, base_in, list(weights), entry.params, ctx, wide))
     else:
-        aligned = [x.to(wide) * a + sh if (a, sh) != (1.0, 0.0) else x.to(wide) for (a, sh), x in zip(coef, xs)]
+        aligned = [x.to(wide) * a + sh if (a, sh) != (1.0, 0.0) else x.to(wide) for (a, sh), x in zip(coef, xs, strict=True)]
         bb = None if b is None else (b.to(wide) * coef_base[0] + coef_base[1] if coef_base != (1.0, 0.0) else b.to(wide))
         del xs
         result = method.fn(aligned, bb, list(weights), entry.params, ctx)  # (shape,)
@@ -162,12 +162,19 @@ def merge_tensor(
     return TensorResult(out.to(entry.out_dtype).to("cpu"), record)
 
 
+def _open_input(m: InputPlan) -> CheckpointReader:
+    """A stage input: a checkpoint with the recipe's key/strip_prefix, or an earlier stage's output."""
+    if m.ref.stage is not None:
+        return open_checkpoint(m.path)
+    return open_checkpoint(m.path, container_key=m.ref.key, strip_prefix=m.ref.strip_prefix)
+
+
 def _open_sources(plan: StagePlan) -> tuple[list[CheckpointReader], CheckpointReader | None]:
     readers: list[CheckpointReader] = []
     try:
         for m in plan.models:
-            readers.append(open_checkpoint(m.path))
-        base = open_checkpoint(plan.base.path) if plan.base is not None else None
+            readers.append(_open_input(m))
+        base = _open_input(plan.base) if plan.base is not None else None
     except BaseException:
         for r in readers:
             r.close()
@@ -353,7 +360,7 @@ def _report(plan: StagePlan, recipe: Recipe, records: list[dict[str, Any]], fing
         "seed": plan.spec.seed,
         "scope": planned["scope"],
         "permutation": planned["permutation"],
-        "inputs": [{**fp, "weight": m.ref.weight} for fp, m in zip(fingerprints, plan.models)]
+        "inputs": [{**fp, "weight": m.ref.weight} for fp, m in zip(fingerprints[: len(plan.models)], plan.models, strict=True)]
         + ([{**fingerprints[-1], "role": "base"}] if plan.base is not None else []),
         "output": {"name": plan.output.name, "files": list(shards), "copied_files": summary["copied_files"]},
         "counts": {k: summary[k] for k in ("tensors", "merged", "copied", "aligned")},

@@ -100,7 +100,7 @@ def combine_linear(
     """
     n = out.numel()
     flat_out = out.view(-1)
-    terms = [(m, x.reshape(-1)) for m, x in zip(multipliers, xs) if m != 0.0]
+    terms = [(m, x.reshape(-1)) for m, x in zip(multipliers, xs, strict=True) if m != 0.0]
     pool = pool if pool is not None else Scratch()
     blk = (min(block_size(out.device), n),)
     acc_buf, tmp_buf = pool.get(blk, wide, out.device, "kernel.acc"), pool.get(blk, wide, out.device, "kernel.tmp")

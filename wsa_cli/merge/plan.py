@@ -176,7 +176,11 @@ def _load_input(recipe: Recipe, ref: ModelRef, done: dict[str, StagePlan]) -> In
         prev = done[ref.stage]
         return InputPlan(ref, {i.key: i for i in prev.out_infos}, prev.output)
     assert ref.path is not None
-    with open_checkpoint(ref.path) as reader:  # headers only: no tensor data is read here
+    try:
+        reader = open_checkpoint(ref.path, container_key=ref.key, strip_prefix=ref.strip_prefix)
+    except InvalidValueError as exc:  # e.g. key: on a safetensors file
+        raise ConfigError(f"{ref.text}: {exc.message}", path=recipe.path, line=ref.line) from None
+    with reader:  # headers only: no tensor data is read here
         infos = {i.key: i for i in reader.infos()}
         return InputPlan(ref, infos, ref.path, extra_files=reader.extra_files(), files=reader.files())
 
@@ -257,10 +261,10 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
         given = {**stage.parameters, **rule.parameters} if rm is method else dict(rule.parameters)
         rules.append((rm, _params_at(recipe, rm, given, rule.lines.get("parameters", rule.line))))
     used = {method.name: L.get("method", stage.line)}
-    for rule, (rm, _) in zip(stage.overrides, rules):
+    for rule, (rm, _) in zip(stage.overrides, rules, strict=True):
         used.setdefault(rm.name, rule.lines.get("method", rule.line))
     pairs = [(method, params, L.get("parameters", L.get("method", stage.line)))]
-    pairs += [(rm, rp, rule.lines.get("parameters", rule.line)) for rule, (rm, rp) in zip(stage.overrides, rules)]
+    pairs += [(rm, rp, rule.lines.get("parameters", rule.line)) for rule, (rm, rp) in zip(stage.overrides, rules, strict=True)]
     for how, resolved, params_line in pairs:
         _check_method(recipe, stage, how, resolved, k, base is not None, used[how.name], params_line)
     if base is not None and not any(how.uses_base(resolved) for how, resolved, _ in pairs):

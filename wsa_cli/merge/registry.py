@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import importlib
@@ -280,6 +279,7 @@ def register_method(method: MergeMethod) -> MergeMethod:
     """Add a user's method; a name already registered is a programming error (``ValueError``).
 
     Example:
+        >>> import dataclasses
         >>> same = dataclasses.replace(get_method("linear"), name="mean")
         >>> register_method(same).name
         'mean'
@@ -313,6 +313,6 @@ def all_methods() -> list[MergeMethod]:
 def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """``sum_i w_i x_i`` accumulated in the tensors' (float32+) dtype, one tensor at a time."""
     out = torch.zeros_like(tensors[0])
-    for w, t in zip(weights, tensors):
+    for w, t in zip(weights, tensors, strict=True):
         out.add_(t, alpha=float(w))
     return out

@@ -87,7 +87,7 @@ def disjoint_mean(taus: Sequence[torch.Tensor], weights: Sequence[float], sign: 
     """
     num = torch.zeros_like(taus[0])
     den = torch.zeros_like(taus[0])
-    for w, tau in zip(weights, taus):
+    for w, tau in zip(weights, taus, strict=True):
         agree = (tau * sign > 0).to(tau.dtype)  # (shape,) 1 where tau has the elected (non-zero) sign
         num.addcmul_(tau, agree, value=float(w))
         den.add_(agree, alpha=float(w))

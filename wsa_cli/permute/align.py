@@ -183,7 +183,7 @@ def run_align(opts: AlignOptions, progress: ProgressFn | None = None) -> AlignRe
     report = AlignReport(str(opts.reference), str(opts.spec), dict(spec.sizes), perms_file=str(perms_out))
     aligned: list[dict[str, torch.Tensor]] = []
     all_perms: list[dict[str, torch.Tensor]] = []
-    for i, (path, state) in enumerate(zip(opts.others, others)):
+    for i, (path, state) in enumerate(zip(opts.others, others, strict=True)):
         t0 = time.perf_counter()
         if loaded is not None:
             perms = loaded[i]["perms"]
@@ -222,7 +222,7 @@ def run_align(opts: AlignOptions, progress: ProgressFn | None = None) -> AlignRe
     else:
         with staged_output(out.resolve(), directory=True, force=True) as stage:
             names: list[str] = []
-            for path, state in zip(opts.others, aligned):
+            for path, state in zip(opts.others, aligned, strict=True):
                 stem = Path(path).name.split(".")[0] or "model"
                 name, k = stem, 1
                 while name in names:  # b.safetensors and other/b.safetensors must not collide
@@ -231,9 +231,9 @@ def run_align(opts: AlignOptions, progress: ProgressFn | None = None) -> AlignRe
                 names.append(name)
                 save_safetensors(state, stage / f"{name}.safetensors", metadata={**meta, "source": str(path)})
             report.outputs = [str(out / f"{n}.safetensors") for n in names]
-            for e, o in zip(report.models, report.outputs):
+            for e, o in zip(report.models, report.outputs, strict=True):
                 e["output"] = o
-    doc = perms_document(str(opts.reference), spec.sizes, [{**e, "perms": p} for e, p in zip(report.models, all_perms)])
+    doc = perms_document(str(opts.reference), spec.sizes, [{**e, "perms": p} for e, p in zip(report.models, all_perms, strict=True)])
     atomic_write_text(perms_out, _json(doc))
     return report
 

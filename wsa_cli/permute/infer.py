@@ -410,15 +410,13 @@ def _scaling_rules(gm: Any, layer_nodes: list[Any], producer_of: dict[str, int],
                 m = gm.get_submodule(u.target)
                 if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                     inverse.append(f"{u.target}.weight")
-                elif isinstance(m, _HOMOGENEOUS_MODULES) or isinstance(m, nn.Flatten):
+                elif isinstance(m, (_HOMOGENEOUS_MODULES, nn.Flatten)):
                     frontier += list(u.users)
                 elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                     reason = f"its output reaches BatchNorm {u.target} after other operations"
                 else:
                     reason = f"its output goes through {type(m).__name__} ({u.target}), which is not positively homogeneous"
-            elif u.op == "call_function" and (u.target in _HOMOGENEOUS_FUNCS or u.target in _POOL_FUNCS or u.target is torch.flatten or u.target in _REDUCE_FUNCS):
-                frontier += list(u.users)
-            elif u.op == "call_method" and (u.target in _HOMOGENEOUS_METHODS or u.target in _RESHAPE_METHODS or u.target in _REDUCE_METHODS):
+            elif u.op == "call_function" and (u.target in _HOMOGENEOUS_FUNCS or u.target in _POOL_FUNCS or u.target is torch.flatten or u.target in _REDUCE_FUNCS) or u.op == "call_method" and (u.target in _HOMOGENEOUS_METHODS or u.target in _RESHAPE_METHODS or u.target in _REDUCE_METHODS):
                 frontier += list(u.users)
             elif (u.op == "call_function" and u.target in _BINARY_FUNCS) or (u.op == "call_method" and u.target in _BINARY_METHODS):
                 reason = f"its output is combined with another value ({u.name}), e.g. a residual stream"

@@ -23,7 +23,7 @@ beats the identity, and coordinate ascent then continues from it.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -99,6 +99,12 @@ class ModelRef:
         doc="the name of an earlier stage whose output is this model", kind="string", shown="one of `path`, `stage`"
     )
     weight: float = doc_field(1.0, "FedAvg weight / task-vector weight (finite, >= 0)", kind="number")
+    key: str | None = doc_field(
+        None, doc="the entry holding the state dict inside a pickled checkpoint (e.g. `state_dict`, `ema.model`), as `--key`",
+        kind="string", shown="none")  # fmt: skip
+    strip_prefix: str | None = doc_field(
+        None, doc="a prefix removed from every key of this model (`module.` is always removed), as `--strip-prefix`",
+        kind="string", shown="none")  # fmt: skip
     line: int = 0
     text: str = ""  # as written in the recipe (used in provenance, stable across machines)
 
@@ -412,9 +418,13 @@ def _parse_model(ctx: _Ctx, node: YNode, base_dir: Path, what: str) -> ModelRef:
     weight = ctx.number(m.entries["weight"], f"{what} weight") if "weight" in m else 1.0
     if weight < 0:
         raise ctx.err(m.entries["weight"], f"{what} weight must be finite and >= 0, got {weight}")
+    key = ctx.string(m.entries["key"], f"{what} key") if "key" in m else None
+    prefix = ctx.string(m.entries["strip_prefix"], f"{what} strip_prefix") if "strip_prefix" in m else None
     if "path" in m:
         path, text = ctx.file(m.entries["path"], f"{what} path", base_dir)
-        return ModelRef(path=path, stage=None, weight=weight, line=m.entries["path"].line, text=text)
+        return ModelRef(path=path, stage=None, weight=weight, key=key, strip_prefix=prefix, line=m.entries["path"].line, text=text)
+    if key is not None or prefix is not None:
+        raise ctx.err(m.entries["key" if key is not None else "strip_prefix"], f"{what}: key and strip_prefix apply to a checkpoint path, not a stage")
     stage = ctx.string(m.entries["stage"], f"{what} stage")
     return ModelRef(path=None, stage=stage, weight=weight, line=m.entries["stage"].line, text=f"stage:{stage}")
 

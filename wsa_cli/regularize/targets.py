@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Union
 
 import torch
 from torch import nn
@@ -29,7 +28,7 @@ from wsa_cli.scope.selection import LayerSelector
 from wsa_cli.scope.stats import tensor_scope
 
 #: Anything a regularizer accepts as its target.
-TargetLike = Union[Scope, ScopeTable, Mapping[str, Scope], Mapping[str, torch.Tensor], nn.Module, str, Path]
+TargetLike = Scope | ScopeTable | Mapping[str, Scope] | Mapping[str, torch.Tensor] | nn.Module | str | Path
 
 
 def scopes_of_state_dict(state: Mapping[str, torch.Tensor], selector: LayerSelector | None = None) -> dict[str, Scope]:

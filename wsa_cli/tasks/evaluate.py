@@ -67,7 +67,7 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 2
     model.train()
     for i in range(0, x.shape[0], batch_size):
         model(x[i : i + batch_size])
-    for m, mom in zip(norms, saved):
+    for m, mom in zip(norms, saved, strict=True):
         m.momentum = mom
     model.train(was_training)
 
