@@ -107,7 +107,7 @@ def test_wrong_shape_or_order_is_refused(tmp_path: Path) -> None:
 def test_existing_output_needs_force(tmp_path: Path) -> None:
     target = tmp_path / "m.safetensors"
     save_safetensors({"w": torch.zeros(1)}, target)
-    with pytest.raises(OutputError, match="--force") as info:
+    with pytest.raises(OutputError, match="pass force to replace it") as info:
         save_safetensors({"w": torch.ones(1)}, target)
     assert info.value.exit_code == ExitCode.OUTPUT_REFUSED
     assert torch.equal(load_file(target)["w"], torch.zeros(1))  # untouched

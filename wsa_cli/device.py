@@ -28,11 +28,11 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     if spec == "cuda" or spec.startswith("cuda:"):
         if spec != "cuda" and not spec[5:].isdigit():  # torch.device("cuda:x") raises a RuntimeError
-            raise DeviceError(f"--device {spec!r}: expected one of auto, cpu, cuda, cuda:N")
+            raise DeviceError("expected one of auto, cpu, cuda, cuda:N", option="device", value=spec)
         if not torch.cuda.is_available():
-            raise DeviceError(f"--device {spec}: CUDA is not available on this machine (use --device cpu or auto)")
+            raise DeviceError("CUDA is not available on this machine (use cpu or auto)", option="device", value=spec)
         dev = torch.device(spec)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise DeviceError(f"only {torch.cuda.device_count()} CUDA device(s) present", option="device", value=spec)
         return dev
-    raise DeviceError(f"--device {spec!r}: expected one of auto, cpu, cuda, cuda:N")
+    raise DeviceError("expected one of auto, cpu, cuda, cuda:N", option="device", value=spec)

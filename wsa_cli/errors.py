@@ -12,7 +12,13 @@ Library code raises these and never prints or exits. Exit codes are part of the 
 from __future__ import annotations
 
 import enum
+import re
+from collections.abc import Mapping
 from os import PathLike
+
+#: ``{opt:force}`` in a message names an option without saying how it was given: the CLI shows
+#: its flag (``--force``), Python callers see the parameter name (``force``).
+_OPTION_REF = re.compile(r"\{opt:([a-z_]+)\}")
 
 
 class ExitCode(enum.IntEnum):
@@ -63,12 +69,29 @@ class WsaError(Exception):
         path: str | PathLike[str] | None = None,
         key: str | None = None,
         line: int | None = None,
+        option: str | None = None,
+        value: object = None,
     ) -> None:
         self.message = message
         self.path = None if path is None else str(path)
         self.key = key
         self.line = line
+        #: the library parameter the problem is about (``weights``, ``device``...), so the CLI can
+        #: name its flag and a recipe parser its key; ``value`` is what was given (None: not shown)
+        self.option = option
+        self.value = value
         super().__init__(self.__str__())
+
+    def describe(self, names: Mapping[str, str] | None = None) -> str:
+        """The message with ``{opt:NAME}`` references spelled through ``names`` (default: the bare name).
+
+        Example:
+            >>> OutputError("output exists; pass {opt:force} to replace it").describe({"force": "--force"})
+            'output exists; pass --force to replace it'
+        """
+        where = self.location()
+        text = _OPTION_REF.sub(lambda m: (names or {}).get(m.group(1), m.group(1)), self.message)
+        return f"{where}: {text}" if where else text
 
     def location(self) -> str:
         """``file:line: key 'k'`` prefix, or an empty string when nothing is known."""
@@ -82,8 +105,7 @@ class WsaError(Exception):
         return ": ".join(parts)
 
     def __str__(self) -> str:
-        where = self.location()
-        return f"{where}: {self.message}" if where else self.message
+        return self.describe()
 
 
 class UsageError(WsaError):
@@ -108,22 +130,6 @@ class InvalidValueError(WsaError):
     """
 
     exit_code = ExitCode.USAGE
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        option: str | None = None,
-        value: object = None,
-        path: str | PathLike[str] | None = None,
-        key: str | None = None,
-        line: int | None = None,
-    ) -> None:
-        #: the library parameter the value was given for (``weights``, ``target``...), so the CLI
-        #: can name its flag and a recipe its key; ``value`` is what was given (None: not shown)
-        self.option = option
-        self.value = value
-        super().__init__(message, path=path, key=key, line=line)
 
 
 class InputNotFoundError(WsaError):

@@ -64,7 +64,9 @@ class WsaGroup(TyperGroup):
         except WsaError as exc:
             if debug:
                 traceback.print_exc()
-            _fail(str(exc), int(exc.exit_code))
+            from wsa_cli.cli.common import COMMON_FLAGS
+
+            _fail(exc.describe(COMMON_FLAGS), int(exc.exit_code))
         except KeyboardInterrupt:
             _fail("interrupted", int(ExitCode.INTERRUPTED))
         except BrokenPipeError:

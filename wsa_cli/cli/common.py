@@ -24,7 +24,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from wsa_cli.errors import InvalidValueError, UsageError
+from wsa_cli.errors import InvalidValueError, UsageError, WsaError
 from wsa_cli.jsontext import jsonable, to_json
 from wsa_cli.progress import ProgressFn
 from wsa_cli.results import Result, Table, Text
@@ -81,26 +81,36 @@ COMMON_FLAGS = {
     "fusion": "--fusion",
     "target": "--target",
     "rescale": "--rescale",
+    "force": "--force",
+    "all_tensors": "--all",
 }
 
 
 @contextmanager
 def flags(extra: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Turn the library's :class:`InvalidValueError` for an option into a usage error naming its flag.
+    """Name the flag in the library's errors about an option.
 
-    ``extra`` adds this command's own ``parameter -> --flag`` names to :data:`COMMON_FLAGS`.
+    An :class:`InvalidValueError` becomes a usage error, any other error about an option (a
+    device that is not there) keeps its class and exit code; ``{opt:NAME}`` references in a
+    message are spelled as flags. ``extra`` adds this command's own ``parameter -> --flag`` names
+    to :data:`COMMON_FLAGS`.
     The message becomes ``--weights '1,x': expected comma-separated numbers`` (with the value the
     library was given) or ``--width: must be >= 1, got 0`` (without).
     """
     names = {**COMMON_FLAGS, **(extra or {})}
     try:
         yield
-    except InvalidValueError as exc:
+    except WsaError as exc:
         flag = names.get(exc.option or "")
-        if flag is None:
+        message = exc.describe(names)
+        where = exc.location()
+        message = message[len(where) + 2 :] if where else message
+        if flag is not None:
+            message = f"{flag} {exc.value!r}: {message}" if exc.value is not None else f"{flag}: {message}"
+        elif not isinstance(exc, InvalidValueError) and message == exc.message:
             raise
-        text = f"{flag} {exc.value!r}: {exc.message}" if exc.value is not None else f"{flag}: {exc.message}"
-        raise UsageError(text, path=exc.path, key=exc.key, line=exc.line) from exc
+        kind = UsageError if isinstance(exc, InvalidValueError) else type(exc)
+        raise kind(message, path=exc.path, key=exc.key, line=exc.line) from exc
 
 
 def resolve_format(fmt: OutputFormat | None, as_json: bool = False) -> OutputFormat:

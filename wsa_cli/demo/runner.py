@@ -112,7 +112,7 @@ def check_out_dir(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise OutputError("demo output exists and is not a folder", path=out)
     if out.exists() and any(out.iterdir()) and not force:
-        raise OutputError("demo folder exists and is not empty; pass --force to overwrite the demo's files in it", path=out)
+        raise OutputError("demo folder exists and is not empty; pass {opt:force} to overwrite the demo's files in it", path=out)
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:

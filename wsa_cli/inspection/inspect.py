@@ -224,7 +224,7 @@ def inspect_histograms(
     for p in paths:
         with open_checkpoint(p, container_key=container_key, strip_prefix=strip_prefix) as r:
             if key not in r:
-                raise InvalidValueError(f"no tensor {key!r} (list the keys with: wsa inspect {r.path} --all)",
+                raise InvalidValueError(f"no tensor {key!r} (list every key with {{opt:all_tensors}})",
                                         option="histogram", path=r.path)  # fmt: skip
             hists.append((str(r.path), layer_histogram(r.get(key), key, bins, device)))
     return HistogramResult(hists)

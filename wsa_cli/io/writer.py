@@ -62,7 +62,7 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = (), *, force: b
         if src == target or target in src.parents:
             raise OutputError(f"output would overwrite input {inp}; choose another output path", path=out_path)
     if out_path.exists() and not force:
-        raise OutputError("output exists; pass --force to replace it", path=out_path)
+        raise OutputError("output exists; pass {opt:force} to replace it", path=out_path)
     if out_path.exists() and out_path.is_dir() != (out_path.suffix == ""):
         raise OutputError("output exists and is of the other kind (file vs folder)", path=out_path)
     existing = next(p for p in target.parents if p.exists())  # missing folders are created when writing
@@ -286,7 +286,7 @@ class SafetensorsWriter:
         if self.single_file and len(shards) > 1:
             raise InvalidValueError(f"output {self.out} is a single file but the model needs {len(shards)} shards; give a folder path")
         if self.out.exists() and not force:
-            raise OutputError("output exists; pass --force to replace it", path=self.out)
+            raise OutputError("output exists; pass {opt:force} to replace it", path=self.out)
         with writing(self.out):
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".wsa-tmp", dir=self.out.parent))
@@ -392,7 +392,7 @@ class SafetensorsWriter:
 def _swap_in_folder(stage: Path, out: Path, force: bool) -> None:
     if out.exists():
         if not force:
-            raise OutputError("output exists; pass --force to replace it", path=out)
+            raise OutputError("output exists; pass {opt:force} to replace it", path=out)
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".wsa-old", dir=out.parent))
         os.replace(out, old / out.name)
         os.replace(stage, out)
