@@ -17,7 +17,6 @@ Example:
     ... class Hello(Result):
     ...     command = "hello"
     ...     name: str = "world"
-    ...     warnings: list = field(default_factory=list)
     ...     def to_dict(self):
     ...         return {"name": self.name}
     >>> Hello().document()
@@ -68,17 +67,18 @@ class GateGroup:
     values: Mapping[str, float | None]
 
 
+@dataclass
 class Result:
-    """Base of every command result; subclasses set :attr:`command` and implement :meth:`to_dict`."""
+    """Base of every command result; subclasses (dataclasses) set :attr:`command` and implement :meth:`to_dict`."""
 
     #: the command's name: the JSON envelope says ``"format": "wsa-<command>"``
     command: ClassVar[str] = "result"
     #: version of this command's JSON layout (pinned by tests/golden/)
     version: ClassVar[int] = 1
     #: lines for people, printed as ``warning: ...`` on stderr
-    warnings: list[str]
+    warnings: list[str] = field(default_factory=list, kw_only=True)
     #: lines for people, printed as they are on stderr (where files went)
-    notes: list[str]
+    notes: list[str] = field(default_factory=list, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body (everything but the envelope)."""
@@ -102,15 +102,10 @@ class Result:
         return []
 
     def all_warnings(self) -> list[str]:
-        return list(getattr(self, "warnings", None) or [])
+        return list(self.warnings)
 
     def all_notes(self) -> list[str]:
-        return list(getattr(self, "notes", None) or [])
-
-
-def result_field() -> Any:
-    """A ``field(default_factory=list)`` for ``warnings``/``notes`` of result dataclasses."""
-    return field(default_factory=list)
+        return list(self.notes)
 
 
 def format_number(value: Any, digits: int = 4) -> str:

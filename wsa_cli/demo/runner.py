@@ -88,8 +88,6 @@ class DemoResult(Result):
     barriers: list[dict[str, Any]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -33,8 +33,6 @@ class FedsimResult(Result):
 
     runs: list[FedResult]
     outputs: list[tuple[Path, Path]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"runs": [r.to_dict() for r in self.runs]}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,6 @@ class FuseResult(Result):
 
     output: Path
     table: ScopeTable
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def _rows(self) -> list[dict[str, Any]]:
         return [{"key": k, "mean": s.mean, "std": s.std, "numel": self.table.numel.get(k)} for k, s in self.table.layers.items()]

@@ -79,8 +79,6 @@ class InspectResult(Result):
     layer_rows: list[dict[str, Any]]  # comparison rows (several checkpoints), sorted and cut
     target: Scope | ScopeTable | None
     metrics: dict[str, float | None]
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def has_target(self) -> bool:
@@ -123,8 +121,6 @@ class HistogramResult(Result):
     command = "inspect"
 
     histograms: list[tuple[str, Histogram]]
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"histograms": [{"path": p, **h.to_dict()} for p, h in self.histograms]}
@@ -207,7 +203,7 @@ def inspect_models(
             first = comparison.mismatches[0]
             warnings.append(f"{len(comparison.mismatches)} key(s) do not line up across the checkpoints "
                             f"(first: {first['key']}: {first['problem']})")  # fmt: skip
-    return InspectResult(reports, tensor_rows, comparison, layer_rows, tgt, metrics, warnings, notes)
+    return InspectResult(reports, tensor_rows, comparison, layer_rows, tgt, metrics, warnings=warnings, notes=notes)
 
 
 def inspect_histograms(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,6 @@ class InterpolationResult(Result):
     #: Curve columns after ``alpha``, in display order.
     metrics: list[str]
     scope: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def summary_metrics(self) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from wsa_cli.results import Result, Table, View
@@ -17,8 +17,6 @@ class MethodList(Result):
     command = "methods"
 
     methods: list[dict[str, Any]]
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"methods": self.methods}

@@ -412,12 +412,12 @@ def merge_recipe(
     dev = resolve_device(device)  # fail on a missing device before writing anything
     warnings = [w for p in plans for w in p.warnings]
     if dry_run:
-        return MergeResult(str(r.path), r.sha256, True, str(dev), [p.to_dict() for p in plans], warnings)
+        return MergeResult(str(r.path), r.sha256, True, str(dev), [p.to_dict() for p in plans], warnings=warnings)
     announce_total(progress, sum(len(p.tensors) for p in plans))
     stages = run_plans(r, plans, device=dev, force=force, progress=progress)
     final = stages[-1]
     notes = [f"wrote {final['output']} ({final['tensors']} tensors)" + (f"; report {final['report']}" if final["report"] else "")]
-    return MergeResult(str(r.path), r.sha256, False, str(dev), stages, warnings, notes)
+    return MergeResult(str(r.path), r.sha256, False, str(dev), stages, warnings=warnings, notes=notes)
 
 
 __all__ = ["MergeResult", "Scratch", "TensorResult", "merge_recipe", "merge_tensor", "run_plans", "run_stage"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from wsa_cli.results import Result, Table, View
@@ -25,8 +25,6 @@ class MergeResult(Result):
     dry_run: bool
     device: str
     stages: list[dict[str, Any]]
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "recipe_sha256": self.recipe_sha256, "dry_run": self.dry_run, "device": self.device,

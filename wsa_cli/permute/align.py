@@ -70,8 +70,6 @@ class AlignReport(Result):
     models: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     perms_file: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "spec": self.spec, "groups": self.groups, "models": self.models,

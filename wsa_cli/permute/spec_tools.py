@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,6 @@ class SpecResult(Result):
     spec: PermutationSpec
     text: str
     output: Path | None = None
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": None if self.output is None else str(self.output), "spec": self.spec.to_dict()}
@@ -45,8 +43,6 @@ class TemplateList(Result):
     command = "spec-list"
 
     templates: list[dict[str, str]]
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"templates": self.templates}
@@ -68,8 +64,6 @@ class SpecCheckResult(Result):
     checkpoint: str
     report: Any  # wsa_cli.permute.check.CheckReport
     axes_per_group: dict[str, int]
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec, "checkpoint": self.checkpoint, "ok": True, **self.report.to_dict()}

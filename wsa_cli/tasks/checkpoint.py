@@ -86,8 +86,6 @@ class TrainResult(Result):
 
     checkpoint: Path
     metrics: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"checkpoint": str(self.checkpoint), **self.metrics}
