@@ -91,6 +91,15 @@ def ref_dare(xs, base, p, lam, w, ctx, consensus, normalize=False):
 
 #: One independent reference per built-in method: ``(xs, base, w, params, ctx) -> ndarray``
 #: over float64 NumPy arrays with the method's resolved parameters.
+def ref_model_stock(xs, base):
+    """Jang et al. 2024: t = N cos / (1 + (N - 1) cos), cos = mean pairwise cosine of the task vectors."""
+    taus = [(x - base).ravel() for x in xs]
+    cos = [float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) for i, a in enumerate(taus) for b in taus[i + 1 :]]
+    c = min(max(float(np.mean(cos)), 0.0), 1.0)
+    t = len(xs) * c / (1 + (len(xs) - 1) * c)
+    return t * np.mean(xs, axis=0) + (1 - t) * base
+
+
 REFERENCES = {
     "linear": lambda xs, base, w, p, ctx: ref_average(xs, w) if p["normalize"] else sum(wi * x for wi, x in zip(w, xs, strict=True)),
     "task_arithmetic": lambda xs, base, w, p, ctx: ref_task_arithmetic(xs, base, p["scale"] / (np.sum(w) if p["normalize"] else 1.0), w),
@@ -99,6 +108,7 @@ REFERENCES = {
     "dare_ties": lambda xs, base, w, p, ctx: ref_dare(xs, base, p["drop_rate"], p["scale"], w, ctx, True),
     "slerp": lambda xs, base, w, p, ctx: ref_slerp(xs[0], xs[1], p["t"]),
     "copy": lambda xs, base, w, p, ctx: base if p["model"] == -1 else xs[p["model"]],
+    "model_stock": lambda xs, base, w, p, ctx: ref_model_stock(xs, base),
 }
 
 
@@ -470,3 +480,19 @@ def test_block_form_with_alignment_equals_align_then_merge(name, params, monkeyp
         want = m.fn(aligned, ab, w, p, MethodContext("w", 1))
         torch.testing.assert_close(res.tensor, want, rtol=1e-5, atol=1e-6)
         assert res.record["after"]["std"] == pytest.approx(float(want.std(correction=0)), rel=1e-5)
+
+
+def test_model_stock_moves_between_the_average_and_the_base_with_the_angle():
+    """Parallel task vectors keep the average, orthogonal ones the base; three fine-tunes follow the paper's t."""
+    base = torch.zeros(2, 2, dtype=torch.float64)
+    same = [torch.ones(2, 2, dtype=torch.float64), 3 * torch.ones(2, 2, dtype=torch.float64)]
+    torch.testing.assert_close(_run("model_stock", same, base, [1, 1], {}), 2 * torch.ones(2, 2, dtype=torch.float64))
+    ortho = [torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64), torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)]
+    torch.testing.assert_close(_run("model_stock", ortho, base, [1, 1], {}), base)
+    # three task vectors at 60 degrees to each other: cos = 0.5, t = 3 * 0.5 / (1 + 2 * 0.5) = 0.75
+    e = [torch.tensor(v, dtype=torch.float64) for v in ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0])]
+    xs = [e[0] + e[1], e[1] + e[2], e[0] + e[2]]
+    got = _run("model_stock", xs, torch.zeros(3, dtype=torch.float64), [1, 1, 1], {})
+    torch.testing.assert_close(got, 0.75 * torch.stack(xs).mean(0))
+    with pytest.raises(InvalidValueError, match="at least 2"):
+        get_method("model_stock").validate({}, 1, has_base=True)
