@@ -35,13 +35,16 @@ from typing import Any, ClassVar
 class Table:
     """A table for people: a title, column names, rows of plain values, an optional caption.
 
-    The first column is the row's name (left-aligned, never wrapped in the middle of a word).
+    The first column is the row's name (a tensor key): it is never wrapped; when the terminal is
+    too narrow it is shortened in the middle (the full name is in the JSON and CSV).
+    ``optional`` lists columns that may be left out to fit the terminal, first left out first.
     """
 
     title: str | None
     columns: Sequence[str]
     rows: Sequence[Sequence[Any]]
     caption: str | None = None
+    optional: Sequence[str] = ()
 
 
 @dataclass
@@ -130,3 +133,70 @@ def format_number(value: Any, digits: int = 4) -> str:
     if isinstance(value, (list, tuple)):
         return "x".join(str(v) for v in value) or "()"
     return str(value)
+
+
+#: Narrowest the name column is shortened to before columns are left out instead.
+MIN_NAME_WIDTH = 24
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters by replacing its middle with an ellipsis.
+
+    Example:
+        >>> shorten_middle("encoder.layer.11.attention.self.query.weight", 24)
+        'encoder.laye…uery.weight'
+    """
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[:width]
+    head = (width - 1) // 2 + (width - 1) % 2
+    tail = width - 1 - head
+    return text[:head] + "\u2026" + (text[-tail:] if tail else "")
+
+
+def table_width(widths: Sequence[int]) -> int:
+    """Characters a boxed table with these column widths takes (one space of padding, a rule between)."""
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def fit_table(view: Table, width: int, *, wide: bool = False, columns: Sequence[str] | None = None) -> Table:
+    """The table as it fits ``width`` characters: cells as text, optional columns left out, names shortened.
+
+    ``columns`` picks the columns to show (the name column always comes first); ``wide`` shows
+    every column and never shortens. Unknown names in ``columns`` are an
+    :class:`~wsa_cli.errors.InvalidValueError` listing the table's columns.
+
+    Example:
+        >>> t = Table(None, ["key", "mean", "std"], [["a.very.long.key.name.weight", 0.5, 1.0]], optional=["mean"])
+        >>> fit_table(t, 26).columns
+        ['key', 'std']
+    """
+    from wsa_cli.errors import InvalidValueError
+
+    names = list(view.columns)
+    cells = [[format_number(v) for v in row] for row in view.rows]
+    if columns:
+        unknown = [c for c in columns if c not in names]
+        if unknown:
+            raise InvalidValueError(f"no column {unknown[0]!r}; this table has: {', '.join(names)}", option="columns", value=",".join(columns))
+        keep = [names[0], *[c for c in columns if c != names[0]]]
+    else:
+        keep = list(names)
+    idx = [names.index(c) for c in keep]
+
+    def widths(cols: list[int]) -> list[int]:
+        return [max([len(names[i]), *(len(r[i]) for r in cells)]) for i in cols]
+
+    if not wide and not columns:
+        for name in view.optional:
+            if table_width(widths(idx)) <= width:
+                break
+            if name in keep and name != names[0]:
+                idx.remove(names.index(name))
+                keep.remove(name)
+    if not wide and table_width(widths(idx)) > width:
+        others = table_width(widths(idx)) - widths(idx)[0]
+        room = max(width - others, MIN_NAME_WIDTH, len(names[0]))
+        cells = [[shorten_middle(r[0], room), *r[1:]] for r in cells]
+    return Table(view.title, keep, [[r[i] for i in idx] for r in cells], view.caption)

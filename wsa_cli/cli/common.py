@@ -59,6 +59,11 @@ ExcludeOpt = Annotated[
     typer.Option("--exclude", help="Never treat tensors matching this glob (or re:REGEX) as layers. Repeatable."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
+WideOpt = Annotated[bool, typer.Option("--wide", help="Tables: every column, full key names (lines may exceed the terminal).")]
+ColumnsOpt = Annotated[
+    Optional[str],
+    typer.Option("--columns", metavar="A,B,...", help="Tables: show these columns (after the name column), in this order."),
+]
 #: The two checkpoint options, offered by every command that opens a checkpoint.
 KeyOpt = Annotated[
     Optional[str],
@@ -145,12 +150,15 @@ def write_stdout(text: str) -> None:
 
 
 def stdout_console() -> Any:  # a rich Console, imported lazily so --help stays instant
-    """Console for tables on stdout; when piped (``--format table | less``) it is wide, not 80 columns."""
-    import shutil
-
+    """Console for tables on stdout: the terminal's width; ``COLUMNS`` when set; 160 when piped
+    (``--format table | less`` should not be squeezed to 80 columns)."""
     from rich.console import Console
 
-    width = None if sys.stdout.isatty() else max(shutil.get_terminal_size((160, 24)).columns, 160)
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        width: int | None = int(columns)
+    else:
+        width = None if sys.stdout.isatty() else 160
     return Console(highlight=False, soft_wrap=False, width=width)
 
 
@@ -160,17 +168,29 @@ def stderr_console() -> Any:
     return Console(stderr=True, highlight=False)
 
 
-def print_table(view: Table) -> None:
-    """Draw a :class:`~wsa_cli.results.Table` on stdout for people (format ``table`` only)."""
+def print_table(view: Table, *, wide: bool = False, columns: Sequence[str] | None = None) -> None:
+    """Draw a :class:`~wsa_cli.results.Table` on stdout for people (format ``table`` only).
+
+    It is fitted to the terminal (:func:`wsa_cli.results.fit_table`): cells never wrap, optional
+    columns are left out first, then names are shortened in the middle; ``wide`` shows every
+    column at full length, ``columns`` picks them.
+    """
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    table = RichTable(title=view.title, caption=view.caption, show_lines=False, header_style="bold")
-    for i, col in enumerate(view.columns):
-        table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
-    for row in view.rows:
-        table.add_row(*(escape(fmt_num(v)) for v in row))
-    stdout_console().print(table)
+    from wsa_cli.results import fit_table, table_width
+
+    console = stdout_console()
+    fitted = fit_table(view, console.width, wide=wide, columns=columns)
+    if wide:
+        need = table_width([max([len(c), *(len(r[i]) for r in fitted.rows)]) for i, c in enumerate(fitted.columns)])
+        console.width = max(console.width, need)
+    table = RichTable(title=fitted.title, caption=fitted.caption, show_lines=False, header_style="bold")
+    for i, col in enumerate(fitted.columns):
+        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
+    for row in fitted.rows:
+        table.add_row(*(escape(v) for v in row))
+    console.print(table)
 
 
 def note(message: str, *, quiet: bool = False) -> None:
@@ -180,12 +200,21 @@ def note(message: str, *, quiet: bool = False) -> None:
         sys.stderr.flush()
 
 
-def finish(result: Result, fmt: OutputFormat | None, gates: Sequence[Any] = (), *, quiet: bool = False) -> None:
+def finish(
+    result: Result,
+    fmt: OutputFormat | None,
+    gates: Sequence[Any] = (),
+    *,
+    quiet: bool = False,
+    wide: bool = False,
+    columns: Sequence[str] | None = None,
+) -> None:
     """Emit a command's result: warnings and notes on stderr, then table/JSON/CSV on stdout, then gates.
 
     ``fmt`` None means the command has only a human form (its :meth:`~Result.render`). JSON is
     :meth:`~Result.document` (the shared envelope); CSV is :meth:`~Result.rows`. Gates are
-    checked last, so a failing gate still prints its data first (exit 1).
+    checked last, so a failing gate still prints its data first (exit 1). ``wide`` and
+    ``columns`` shape the tables (see :func:`print_table`).
     """
     from wsa_cli.gates import check_gates
 
@@ -203,7 +232,8 @@ def finish(result: Result, fmt: OutputFormat | None, gates: Sequence[Any] = (), 
             if isinstance(view, Text):
                 write_stdout(view.text)
             else:
-                print_table(view)
+                with flags({"columns": "--columns"}):
+                    print_table(view, wide=wide, columns=columns)
     if gates:
         check_gates(gates, result.gate_values())
 
@@ -248,7 +278,7 @@ def parse_gates(specs: Sequence[str] | None, known: Sequence[str]) -> list[Any]:
 
 
 __all__ = [
-    "COMMON_FLAGS", "DeviceOpt", "ExcludeOpt", "FailAboveOpt", "ForceOpt", "FormatOpt", "IncludeOpt", "JsonOpt", "KeyOpt",
+    "COMMON_FLAGS", "ColumnsOpt", "WideOpt", "DeviceOpt", "ExcludeOpt", "FailAboveOpt", "ForceOpt", "FormatOpt", "IncludeOpt", "JsonOpt", "KeyOpt",
     "OutputFormat", "QuietOpt", "StripPrefixOpt", "finish", "flags", "fmt_num", "note", "parse_gates", "print_table",
     "progress", "resolve_format", "to_csv", "to_json", "write_stdout",
 ]  # fmt: skip

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from wsa_cli.cli.common import (
-    DeviceOpt, ExcludeOpt, FailAboveOpt, FormatOpt, IncludeOpt, JsonOpt, KeyOpt, QuietOpt, StripPrefixOpt, finish, flags,
-    parse_gates, progress, resolve_format,
+    ColumnsOpt, DeviceOpt, ExcludeOpt, FailAboveOpt, FormatOpt, IncludeOpt, JsonOpt, KeyOpt, QuietOpt, StripPrefixOpt, WideOpt,
+    finish, flags, parse_gates, progress, resolve_format,
 )  # fmt: skip
 from wsa_cli.errors import UsageError
 
@@ -32,6 +32,7 @@ def command(
         typer.Option("--histogram", metavar="LAYER", help="Show LAYER's weight histogram with its fitted Gaussian."),
     ] = None,
     bins: Annotated[int, typer.Option("--bins", min=2, max=1000, help="Histogram bins.")] = 30,
+    clip: Annotated[float, typer.Option("--clip", min=0.0, max=49.0, metavar="PERCENT", help="Histogram bins cover the PERCENT-th to (100-PERCENT)-th percentile; values outside are counted (0: min..max).")] = 0.1,
     sort: Annotated[
         Optional[str],
         typer.Option("--sort", help="Sort rows by this column (numbers descending). Default: file order for one "
@@ -41,6 +42,8 @@ def command(
     key: KeyOpt = None,
     strip_prefix: StripPrefixOpt = None,
     fail_above: FailAboveOpt = None,
+    wide: WideOpt = False,
+    columns: ColumnsOpt = None,
     fmt: FormatOpt = None,
     as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
@@ -72,8 +75,9 @@ def command(
             container_key=key, strip_prefix=strip_prefix,
         )  # fmt: skip
         if histogram is not None:
-            result = inspect_histograms(checkpoints, histogram, bins=bins, device=dev, container_key=key, strip_prefix=strip_prefix)
+            result = inspect_histograms(checkpoints, histogram, bins=bins, clip_percent=clip, device=dev, container_key=key,
+                                        strip_prefix=strip_prefix)  # fmt: skip
             return finish(result, out_fmt, quiet=quiet)
         with progress(None, "inspect", quiet=quiet) as advance:
             result = inspect_models(checkpoints, opts, device=dev, progress=advance)
-    finish(result, out_fmt, gates, quiet=quiet)
+    finish(result, out_fmt, gates, quiet=quiet, wide=wide, columns=columns.split(",") if columns else None)

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from wsa_cli.cli.common import (
-    DeviceOpt, ExcludeOpt, FailAboveOpt, ForceOpt, FormatOpt, IncludeOpt, JsonOpt, KeyOpt, QuietOpt, StripPrefixOpt, finish,
-    flags, progress, resolve_format,
+    ColumnsOpt, DeviceOpt, ExcludeOpt, FailAboveOpt, ForceOpt, FormatOpt, IncludeOpt, JsonOpt, KeyOpt, QuietOpt, StripPrefixOpt,
+    WideOpt, finish, flags, progress, resolve_format,
 )  # fmt: skip
 
 DEFAULT_ALPHAS = "0:1:11"
@@ -71,6 +71,8 @@ def command(
     fail_above: FailAboveOpt = None,
     key: KeyOpt = None,
     strip_prefix: StripPrefixOpt = None,
+    wide: WideOpt = False,
+    columns: ColumnsOpt = None,
     fmt: FormatOpt = None,
     as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
@@ -110,4 +112,4 @@ def command(
     if plot is not None:  # before stdout: a plot that cannot be written fails the run, data or not
         plot_result(result, plot)
         result.notes.append(f"wrote {plot}")
-    finish(result, out_fmt, setup.gates, quiet=quiet)
+    finish(result, out_fmt, setup.gates, quiet=quiet, wide=wide, columns=columns.split(",") if columns else None)

@@ -211,18 +211,23 @@ def inspect_histograms(
     key: str,
     *,
     bins: int = 30,
+    clip_percent: float | None = 0.1,
     device: torch.device | str = "cpu",
     container_key: str | None = None,
     strip_prefix: str | None = None,
 ) -> HistogramResult:
-    """The weight histogram of tensor ``key`` in every checkpoint, with the fitted Gaussian per bin."""
+    """The weight histogram of tensor ``key`` in every checkpoint, with the fitted Gaussian per bin.
+
+    ``clip_percent``: bins cover the ``clip_percent``-th to ``(100 - clip_percent)``-th percentile;
+    the values outside are counted, not binned (None or 0: min..max).
+    """
     hists = []
     for p in paths:
         with open_checkpoint(p, container_key=container_key, strip_prefix=strip_prefix) as r:
             if key not in r:
                 raise InvalidValueError(f"no tensor {key!r} (list every key with {{opt:all_tensors}})",
                                         option="histogram", path=r.path)  # fmt: skip
-            hists.append((str(r.path), layer_histogram(r.get(key), key, bins, device)))
+            hists.append((str(r.path), layer_histogram(r.get(key), key, bins, device, clip_percent=clip_percent or None)))
     return HistogramResult(hists)
 
 
@@ -315,7 +320,8 @@ def _single_table(report: ModelReport, rows: list[dict], has_target: bool) -> Ta
         if has_target:
             row.append(r["kl_to_target"])
         table_rows.append(row)
-    return Table(f"{report.path} ({report.format})", cols, table_rows, caption=caption)
+    optional = ["skew", "ex.kurt", "zeros", "nan/inf", "min", "max", "kind", "dtype", "shape"]
+    return Table(f"{report.path} ({report.format})", cols, table_rows, caption=caption, optional=optional)
 
 
 def _comparison_table(reports: list[ModelReport], rows: list[dict], has_target: bool) -> Table:
@@ -329,7 +335,8 @@ def _comparison_table(reports: list[ModelReport], rows: list[dict], has_target: 
             row.append(r["max_kl_to_target"])
         table_rows.append(row)
     legend = "; ".join(f"[{i}] {rep.path}" for i, rep in enumerate(reports))
-    return Table("layer scopes side by side (ranked)", cols, table_rows, caption=legend)
+    optional = [*(f"mean[{i}]" for i in range(k)), "mean shift", "fused std", "shape", *(f"std[{i}]" for i in range(k))]
+    return Table("layer scopes side by side (ranked)", cols, table_rows, caption=legend, optional=optional)
 
 
 def _flatten_comparison(rows: list[dict], k: int, has_target: bool) -> tuple[list[str], list[dict]]:
@@ -361,5 +368,7 @@ def render_histogram(path: str, h: Histogram, width: int = 50) -> str:
         cells = ["#" if j < bar else " " for j in range(width + 1)]
         cells[min(mark, width)] = "|" if mark >= bar else "+"
         lines.append(f"  {h.edges[i]:>+11.4e} {''.join(cells)} {count}")
+    if h.below or h.above:
+        lines.append(f"  {h.below:,} values below and {h.above:,} above the range shown ({h.clip_percent:g}th to {100 - (h.clip_percent or 0):g}th percentile)")
     lines.append("  '#' observed count per bin, '|' count predicted by the fitted Gaussian ('+' inside the bar)")
     return "\n".join(lines) + "\n"

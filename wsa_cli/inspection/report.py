@@ -253,7 +253,13 @@ def kl_to_target(stats: TensorStats, target: Scope | ScopeTable | None) -> float
 
 @dataclass(frozen=True)
 class Histogram:
-    """A layer's weight histogram and the counts its fitted Gaussian predicts per bin."""
+    """A layer's weight histogram and the counts its fitted Gaussian predicts per bin.
+
+    With a clip (``clip_percent`` p), the bins span the p-th to the (100 - p)-th percentile of
+    the values and the values outside are counted in ``below`` and ``above``, so one outlier does
+    not squeeze the whole distribution into a bin or two (a percentile, unlike the std, is not
+    moved by the outlier itself).
+    """
 
     key: str
     edges: list[float]
@@ -261,6 +267,9 @@ class Histogram:
     gaussian: list[float]
     scope: Scope
     finite: int
+    below: int = 0
+    above: int = 0
+    clip_percent: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -271,36 +280,59 @@ class Histogram:
             "mean": self.scope.mean,
             "std": self.scope.std,
             "finite_values": self.finite,
+            "clip_percent": self.clip_percent,
+            "below": self.below,
+            "above": self.above,
         }
 
 
-def layer_histogram(tensor: torch.Tensor, key: str, bins: int = 40, device: torch.device | str = "cpu") -> Histogram:
+def layer_histogram(
+    tensor: torch.Tensor, key: str, bins: int = 40, device: torch.device | str = "cpu", *, clip_percent: float | None = None
+) -> Histogram:
     """Histogram of the finite values of ``tensor`` with the fitted N(mean, std^2) per bin.
 
+    ``clip_percent`` p: bins from the p-th to the (100 - p)-th percentile of the finite values;
+    the values outside are counted in ``below``/``above``. None or 0: bins over min..max.
+
     Example:
-        >>> h = layer_histogram(torch.randn(10_000), "w", bins=10)
-        >>> sum(h.counts)
-        10000
+        >>> h = layer_histogram(torch.cat([torch.arange(1999.0), torch.tensor([1e6])]), "w", bins=4, clip_percent=0.1)
+        >>> sum(h.counts), h.below, h.above  # the lowest and the highest 0.1 % (2 of 2000 values) are counted apart
+        (1998, 1, 1)
     """
     moments = tensor_moments(tensor, device)
     scope = Scope(moments.mean, math.sqrt(moments.var))
     n = moments.n
     if n == 0:
-        return Histogram(key, [], [], [], scope, 0)
+        return Histogram(key, [], [], [], scope, 0, clip_percent=clip_percent)
     lo, hi = moments.min, moments.max
+    if clip_percent and lo < hi:
+        lo, hi = _percentile_range(tensor, clip_percent, n)
     if lo == hi:  # constant layer: one bin holding everything
-        return Histogram(key, [lo, hi], [n], [float(n)], scope, n)
+        return Histogram(key, [lo, hi], [n], [float(n)], scope, n, clip_percent=clip_percent)
     edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
     counts = torch.zeros(bins, dtype=torch.int64)
+    below = above = 0
     flat = tensor.detach().reshape(-1)
     for part in flat.split(1 << 22):  # bounded memory for big layers
         x = part.to(device=device, dtype=torch.float64)
         x = x[torch.isfinite(x)]
+        below += int((x < lo).sum())
+        above += int((x > hi).sum())
+        x = x[(x >= lo) & (x <= hi)]
         idx = torch.clamp(torch.bucketize(x, edges.to(x.device), right=True) - 1, 0, bins - 1)
         counts += torch.bincount(idx, minlength=bins).cpu()
     cdf = [_normal_cdf(float(e), scope) for e in edges]
     expected = [n * (cdf[i + 1] - cdf[i]) for i in range(bins)]
-    return Histogram(key, edges.tolist(), counts.tolist(), expected, scope, n)
+    return Histogram(key, edges.tolist(), counts.tolist(), expected, scope, n, below, above, clip_percent)
+
+
+def _percentile_range(tensor: torch.Tensor, percent: float, n: int) -> tuple[float, float]:
+    """The ``percent``-th and ``(100 - percent)``-th percentiles of the ``n`` finite values (nearest rank)."""
+    x = tensor.detach().reshape(-1).to("cpu", torch.float64)
+    x = x[torch.isfinite(x)]  # (n,) one float64 copy of this layer: a histogram looks at one layer
+    k_lo = max(1, math.ceil(percent / 100.0 * n))
+    k_hi = max(k_lo, n - k_lo + 1)
+    return float(torch.kthvalue(x, k_lo).values), float(torch.kthvalue(x, k_hi).values)
 
 
 def _normal_cdf(x: float, scope: Scope) -> float:

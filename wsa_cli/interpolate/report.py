@@ -52,14 +52,20 @@ def chart_metric(result: InterpolationResult) -> str | None:
     return result.metrics[0] if result.metrics else None
 
 
+def spark_range(result: InterpolationResult) -> tuple[float, float] | None:
+    """The shared scale of the modes' sparklines: the chart metric's lowest and highest value."""
+    metric = chart_metric(result)
+    values = [r.get(metric) for m in result.modes for r in m.rows] if metric else []
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return (min(finite), max(finite)) if finite else None
+
+
 def mode_sparklines(result: InterpolationResult) -> dict[str, str]:
     """A sparkline per mode on a shared scale, so the modes' heights compare directly."""
     metric = chart_metric(result)
     if metric is None:
         return {m.mode: "" for m in result.modes}
-    values = [r.get(metric) for m in result.modes for r in m.rows]
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    lo, hi = (min(finite), max(finite)) if finite else (None, None)
+    lo, hi = spark_range(result) or (None, None)
     return {m.mode: sparkline([r.get(metric) for r in m.rows], lo, hi) for m in result.modes}
 
 
@@ -130,6 +136,8 @@ def summary_table(result: InterpolationResult) -> tuple[list[str], list[list[Any
     spec = TABLE_SUMMARY_EVAL if result.kind == "evaluation" else TABLE_SUMMARY_DIAG
     sparks = mode_sparklines(result)
     metric = chart_metric(result) or ""
-    columns = ["mode", *(label for label, _ in spec), f"{metric} vs alpha"]
+    scale = spark_range(result)
+    shown = f" {scale[0]:.3g}..{scale[1]:.3g}" if scale is not None else ""
+    columns = ["mode", *(label for label, _ in spec), f"{metric} vs alpha{shown}"]
     rows = [[m.mode, *(m.summary.get(key) for _, key in spec), sparks[m.mode]] for m in result.modes]
     return columns, rows

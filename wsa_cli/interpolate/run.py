@@ -107,7 +107,9 @@ class InterpolationResult(Result):
         data_free = self.kind != KIND_EVAL
         label = "DATA-FREE DIAGNOSTICS (weight statistics, not loss)" if data_free else f"evaluator {self.evaluator}"
         cols, rows = curve_table(self)
-        curve = Table(f"{Path(self.a).name} -> {Path(self.b).name}: {label}", cols, rows)
+        headline = [c for c in cols if c == "alpha" or c.endswith((" loss", " accuracy", " min_std_ratio", " max_scope_kl"))]
+        curve = Table(f"{Path(self.a).name} -> {Path(self.b).name}: {label}", cols, rows,
+                      optional=[c for c in reversed(cols) if c not in headline] + [c for c in reversed(headline) if c.endswith(" accuracy")])  # fmt: skip
         cols, rows = summary_table(self)
         caption = (
             "std shrinkage = 1 - min std(W_alpha) / line between endpoint stds; scope KL to the pair's target scope"
@@ -115,7 +117,8 @@ class InterpolationResult(Result):
             else "barrier = max(loss - line between endpoint losses); vs mean = max loss - mean endpoint loss; "
             "mid = at alpha 0.5; vs inputs = against the input checkpoints' losses"
         )
-        return [curve, Table("summary", cols, rows, caption=caption)]
+        optional = ["at ", "at", "layer", "vs mean", "mid", "vs inputs", "acc 0", "acc 1", "loss 0", "loss 1", "distance", "cosine"]
+        return [curve, Table("summary", cols, rows, caption=caption, optional=optional)]
 
     def gate_values(self) -> list[GateGroup]:
         """Summary metrics per mode: a gate ``MODE.METRIC`` checks one mode, ``METRIC`` every mode."""
