@@ -196,7 +196,7 @@ def _write(path: Path, data: bytes) -> Path:
     [
         (["inspect", "x.safetensors", "--format", "xml"], "wsa inspect", "'xml' is not one of"),
         (["inspect", "x.safetensors", "--bogus"], "wsa inspect", "No such option: --bogus"),
-        (["merge"], "wsa merge", "Missing argument 'recipe'"),
+        (["merge"], "wsa merge", "Missing argument 'RECIPE | CHECKPOINT...'"),
         (["scope", "fuse", "--bogus"], "wsa scope fuse", "No such option: --bogus"),
         (["spec", "infer", "--model", "digits-mlp", "--input-shape"], "wsa", "requires an argument"),
         (["--bogus"], "wsa", "No such option: --bogus"),

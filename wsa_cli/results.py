@@ -199,4 +199,12 @@ def fit_table(view: Table, width: int, *, wide: bool = False, columns: Sequence[
         others = table_width(widths(idx)) - widths(idx)[0]
         room = max(width - others, MIN_NAME_WIDTH, len(names[0]))
         cells = [[shorten_middle(r[0], room), *r[1:]] for r in cells]
+    while not wide and table_width(widths(idx)) > width:  # still too wide: shorten the widest other text column
+        w = widths(idx)
+        floors = [max(len(names[i]), MIN_NAME_WIDTH // 2) for i in idx]
+        j = max(range(1, len(idx)), key=lambda n: w[n] - floors[n], default=None)
+        if j is None or w[j] <= floors[j]:
+            break  # nothing left to shorten: the table is wider than the terminal
+        target = max(floors[j], w[j] - (table_width(w) - width))
+        cells = [[*r[: idx[j]], shorten_middle(r[idx[j]], target), *r[idx[j] + 1 :]] for r in cells]
     return Table(view.title, keep, [[r[i] for i in idx] for r in cells], view.caption)

@@ -182,9 +182,8 @@ def print_table(view: Table, *, wide: bool = False, columns: Sequence[str] | Non
 
     console = stdout_console()
     fitted = fit_table(view, console.width, wide=wide, columns=columns)
-    if wide:
-        need = table_width([max([len(c), *(len(r[i]) for r in fitted.rows)]) for i, c in enumerate(fitted.columns)])
-        console.width = max(console.width, need)
+    need = table_width([max([len(c), *(len(r[i]) for r in fitted.rows)]) for i, c in enumerate(fitted.columns)])
+    console.width = max(console.width, need)  # never let rich squeeze a column to nothing
     table = RichTable(title=fitted.title, caption=fitted.caption, show_lines=False, header_style="bold")
     for i, col in enumerate(fitted.columns):
         table.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)

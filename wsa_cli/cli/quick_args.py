@@ -1,0 +1,37 @@
+"""Which kind of ``wsa merge`` a command line is: a recipe file, or checkpoints with ``-o``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from wsa_cli.errors import UsageError
+
+
+def command_line_merge(inputs: Sequence[str], *, out: str | None, method: str, base: str | None, param: Sequence[str] | None,
+                       weights: str | None, align: bool, dtype: str | None, seed: int | None,
+                       save_recipe: str | None) -> Any:  # fmt: skip
+    """None for ``wsa merge RECIPE``; the :class:`~wsa_cli.recipe.quick.QuickMerge` for ``wsa merge A B -o OUT``.
+
+    Options that only a command-line merge takes are refused with a recipe (the recipe says them).
+    """
+    from wsa_cli.fusion import parse_weights
+    from wsa_cli.recipe.quick import QuickMerge
+
+    is_recipe = len(inputs) == 1 and inputs[0].lower().endswith((".yaml", ".yml")) and out is None
+    given = {"--method": method != "linear", "--base": base is not None, "--param": bool(param), "--weights": weights is not None,
+             "--no-align": not align, "--dtype": dtype is not None, "--seed": seed is not None,
+             "--save-recipe": save_recipe is not None}  # fmt: skip
+    if is_recipe:
+        extra = [flag for flag, on in given.items() if on]
+        if extra:
+            raise UsageError(f"{extra[0]} is for a merge of checkpoints given on the command line (with -o); the recipe {inputs[0]} says its own")
+        return None
+    if out is None:
+        raise UsageError("give a recipe (wsa merge RECIPE.yaml) or the checkpoints and an output (wsa merge A B -o OUT)")
+    try:
+        w = parse_weights(weights, len(inputs)) if weights is not None else None
+    except Exception as exc:  # noqa: BLE001 - re-raised as a usage error naming the flag
+        raise UsageError(f"--weights {weights!r}: {getattr(exc, 'message', exc)}") from None
+    return QuickMerge(models=list(inputs), output=out, method=method, base=base, params=list(param or ()), weights=w,
+                      align=align, dtype=dtype, seed=seed)  # fmt: skip
