@@ -40,7 +40,7 @@ def test_every_field_is_a_documented_key_or_bookkeeping(prefix: str, cls: type) 
 def test_allowed_keys_come_from_the_fields() -> None:
     assert schema.MODEL_KEYS == ("path", "stage", "weight", "key", "strip_prefix")
     assert schema.SCOPE_KEYS == ("align", "fusion", "target", "rescale", "include", "exclude", "weights", "align_base")
-    assert schema.OUTPUT_KEYS == ("path", "dtype", "shard_size", "copy_files_from", "provenance", "report")
+    assert schema.OUTPUT_KEYS == ("path", "dtype", "shard_size", "copy_files_from", "provenance", "report", "nonfinite")
     assert schema.OVERRIDE_KEYS == ("match", "method", "parameters", "align", "rescale")
     assert schema.PERMUTATION_KEYS == ("spec", "reference", "seed")
     assert ("version", "stages", *schema.STAGE_KEYS) == schema.TOP_KEYS

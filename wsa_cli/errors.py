@@ -45,8 +45,12 @@ class ExitCode(enum.IntEnum):
     DEVICE = 9
     #: A bug in wsa: an unexpected exception. Run with ``--debug`` and report it.
     INTERNAL = 70
+    #: The terminal closed (SIGHUP); no partial output is left behind.
+    HANGUP = 129
     #: Interrupted by the user (Ctrl-C).
     INTERRUPTED = 130
+    #: Terminated (SIGTERM: ``timeout``, ``docker stop``, systemd); no partial output is left behind.
+    TERMINATED = 143
 
 
 class WsaError(Exception):

@@ -5,7 +5,9 @@ The one YAML loader of wsa: recipes and permutation specs both go through it.
 ``yaml.compose`` gives a node tree whose nodes carry ``start_mark``; we turn it into small
 wrappers -- :class:`YMap`, :class:`YList`, :class:`YScalar` -- that hold plain Python values and
 their 1-based line. Duplicate mapping keys, YAML anchors to non-scalars and syntax errors are
-reported with their line.
+reported with their line. Aliases are expanded, but within bounds (:data:`MAX_NODES` values in
+all, :data:`MAX_DEPTH` levels of nesting): a "billion laughs" file, a recursive alias or deeply
+nested brackets are a :class:`ConfigError` at their line, not a hang or a crash.
 
 Example:
     >>> doc = load_yaml_text("models:\\n  - a.safetensors\\n", "r.yaml")
@@ -22,6 +24,11 @@ from typing import Any
 import yaml
 
 from wsa_cli.errors import ConfigError
+
+#: Most values one YAML file may expand to, aliases counted at every use (a recipe has hundreds).
+MAX_NODES = 100_000
+#: Deepest nesting of lists and mappings (a recipe needs fewer than ten levels).
+MAX_DEPTH = 100
 
 
 @dataclass
@@ -67,8 +74,23 @@ class YMap:
 YNode = YScalar | YList | YMap
 
 
-def _convert(node: yaml.Node, path: Path, constructor: yaml.constructor.SafeConstructor) -> YNode:
+class _Budget:
+    """Counts converted nodes; expanding an alias counts its whole value again."""
+
+    def __init__(self) -> None:
+        self.nodes = 0
+
+
+def _convert(node: yaml.Node, path: Path, constructor: yaml.constructor.SafeConstructor, budget: _Budget | None = None,
+             depth: int = 0) -> YNode:  # fmt: skip
     line = node.start_mark.line + 1
+    budget = budget if budget is not None else _Budget()
+    budget.nodes += 1
+    if budget.nodes > MAX_NODES:
+        raise ConfigError(f"the YAML expands to more than {MAX_NODES} values (aliases repeat their anchor's value); "
+                          "write it out or simplify it", path=path, line=line)  # fmt: skip
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"the YAML nests deeper than {MAX_DEPTH} levels (or an alias refers to itself)", path=path, line=line)
     if isinstance(node, yaml.ScalarNode):
         try:
             value = constructor.construct_object(node, deep=True)
@@ -78,7 +100,7 @@ def _convert(node: yaml.Node, path: Path, constructor: yaml.constructor.SafeCons
             value = str(value)  # dates, binary: keep the text; the schema reports the type
         return YScalar(value, line)
     if isinstance(node, yaml.SequenceNode):
-        return YList([_convert(n, path, constructor) for n in node.value], line)
+        return YList([_convert(n, path, constructor, budget, depth + 1) for n in node.value], line)
     if isinstance(node, yaml.MappingNode):
         constructor.flatten_mapping(node)  # resolve '<<' merge keys
         entries: dict[str, YNode] = {}
@@ -90,7 +112,7 @@ def _convert(node: yaml.Node, path: Path, constructor: yaml.constructor.SafeCons
             key = str(constructor.construct_object(knode))
             if key in entries:
                 raise ConfigError(f"key {key!r} appears twice (first on line {key_lines[key]})", path=path, line=kline)
-            entries[key] = _convert(vnode, path, constructor)
+            entries[key] = _convert(vnode, path, constructor, budget, depth + 1)
             key_lines[key] = kline
         return YMap(entries, line, key_lines)
     raise ConfigError(f"unsupported YAML node {type(node).__name__}", path=path, line=line)  # pragma: no cover
@@ -103,6 +125,7 @@ def load_yaml_text(text: str, path: str | Path, *, what: str = "recipe") -> YNod
     """
     p = Path(path)
     try:
+        _check_depth(text, p)  # before composing: the composer recurses once per level
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -113,6 +136,18 @@ def load_yaml_text(text: str, path: str | Path, *, what: str = "recipe") -> YNod
     if node is None:
         raise ConfigError(f"{what} is empty", path=p, line=1)
     return _convert(node, p, yaml.constructor.SafeConstructor())
+
+
+def _check_depth(text: str, path: Path) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH` from the parser's events (no recursion, no expansion)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"the YAML nests deeper than {MAX_DEPTH} levels", path=path, line=event.start_mark.line + 1)
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
 
 
 def load_yaml_file(path: str | Path, *, what: str = "recipe") -> tuple[YNode, str]:

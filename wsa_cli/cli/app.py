@@ -9,8 +9,12 @@ code; anything else is an internal error (exit 70) whose traceback ``--debug`` s
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Annotated, Any
 
 import typer
@@ -18,6 +22,43 @@ from typer.core import TyperGroup
 
 from wsa_cli import __version__
 from wsa_cli.errors import ExitCode, WsaError
+
+#: signals that stop a run like Ctrl-C does, and their exit codes (128 + the signal number)
+_STOP_SIGNALS = {getattr(signal, "SIGTERM"): ExitCode.TERMINATED, **({signal.SIGHUP: ExitCode.HANGUP} if hasattr(signal, "SIGHUP") else {})}
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C, so every ``finally`` and abort path runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """While a command runs, TERM and HUP raise :class:`Stopped`; a second one is ignored (cleanup is under way)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping = []
+
+    def handler(signum: int, frame: object) -> None:
+        if stopping:
+            return
+        stopping.append(signum)
+        raise Stopped(signum)
+
+    old = {}
+    for signum in _STOP_SIGNALS:
+        with suppress(OSError, ValueError):  # not settable here
+            old[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, previous in old.items():
+            signal.signal(signum, previous)
+
 
 def _fail(message: str, code: int) -> None:
     message = " ".join(line.strip() for line in message.strip().splitlines())  # one line, whatever the cause said
@@ -60,13 +101,17 @@ class WsaGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         debug = bool(ctx.params.get("debug"))  # the root's own --debug, parsed before any command runs
         try:
-            return super().invoke(ctx)
+            with _stop_signals_raise():
+                return super().invoke(ctx)
         except WsaError as exc:
             if debug:
                 traceback.print_exc()
             from wsa_cli.cli.common import COMMON_FLAGS
 
             _fail(exc.describe(COMMON_FLAGS), int(exc.exit_code))
+        except Stopped as exc:
+            code = _STOP_SIGNALS.get(exc.signum, ExitCode.TERMINATED)
+            _fail(f"stopped by {signal.Signals(exc.signum).name}; no partial output was left", int(code))
         except KeyboardInterrupt:
             _fail("interrupted", int(ExitCode.INTERRUPTED))
         except BrokenPipeError:
@@ -113,7 +158,8 @@ def _root(
 
     Exit codes: 0 ok, 1 a --fail-above gate failed, 2 bad usage, 3 input not found,
     4 unreadable checkpoint, 5 checkpoints do not match, 6 bad recipe/spec/config,
-    7 output refused, 8 plug-in failed, 9 device unavailable, 70 internal error, 130 interrupted.
+    7 output refused, 8 plug-in failed, 9 device unavailable, 70 internal error, 129 hangup,
+    130 interrupted, 143 terminated.
     """
 
 

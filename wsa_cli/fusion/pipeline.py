@@ -192,7 +192,7 @@ def compute_target_scopes(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     first = sources[0]
     keys = [k for k in source_keys(first) if opts.selector.selects(k, *source_info(first, k))]
-    _check_aligned(sources, keys)
+    _check_aligned(sources, keys, opts.selector)
     table: dict[str, tuple[list[Scope], Scope]] = {}
     for key in keys:
         scopes = [tensor_scope(source_get(src, key), dev) for src in sources]  # one tensor alive at a time
@@ -202,8 +202,11 @@ def compute_target_scopes(
     return table
 
 
-def _check_aligned(sources: Sequence[Source], keys: Sequence[str]) -> None:
+def _check_aligned(sources: Sequence[Source], keys: Sequence[str], selector: LayerSelector | None = None) -> None:
+    """Every model has the first model's layers with the same shapes, and no layer the first lacks
+    (it would be dropped without a word): :class:`MismatchError` naming the key and the file."""
     ref_name = source_name(sources[0], 0)
+    wanted = set(keys)
     for i, src in enumerate(sources[1:], start=1):
         names = set(source_keys(src))
         for key in keys:
@@ -213,6 +216,11 @@ def _check_aligned(sources: Sequence[Source], keys: Sequence[str]) -> None:
             ref_shape, _ = source_info(sources[0], key)
             if shape != ref_shape:
                 raise MismatchError(f"has shape {shape}, expected {ref_shape} as in {ref_name}", path=source_name(src, i), key=key)
+        if selector is not None:
+            extra = [k for k in source_keys(src) if k not in wanted and selector.selects(k, *source_info(src, k))]
+            if extra:
+                raise MismatchError(f"layer is not in {ref_name} ({len(extra)} extra layer(s)); the models must have the same layers",
+                                    path=source_name(src, i), key=extra[0])  # fmt: skip
 
 
 def align_tensor(tensor: torch.Tensor, source: Scope, target: Scope, options: ScopeOptions) -> tuple[torch.Tensor, bool]:

@@ -16,15 +16,21 @@ renamed but empty model); to keep that final fsync short, a background thread fl
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import torch
 
@@ -71,6 +77,129 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = (), *, force: b
     return out_path
 
 
+def check_outputs(
+    paths: Iterable[str | Path], inputs: Iterable[str | Path] = (), *, force: bool = False, output: str | Path | None = None
+) -> list[Path]:
+    """The one output check: refuse, before any work, every path a run would create, replace or delete.
+
+    ``paths`` are all of them (model, shards, index, report, stage temporaries); ``inputs`` the
+    files and folders read. Refused (:class:`OutputError`, exit 7, naming the path): a path that is
+    an input, lies inside an input model's folder, or is a folder holding an input (even with
+    ``force``); an existing path without ``force``. ``output``: the path messages name for the
+    whole run (default: each path itself).
+
+    Example:
+        >>> check_outputs(["m.safetensors", "m.wsa-merge-report.json"], ["a.safetensors"], force=True)  # doctest: +SKIP
+        [PosixPath('m.safetensors'), PosixPath('m.wsa-merge-report.json')]
+    """
+    srcs = [(Path(i), Path(i).resolve()) for i in inputs]
+    folders = [(shown, src) for shown, src in srcs if src.is_dir()]  # a model folder: nothing may be added to it
+    checked = []
+    for raw in paths:
+        p = Path(raw)
+        target = p.resolve()
+        for shown, src in srcs:
+            if src == target or target in src.parents:
+                raise OutputError(f"output would overwrite input {shown}; choose another output path", path=p)
+        for shown, src in folders:
+            if src in target.parents:
+                raise OutputError(f"lies inside the input model folder {shown} (the model would no longer load); "
+                                  "choose another output path", path=p)  # fmt: skip
+        if os.path.lexists(p) and not force:
+            what = "output exists" if output is None or Path(output) == p else f"exists (written by this run next to {output})"
+            raise OutputError(what + "; pass {opt:force} to replace it", path=p)
+        checked.append(p)
+    return checked
+
+
+#: Temporary names carry ``wsa-PID@HOST`` so a later run can tell a dead run's leftovers from a live one's.
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:6]
+_ORPHAN = re.compile(r"^\..*\.wsa-(\d+)@([0-9a-f]{6})\..*\.wsa-(?:tmp|old)(?:\.[^.]*)?$")
+
+
+def temp_tag() -> str:
+    """The part of a temporary name that says which process made it (``wsa-PID@HOST``)."""
+    return f"wsa-{os.getpid()}@{_HOST}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_orphans(folder: str | Path) -> list[Path]:
+    """Remove wsa temporaries in ``folder`` left by dead processes of this host; return what was removed.
+
+    A run killed by ``SIGKILL`` or a power cut cannot clean up; its temporaries are named after its
+    pid and host, so the next run writing into the same folder removes them. A live process's
+    temporaries (and other hosts', on a shared disk) are never touched.
+
+    Example:
+        >>> remove_orphans(".")  # doctest: +SKIP
+        []
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _ORPHAN.match(entry.name)
+        if m is None or m.group(2) != _HOST or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        if not os.path.lexists(path):
+            removed.append(path)
+    return removed
+
+
+def _mkdtemp(out: Path, suffix: str = ".wsa-tmp") -> Path:
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{temp_tag()}.", suffix=suffix, dir=out.parent))
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C, TERM and HUP while a few renames make one unit; they are delivered after it."""
+    held = {signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _place_new(src: Path, dst: Path) -> None:
+    """Move file ``src`` to ``dst`` only if ``dst`` does not exist, without a race (the commit-time check)."""
+    try:
+        os.link(src, dst)  # fails if dst exists, even if another run created it a moment ago
+    except FileExistsError:
+        raise OutputError("output appeared while this run was writing (another run?); "
+                          "nothing was replaced; pass {opt:force} to replace it", path=dst) from None  # fmt: skip
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        try:  # no hard links here (FAT, some network disks): claim the name exclusively, then fill it
+            os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            raise OutputError("output appeared while this run was writing (another run?); "
+                              "nothing was replaced; pass {opt:force} to replace it", path=dst) from None  # fmt: skip
+        os.replace(src, dst)
+        return
+    os.unlink(src)
+
+
 def _default_mode(directory: bool = False) -> int:
     """Permissions a plain ``open()`` / ``mkdir()`` would give under the current umask.
 
@@ -115,10 +244,11 @@ def staged_output(out: str | Path, *, directory: bool = False, force: bool = Tru
     out = Path(out)
     with writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)  # like merge, train and align: create missing folders
+        remove_orphans(out.parent)
         if directory:
-            stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".wsa-tmp", dir=out.parent))
+            stage = _mkdtemp(out)
         else:
-            fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".wsa-tmp" + out.suffix, dir=out.parent)
+            fd, name = tempfile.mkstemp(prefix=f".{out.name}.{temp_tag()}.", suffix=".wsa-tmp" + out.suffix, dir=out.parent)
             os.close(fd)
             stage = Path(name)
     try:
@@ -198,8 +328,13 @@ class _ShardFile:
     def __init__(self, path: Path, infos: list[TensorInfo], metadata: Mapping[str, str] | None) -> None:
         self.path = path
         self.infos = infos
+        header = _header_bytes(infos, metadata)
         self.fh = open(path, "wb")  # noqa: SIM115 - closed by finish()/abort()
-        self.fh.write(_header_bytes(infos, metadata))
+        try:
+            self.fh.write(header)
+        except BaseException:
+            _close_quietly(self.fh)  # an open descriptor would keep a full disk full after the unlink
+            raise
         self.next = 0
         self._unflushed = 0
         self._flusher: threading.Thread | None = None
@@ -251,7 +386,17 @@ class _ShardFile:
 
     def abort(self) -> None:
         self._join()  # never close a descriptor a flush still uses
-        self.fh.close()
+        _close_quietly(self.fh)
+
+
+def _close_quietly(fh: BinaryIO) -> None:
+    """Close without reporting: the buffered bytes are dropped, the descriptor is closed anyway.
+
+    ``close()`` flushes Python's write buffer first; on a full disk that fails again, but CPython
+    closes the descriptor regardless, so the temporary can be removed and its space is freed.
+    """
+    with suppress(OSError):
+        fh.close()
 
 
 class SafetensorsWriter:
@@ -289,7 +434,9 @@ class SafetensorsWriter:
             raise OutputError("output exists; pass {opt:force} to replace it", path=self.out)
         with writing(self.out):
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            self._stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".wsa-tmp", dir=self.out.parent))
+            #: temporaries of dead runs (killed, power cut) found next to the output and removed
+            self.orphans_removed = remove_orphans(self.out.parent)
+            self._stage = _mkdtemp(self.out)
         self._side: dict[str, bytes] = {}
         self._copies: dict[str, Path] = {}
         n = len(shards)
@@ -353,25 +500,35 @@ class SafetensorsWriter:
             self._side.setdefault(INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode("utf-8"))
         for name, src in self._copies.items():
             shutil.copyfile(src, self._stage / name)
+        for name, data in self._side.items():  # side files wait in the stage too, never beside the old model
+            (self._stage / name).write_bytes(data)
         if self.single_file:
-            for name, data in self._side.items():
-                atomic_write_bytes(self.out.parent / name, data)
             if self.out.is_dir():
                 raise OutputError("output exists and is a folder", path=self.out)
-            os.replace(self._stage / self.out.name, self.out)
+            mode = _default_mode()
+            for name in [self.out.name, *self._side]:
+                os.chmod(self._stage / name, mode)
+            with _signals_held():  # the model's move is the commit point; its side files follow at once
+                if self.force:
+                    os.replace(self._stage / self.out.name, self.out)
+                else:
+                    _place_new(self._stage / self.out.name, self.out)
+                for name in self._side:
+                    os.replace(self._stage / name, self.out.parent / name)
             shutil.rmtree(self._stage, ignore_errors=True)
         else:
-            for name, data in self._side.items():
-                (self._stage / name).write_bytes(data)
             os.chmod(self._stage, _default_mode(directory=True))  # mkdtemp made it private
-            _swap_in_folder(self._stage, self.out, self.force)
+            with _signals_held():
+                _swap_in_folder(self._stage, self.out, self.force)
         return self.out
 
     def abort(self) -> None:
-        """Remove everything written so far; nothing appears at ``out``."""
-        for f in self._files:
-            f.abort()
-        shutil.rmtree(self._stage, ignore_errors=True)
+        """Remove everything written so far; nothing appears at ``out``. Never raises an OS error."""
+        try:
+            for f in self._files:
+                f.abort()
+        finally:
+            shutil.rmtree(self._stage, ignore_errors=True)
 
     def __enter__(self) -> SafetensorsWriter:
         return self
@@ -390,15 +547,19 @@ class SafetensorsWriter:
 
 
 def _swap_in_folder(stage: Path, out: Path, force: bool) -> None:
-    if out.exists():
-        if not force:
-            raise OutputError("output exists; pass {opt:force} to replace it", path=out)
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".wsa-old", dir=out.parent))
+    if out.exists() and force:
+        old = _mkdtemp(out, ".wsa-old")
         os.replace(out, old / out.name)
         os.replace(stage, out)
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(stage, out)
+        return
+    try:
+        os.rename(stage, out)  # a folder only replaces an empty folder: another run's output stays
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise
+        raise OutputError("output appeared while this run was writing (another run?); "
+                          "nothing was replaced; pass {opt:force} to replace it", path=out) from None  # fmt: skip
 
 
 def save_safetensors(

@@ -18,6 +18,8 @@ the model (per-layer scopes before and after, what was copied and why, constant 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 import json
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ import torch
 
 from wsa_cli import __version__
 from wsa_cli.device import resolve_device
+from wsa_cli.errors import OutputError
 from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_coefficients, resolve_target, source_get
 from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
@@ -162,6 +165,40 @@ def merge_tensor(
     return TensorResult(out.to(entry.out_dtype).to("cpu"), record)
 
 
+def count_nonfinite(tensor: torch.Tensor, chunk: int = 1 << 22) -> int:
+    """How many values of ``tensor`` are NaN or infinite (0 for integer tensors); chunked, no model-sized mask.
+
+    Example:
+        >>> count_nonfinite(torch.tensor([1.0, float("nan"), float("inf")]))
+        2
+    """
+    if not tensor.dtype.is_floating_point:
+        return 0
+    flat = tensor.detach().reshape(-1)
+    wide = tensor.dtype.itemsize < 2  # float8: isfinite is not implemented for it
+    return sum(int(part.numel() - torch.isfinite(part.float() if wide else part).sum().item()) for part in flat.split(chunk))
+
+
+def _nonfinite_check(plan: StagePlan, key: str, record: dict[str, Any], out: torch.Tensor, inputs: Sequence[torch.Tensor]) -> None:
+    """Count NaN/Inf in a merged tensor; record them (and each input's, to tell a broken layer from a
+    constant one), or refuse the output when the recipe says ``output.nonfinite: error``."""
+    bad = count_nonfinite(out)
+    if not bad:
+        return
+    if plan.spec.output is not None and plan.spec.output.nonfinite == "error":
+        raise OutputError(f"merged tensor has {bad} NaN/Inf value(s) of {out.numel()}; refused (the recipe sets "
+                          "output.nonfinite: error); nothing was written", key=key)  # fmt: skip
+    record["nonfinite"] = bad
+    if record["action"] == "merge":
+        counts = [count_nonfinite(t) for t in inputs]
+        record["nonfinite_inputs"] = counts
+        constant = [i for i in record.get("constant_not_rescaled", []) if counts[i] == 0]  # all-NaN is not constant
+        if constant:
+            record["constant_not_rescaled"] = constant
+        else:
+            record.pop("constant_not_rescaled", None)
+
+
 def _open_input(m: InputPlan) -> CheckpointReader:
     """A stage input: a checkpoint with the recipe's key/strip_prefix, or an earlier stage's output."""
     if m.ref.stage is not None:
@@ -236,6 +273,10 @@ def run_stage(
         fingerprints = _fingerprints(plan)
         mode = plan.spec.output.provenance if plan.spec.output else "fast"
         metadata = merge_metadata(recipe_sha256=recipe.sha256, stage=plan.spec.name, method=plan.spec.method, inputs=fingerprints, mode=mode)
+        # the model's header and its report carry the same id: a model and a report of different runs are told apart
+        merge_id = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+        if plan.writes_report:
+            metadata["wsa_merge_id"] = merge_id
         pin = dev.type == "cuda"
         entries = {t.key: t for t in plan.tensors}
         order = {t.key: i for i, t in enumerate(plan.tensors)}
@@ -286,6 +327,7 @@ def run_stage(
             for i, (key, (ts, b)) in enumerate(read_ahead(load, [t.key for t in plan.tensors], depth=prefetch)):
                 res = merge_tensor(entries[key], ts, b, scope=plan.scope, weights=plan.weights, seed=plan.spec.seed,
                                    device=dev, align_base=plan.spec.scope.align_base, scratch=scratches[i % 2], work=work)  # fmt: skip
+                _nonfinite_check(plan, key, res.record, res.tensor, ts)
                 if pending is not None:
                     pending.result()  # key i-1 is on disk: its scratch, ring slot and mapped pages may go
                     release(written)
@@ -300,10 +342,13 @@ def run_stage(
             for f in plan.copy_files:
                 writer.add_copy(f.name, f)
             summary = _summary(plan, records, writer.shard_names)
+            if writer.orphans_removed:
+                summary["warnings"].append(f"removed {len(writer.orphans_removed)} temporary file(s) of killed wsa runs next to "
+                                           f"the output (e.g. {writer.orphans_removed[0].name})")  # fmt: skip
             if fp_reports:
                 summary["function_preserving"] = _fp_counts(fp_reports)
             if plan.spec.output is not None and plan.spec.output.report:
-                report = _report(plan, recipe, records, fingerprints, summary, writer.shard_names)
+                report = {**_report(plan, recipe, records, fingerprints, summary, writer.shard_names), "merge_id": merge_id}
                 if fp_reports:
                     report["function_preserving"] = [{"model": i, "layers": r} for i, r in enumerate(fp_reports)]
                 name = plan.report_path.name
@@ -325,6 +370,12 @@ def _fp_counts(reports: list[dict[str, str]]) -> list[dict[str, int]]:
 
 def _summary(plan: StagePlan, records: list[dict[str, Any]], shards: list[str]) -> dict[str, Any]:
     constant = [r["key"] for r in records if r.get("constant_not_rescaled")]
+    warnings = list(plan.warnings)
+    bad = [r for r in records if r.get("nonfinite")]
+    if bad:
+        where = "the output" if plan.spec.output is not None else f"the temporary output of stage {plan.spec.name!r}"
+        warnings.append(f"{len(bad)} merged tensor(s) of {where} hold NaN/Inf values (e.g. {bad[0]['key']!r}: "
+                        f"{bad[0]['nonfinite']} value(s)); set output.nonfinite: error to refuse such a merge")  # fmt: skip
     return {
         "name": plan.spec.name,
         "output": str(plan.output),
@@ -337,7 +388,7 @@ def _summary(plan: StagePlan, records: list[dict[str, Any]], shards: list[str]) 
         "aligned": sum(bool(r.get("aligned")) for r in records),
         "constant_not_rescaled": constant,
         "copied_files": [p.name for p in plan.copy_files],
-        "warnings": list(plan.warnings),
+        "warnings": warnings,
         "report": None,
     }
 
@@ -384,9 +435,9 @@ def run_plans(
         for plan in plans:
             summaries.append(run_stage(plan, recipe, device=device, force=force, progress=progress))
     finally:
-        for plan in plans:
+        for plan in plans:  # an intermediate output lives in this run's own hidden folder: remove it whole
             if plan.temporary:
-                plan.output.unlink(missing_ok=True)
+                shutil.rmtree(plan.output.parent, ignore_errors=True)
     return summaries
 
 
@@ -415,9 +466,10 @@ def merge_recipe(
         return MergeResult(str(r.path), r.sha256, True, str(dev), [p.to_dict() for p in plans], warnings=warnings)
     announce_total(progress, sum(len(p.tensors) for p in plans))
     stages = run_plans(r, plans, device=dev, force=force, progress=progress)
+    warnings = [w for s in stages for w in s["warnings"]]  # the plans' and what the run found (NaN/Inf, orphans)
     final = stages[-1]
     notes = [f"wrote {final['output']} ({final['tensors']} tensors)" + (f"; report {final['report']}" if final["report"] else "")]
     return MergeResult(str(r.path), r.sha256, False, str(dev), stages, warnings=warnings, notes=notes)
 
 
-__all__ = ["MergeResult", "Scratch", "TensorResult", "merge_recipe", "merge_tensor", "run_plans", "run_stage"]
+__all__ = ["MergeResult", "Scratch", "TensorResult", "count_nonfinite", "merge_recipe", "merge_tensor", "run_plans", "run_stage"]

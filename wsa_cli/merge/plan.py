@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
 from wsa_cli.fusion.scopefile import ScopeTable
 from wsa_cli.io import TensorInfo, check_output, dtype_name, numel, open_checkpoint
 from wsa_cli.io.open import MERGE_REPORT_NAME
+from wsa_cli.io.writer import INDEX_NAME, SINGLE_FILE_NAME, check_outputs, plan_shards, temp_tag
 from wsa_cli.merge.registry import MergeMethod, get_method
 from wsa_cli.recipe.schema import ModelRef, Recipe, StageSpec
 from wsa_cli.scope.selection import matches_any
@@ -124,6 +126,31 @@ class StagePlan:
         if self.output.suffix == ".safetensors":
             return self.output.with_name(f"{self.output.stem}.{REPORT_NAME}")
         return self.output / REPORT_NAME
+
+    @property
+    def writes_report(self) -> bool:
+        return self.spec.output is not None and self.spec.output.report
+
+    @property
+    def written_paths(self) -> list[Path]:
+        """Every path this stage creates or replaces: the model (file or folder), its shards, index and report."""
+        paths = [self.output]
+        if self.output.suffix != ".safetensors":
+            n = len(plan_shards(self.out_infos, self.max_shard_bytes))
+            names = [SINGLE_FILE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+            paths += [self.output / name for name in names] + ([self.output / INDEX_NAME] if n > 1 else [])
+            paths += [self.output / f.name for f in self.copy_files]
+        if self.writes_report:
+            paths.append(self.report_path)
+        return paths
+
+    def input_paths(self) -> list[Path]:
+        """The files and model folders this stage reads from disk (earlier stages' outputs excluded)."""
+        found: list[Path] = []
+        for m in [*self.models, *([self.base] if self.base else [])]:
+            if m.ref.stage is None:
+                found += [m.path, *m.files]
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
@@ -239,7 +266,7 @@ def _check_method(recipe: Recipe, stage: StageSpec, method: MergeMethod, params:
         raise _cfg(recipe, params_line, exc.message) from None
 
 
-def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], final_out: Path, force: bool) -> StagePlan:
+def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], stage_folder: Path, force: bool) -> StagePlan:
     L = stage.lines
     models = [_load_input(recipe, ref, done) for ref in stage.models]
     base = _load_input(recipe, stage.base, done) if stage.base is not None else None
@@ -332,20 +359,21 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], fi
 
     # output, extra files, permutation
     temporary = out_spec is None
-    if out_spec is not None:
-        output = out_spec.path
-        inputs = [f for m in [*models, *([base] if base else [])] for f in (m.files or [m.path])]
-        check_output(output, inputs, force=force)  # a missing output folder is created when writing
-    else:
-        output = final_out.parent / f".wsa-stage-{stage.name}.safetensors"
+    # an intermediate stage writes into this run's own hidden folder: no user file can have its name
+    output = out_spec.path if out_spec is not None else stage_folder / f"{stage.name}.safetensors"
     copy_files = _copy_files(recipe, stage, models, output)
     if stage.permutation is not None:
         _check_permutation(recipe, stage, models)
-    return StagePlan(
+    plan = StagePlan(
         spec=stage, models=models, base=base, tensors=tensors, output=output, temporary=temporary, scope=scope,
         weights=weights, copy_files=copy_files, max_shard_bytes=out_spec.shard_size if out_spec else None,
         warnings=warnings,
     )  # fmt: skip
+    inputs = plan.input_paths()
+    check_outputs(plan.written_paths, inputs, force=force, output=output)  # model, shards, index, report: one check
+    if out_spec is not None:
+        check_output(output, inputs, force=force)  # the name's kind; a missing output folder is created when writing
+    return plan
 
 
 def _copy_files(recipe: Recipe, stage: StageSpec, models: Sequence[InputPlan], output: Path) -> list[Path]:
@@ -399,15 +427,26 @@ def plan_recipe(recipe: Recipe, *, force: bool = False) -> list[StagePlan]:
     """
     final = recipe.stages[-1].output
     assert final is not None  # enforced by the schema
+    stage_folder = stage_folder_for(final.path)
     done: dict[str, StagePlan] = {}
     plans = []
     for stage in recipe.stages:
-        plan = _plan_stage(recipe, stage, done, final.path, force)
+        plan = _plan_stage(recipe, stage, done, stage_folder, force)
         done[stage.name] = plan
         plans.append(plan)
-    outs = {p.output.resolve() for p in plans}
-    for p in plans:  # no stage may write over a file another stage reads
-        for m in [*p.models, *([p.base] if p.base else [])]:
-            if m.ref.stage is None and m.path.resolve() in outs:
-                raise OutputError(f"a stage output would overwrite the input of stage {p.spec.name!r}", path=m.path)
+    inputs = [f for p in plans for f in p.input_paths()]
+    for p in plans:  # no stage may write over (or into) what any stage reads
+        try:
+            check_outputs(p.written_paths, inputs, force=True)
+        except OutputError as exc:
+            raise OutputError(f"the output of stage {p.spec.name!r} {exc.message}", path=exc.path) from None
     return plans
+
+
+def stage_folder_for(final_output: Path) -> Path:
+    """The hidden folder, next to the final output, where this run's intermediate stages are written.
+
+    Its name carries the process id and a random part (no user file can collide with it, and a
+    later run can tell a dead run's leftover from a live one's); the executor removes it at the end.
+    """
+    return final_output.parent / f".wsa-stages.{temp_tag()}.{secrets.token_hex(4)}.wsa-tmp"

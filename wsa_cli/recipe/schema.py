@@ -30,6 +30,8 @@ from wsa_cli.scope.selection import LayerSelector
 
 DEFAULT_METHOD = "linear"
 PROVENANCE_MODES = ("fast", "sha256")
+#: what a merge does when a merged tensor holds NaN/Inf values
+NONFINITE_MODES = ("warn", "error")
 
 
 def doc_field(
@@ -172,6 +174,9 @@ class OutputSpec:
         "fast", "how the report identifies inputs: `fast` = size and mtime of every file, `sha256` = full hashes",
         kind="string", choices=PROVENANCE_MODES)  # fmt: skip
     report: bool = doc_field(True, "write the JSON merge report next to the output", kind="true/false")
+    nonfinite: str = doc_field(
+        "warn", "merged tensors holding NaN/Inf values: `warn` = count them per key and warn, `error` = refuse the merge "
+        "(exit 7, nothing written)", kind="string", choices=NONFINITE_MODES)  # fmt: skip
     lines: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -575,6 +580,8 @@ def _parse_output(ctx: _Ctx, node: YNode, base_dir: Path) -> OutputSpec:
         out.provenance = ctx.choice(e["provenance"], "output.provenance", field_choices(OutputSpec, "provenance"))
     if "report" in e:
         out.report = ctx.boolean(e["report"], "output.report")
+    if "nonfinite" in e:
+        out.nonfinite = ctx.choice(e["nonfinite"], "output.nonfinite", field_choices(OutputSpec, "nonfinite"))
     return out
 
 
