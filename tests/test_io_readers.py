@@ -381,3 +381,283 @@ def test_file_truncated_before_mapping_is_a_clean_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="truncated"):
         r.view("w")
     r.close()
+
+
+# -- hostile or broken inputs: each class is one clean error (exit 3 or 4), never a crash or a hang ----
+
+
+def _zip_with_pickle(tmp: Path, name: str, body: bytes) -> Path:
+    """A real torch.save zip whose data.pkl is replaced by ``body`` (how a corrupt pickle reaches torch)."""
+    import zipfile
+
+    torch.save({"w": torch.ones(2)}, tmp / "base.pt")
+    out = tmp / name
+    with zipfile.ZipFile(tmp / "base.pt") as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.namelist():
+            zout.writestr(item, body if item.endswith("/data.pkl") else zin.read(item))
+    return out
+
+
+def _legacy_mutant(tmp: Path, cut: int) -> Path:
+    """A legacy (non-zip) torch.save file truncated inside its pickles: the unpickler meets raw garbage."""
+    torch.save({"fc.weight": torch.randn(3, 2), "fc.bias": torch.zeros(3)}, tmp / "l.pt", _use_new_zipfile_serialization=False)
+    data = (tmp / "l.pt").read_bytes()
+    return _bytes(tmp / f"cut{cut}.pt", data[:cut])
+
+
+@pytest.mark.parametrize("cut", [40, 120, 200, 300, 400])
+def test_truncated_legacy_pickle_is_a_checkpoint_error(tmp_path: Path, cut: int) -> None:
+    # before: IndexError / struct.error / KeyError from torch's unpickler reached exit 70
+    path = _legacy_mutant(tmp_path, cut)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint|corrupt|pickle") as info:
+        with open_checkpoint(path) as r:
+            r.state_dict()
+    assert info.value.path == str(path) and info.value.exit_code == ExitCode.BAD_CHECKPOINT
+    expected = {40: "corrupt pickle: EOFError", 120: "corrupt pickle: IndexError", 200: "corrupt pickle: struct.error"}
+    assert expected.get(cut, "") in str(info.value)
+
+
+def test_unpickler_exceptions_name_their_type(tmp_path: Path) -> None:
+    # a storage key that no storage record has: torch raises KeyError/AssertionError deep inside
+    torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "ok.pt") as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    body = pkl.replace(b"X\x01\x00\x00\x000q", b"X\x01\x00\x00\x009q")  # storage '0' -> '9' (absent)
+    assert body != pkl
+    with pytest.raises(CheckpointError, match=r"not a readable PyTorch checkpoint \((corrupt pickle: )?\w+"):
+        open_checkpoint(_zip_with_pickle(tmp_path, "missing-storage.pt", body))
+
+
+@pytest.mark.parametrize("shape", ["list", "dict"])
+def test_deeply_nested_pickle_is_not_a_crash(tmp_path: Path, shape: str) -> None:
+    n = 100_000
+    deep = b"]" * n + b"a" * (n - 1) if shape == "list" else b"}" + b"X\x01\x00\x00\x00k}" * n + b"s" * n
+    body = b"\x80\x02}X\x01\x00\x00\x00x" + deep + b"s."  # {'x': [[[...]]]}: no tensor at all
+    with pytest.raises(CheckpointError, match="no tensors found") as info:
+        open_checkpoint(_zip_with_pickle(tmp_path, f"deep-{shape}.pt", body))
+    assert info.value.exit_code == ExitCode.BAD_CHECKPOINT
+
+
+def test_parameters_read_as_plain_tensors(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    torch.save(dict(model.named_parameters()), tmp_path / "params.pt")
+    torch.save({"w": torch.ones(2, 2, requires_grad=True), "c": torch.ones(2, dtype=torch.complex64).conj()}, tmp_path / "grad.pt")
+    with open_checkpoint(tmp_path / "params.pt") as r:
+        assert r.keys() == ["0.weight", "0.bias", "1.weight", "1.bias"]
+        for key in r:
+            t = r.get(key)
+            assert type(t) is torch.Tensor and not t.requires_grad, key
+            assert torch.equal(t, dict(model.named_parameters())[key].detach())
+    with open_checkpoint(tmp_path / "grad.pt") as r:
+        assert type(r.get("w")) is torch.Tensor and not r.get("w").requires_grad
+        assert not r.get("c").is_conj() and torch.equal(r.get("c"), torch.ones(2, dtype=torch.complex64).conj())
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (lambda: torch.eye(3).to_sparse(), "sparse tensors are not supported"),
+        (lambda: torch.eye(3).to_sparse_csr(), "sparse tensors are not supported"),
+        (lambda: torch.empty(3, 2, device="meta"), "meta tensor has no data"),
+        (lambda: torch.quantize_per_tensor(torch.ones(3), 0.1, 0, torch.quint8), "quantized tensors are not supported"),
+    ],
+    ids=["sparse-coo", "sparse-csr", "meta", "quantized"],
+)
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch: sparse CSR is beta, quantized is deprecated
+def test_tensors_without_dense_data_are_refused_by_key(tmp_path: Path, value, message: str) -> None:  # noqa: ANN001
+    torch.save({"ok": torch.ones(2), "w": value()}, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match=message) as info:
+        open_checkpoint(tmp_path / "m.pt")
+    assert info.value.key == "w" and info.value.path == str(tmp_path / "m.pt")
+    assert str(info.value).startswith(f"{tmp_path / 'm.pt'}: key 'w': ")
+
+
+def test_keys_that_collide_as_text_are_refused(tmp_path: Path) -> None:
+    torch.save({1: torch.ones(1), "1": torch.zeros(1)}, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="stored twice") as info:
+        open_checkpoint(tmp_path / "m.pt")
+    assert info.value.key == "1"
+
+
+def test_container_key_through_a_tensor_names_what_it_found(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(1)}, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match=r"no entry 'w.x' in the checkpoint \('w' holds a Tensor\)"):
+        open_checkpoint(tmp_path / "m.pt", container_key="w.x")
+
+
+def _raw_safetensors(path: Path, header: str, data: bytes) -> Path:
+    import struct
+
+    raw = header.encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+def test_safetensors_header_with_a_key_twice_is_refused(tmp_path: Path) -> None:
+    entry = '{"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}'
+    # json.loads (and safe_open) keep the last entry silently: both readers would "work"
+    path = _raw_safetensors(tmp_path / "dup.safetensors", f'{{"w": {entry}, "w": {entry}}}', bytes(16))
+    with pytest.raises(CheckpointError, match="appears twice in the safetensors header") as info:
+        open_checkpoint(path)
+    assert info.value.key == "w" and info.value.exit_code == ExitCode.BAD_CHECKPOINT
+    twice = '{"w": {"dtype": "F32", "dtype": "I32", "shape": [4], "data_offsets": [0, 16]}}'
+    field = _raw_safetensors(tmp_path / "f.safetensors", twice, bytes(16))
+    with pytest.raises(CheckpointError, match="field 'dtype' twice"):
+        open_checkpoint(field)
+    meta = _raw_safetensors(tmp_path / "m.safetensors", f'{{"__metadata__": {{"a": "1", "a": "2"}}, "w": {entry}}}', bytes(16))
+    with pytest.raises(CheckpointError, match="field 'a' twice"):
+        open_checkpoint(meta)
+
+
+def test_deeply_nested_safetensors_header_is_a_clean_error(tmp_path: Path) -> None:
+    path = _raw_safetensors(tmp_path / "deep.safetensors", "[" * 100_000 + "]" * 100_000, b"")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        open_checkpoint(path)
+    index = tmp_path / "deep.safetensors.index.json"
+    index.write_text('{"weight_map": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        open_checkpoint(index)
+
+
+@pytest.mark.parametrize("where", ["../outside.safetensors", "/abs/model.safetensors", "sub/../../x.safetensors"])
+def test_index_pointing_outside_its_folder_is_refused(tmp_path: Path, where: str) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file({"a": torch.ones(1)}, tmp_path / "outside.safetensors")  # exists: refused for where it is
+    index = model / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": where}}))
+    with pytest.raises(CheckpointError, match="outside the model folder") as info:
+        open_checkpoint(model)
+    assert info.value.key == "a" and info.value.path == str(index) and where in str(info.value)
+
+
+def test_index_through_symlinked_shards_still_reads(tmp_path: Path) -> None:
+    # the Hugging Face cache: snapshots/<rev>/model-*.safetensors -> ../../blobs/<hash>
+    (tmp_path / "blobs").mkdir()
+    snap = tmp_path / "snapshots" / "rev"
+    snap.mkdir(parents=True)
+    save_file({"a": torch.ones(2)}, tmp_path / "blobs" / "abc")
+    (snap / "model.safetensors").symlink_to("../../blobs/abc")
+    (snap / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model.safetensors"}}))
+    with open_checkpoint(snap / "model.safetensors.index.json") as r:
+        assert torch.equal(r.get("a"), torch.ones(2))
+
+
+def _fifo(tmp: Path, name: str) -> Path:
+    import os
+
+    os.mkfifo(tmp / name)
+    return tmp / name
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.pt", "model.weights"])
+def test_fifo_named_like_a_checkpoint_does_not_hang(tmp_path: Path, name: str) -> None:
+    path = _fifo(tmp_path, name)  # opening it for reading would block until a writer comes: forever
+    with pytest.raises(CheckpointError, match=r"is a named pipe \(FIFO\), not a regular file") as info:
+        open_checkpoint(path)
+    assert info.value.path == str(path)
+
+
+def test_fifo_shard_in_an_index_does_not_hang(tmp_path: Path) -> None:
+    _fifo(tmp_path, "model-1.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-1.safetensors"}}))
+    with pytest.raises(CheckpointError, match="named pipe"):
+        open_checkpoint(tmp_path)
+
+
+def test_fifo_in_a_model_folder_is_ignored(tmp_path: Path) -> None:
+    save_file({"a": torch.ones(1)}, tmp_path / "model.safetensors")
+    _fifo(tmp_path, "other.safetensors")
+    with open_checkpoint(tmp_path) as r:
+        assert r.keys() == ["a"]
+
+
+def test_symlinks_loop_and_dangling(tmp_path: Path) -> None:
+    (tmp_path / "a.safetensors").symlink_to("b.safetensors")
+    (tmp_path / "b.safetensors").symlink_to("a.safetensors")
+    with pytest.raises(CheckpointError, match="symlink loop") as info:
+        open_checkpoint(tmp_path / "a.safetensors")
+    assert info.value.exit_code == ExitCode.BAD_CHECKPOINT and info.value.path == str(tmp_path / "a.safetensors")
+    (tmp_path / "gone.pt").symlink_to("nowhere.pt")
+    with pytest.raises(InputNotFoundError, match="broken symlink .*'nowhere.pt'"):
+        open_checkpoint(tmp_path / "gone.pt")
+
+
+def test_null_byte_in_a_path(tmp_path: Path) -> None:
+    with pytest.raises(InputNotFoundError, match="null byte") as info:
+        open_checkpoint(str(tmp_path / "m\0.safetensors"))
+    assert "\0" not in str(info.value) and "m\\0.safetensors" in str(info.value)
+
+
+def test_character_device_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="character device"):
+        open_checkpoint("/dev/zero")  # would never end
+
+
+class _AsNobody:
+    """Drop the effective uid to nobody (only root can, and come back): root reads every file anyway."""
+
+    def __enter__(self) -> None:
+        import os
+
+        self.root = os.geteuid() == 0
+        if self.root:
+            os.seteuid(65534)
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        if self.root:
+            os.seteuid(0)
+
+
+def test_permission_denied_is_named(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="wsa-perm-"))  # pytest's tmp tree is 0700: nobody could not enter it
+    try:
+        folder.chmod(0o755)
+        save_file({"w": torch.ones(1)}, folder / "m.safetensors")
+        torch.save({"w": torch.ones(1)}, folder / "m.pt")
+        (folder / "locked").mkdir()
+        save_file({"w": torch.ones(1)}, folder / "locked" / "m.safetensors")
+        for name in ("m.safetensors", "m.pt"):
+            (folder / name).chmod(0o000)
+        (folder / "locked").chmod(0o000)
+        for path in (folder / "m.safetensors", folder / "m.pt", folder / "locked", folder / "locked" / "m.safetensors"):
+            with _AsNobody():
+                if os.geteuid() == 0 or os.access(path, os.R_OK, effective_ids=os.access in os.supports_effective_ids):
+                    pytest.skip("this user can read files without permission")
+                with pytest.raises(CheckpointError, match="permission denied") as info:
+                    open_checkpoint(path)
+            assert info.value.exit_code == ExitCode.BAD_CHECKPOINT and info.value.path == str(path)
+    finally:
+        (folder / "locked").chmod(0o755)
+        shutil.rmtree(folder)
+
+
+def test_too_many_open_files_is_one_clear_error(tmp_path: Path) -> None:
+    import os
+    import resource
+
+    for i in range(40):
+        save_file({"w": torch.ones(1)}, tmp_path / f"m{i}.safetensors")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd")) if Path("/proc/self/fd").exists() else 32
+    readers = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 12, hard))
+    try:
+        with pytest.raises(CheckpointError, match=r"too many open files: \d+ are open and this process may hold \d+") as info:
+            for i in range(40):
+                readers.append(open_checkpoint(tmp_path / f"m{i}.safetensors"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for r in readers:
+            r.close()
+    assert info.value.exit_code == ExitCode.BAD_CHECKPOINT and f"m{len(readers)}.safetensors" in str(info.value)
+    assert 0 < len(readers) < 40

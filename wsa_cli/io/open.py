@@ -10,14 +10,18 @@ Accepted inputs:
   tokenizer files) are reported by :meth:`CheckpointReader.extra_files`.
 
 A file with another suffix is recognised by its first bytes (safetensors header or zip/pickle).
+
+Every path is checked before anything opens it (:func:`~wsa_cli.io.base.check_input`): only regular
+files and folders are read, and OS errors become one-line errors naming the file and the reason.
 """
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
-from wsa_cli.errors import CheckpointError, InputNotFoundError, InvalidValueError
-from wsa_cli.io.base import CheckpointReader
+from wsa_cli.errors import CheckpointError, InvalidValueError
+from wsa_cli.io.base import CheckpointReader, check_input, os_error
 from wsa_cli.io.safetensors_reader import SafetensorsReader, ShardedSafetensorsReader, read_index
 from wsa_cli.io.torch_reader import TORCH_SUFFIXES, TorchReader
 
@@ -32,8 +36,8 @@ def _sniff(path: Path) -> str | None:
     try:
         with open(path, "rb") as fh:
             head = fh.read(9)
-    except OSError:
-        return None
+    except OSError as exc:
+        raise os_error(exc, path) from None
     if head[:2] == b"PK" or head[:1] == b"\x80":
         return "torch"
     if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
@@ -49,7 +53,10 @@ def _open_index(index: Path, extra: list[Path] | None, container_key: str | None
 
 
 def _open_folder(folder: Path, container_key: str | None) -> CheckpointReader:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    try:  # is_file() follows symlinks and is False for FIFOs and devices: those are never opened
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError as exc:
+        raise os_error(exc, folder) from None
     indexes = [p for p in files if p.name.endswith(".index.json")]
     st_files = [p for p in files if p.suffix == ".safetensors"]
     pt_files = [p for p in files if p.suffix in TORCH_SUFFIXES]
@@ -109,9 +116,8 @@ def open_checkpoint(
 
 
 def _open_any(p: Path, container_key: str | None) -> CheckpointReader:
-    if not p.exists():
-        raise InputNotFoundError("no such file or folder", path=p)
-    if p.is_dir():
+    st = check_input(p)  # before any open(): a FIFO would block it forever
+    if stat.S_ISDIR(st.st_mode):
         return _open_folder(p, container_key)
     if p.name.endswith(".index.json"):
         return _open_index(p, None, container_key, p)

@@ -23,35 +23,105 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from wsa_cli.errors import CheckpointError, InputNotFoundError
-from wsa_cli.io.base import CheckpointReader, TensorInfo
+from wsa_cli.io.base import CheckpointReader, TensorInfo, check_input, errno_error, os_error
 from wsa_cli.io.dtypes import TAG_TO_DTYPE
 
 
-def _open(path: Path):  # noqa: ANN202 - safetensors' handle type is private
+#: safetensors refuses headers larger than this; so do we, before reading one into memory
+_MAX_HEADER = 100_000_000
+
+
+class _PairsHook:
+    """``object_pairs_hook`` that notes keys given twice (``json.loads`` alone keeps the last one).
+
+    JSON objects are built innermost first, so the last object built is the header itself: a
+    duplicate there is a tensor key, one in an earlier object a field of an entry.
+    """
+
+    def __init__(self) -> None:
+        self.objects = 0
+        self.duplicates: list[tuple[int, str]] = []  # (object number, key)
+
+    def __call__(self, pairs: list[tuple[str, object]]) -> dict[str, object]:
+        self.objects += 1
+        out: dict[str, object] = {}
+        for key, value in pairs:
+            if key in out:
+                self.duplicates.append((self.objects, key))
+            out[key] = value
+        return out
+
+
+def _read_header(path: Path) -> tuple[int, dict] | None:
+    """(offset of the tensor data, parsed JSON header), or None where it is malformed (``safe_open`` then says how).
+
+    Parsed here first because ``safe_open`` keeps the last of two entries with the same key: such
+    a file is ambiguous (two readers may disagree on what it holds), so it is refused, naming the key.
+    """
+    check_input(path)
     try:
-        return safe_open(str(path), framework="pt", device="cpu")
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise os_error(exc, path) from None
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, 8, 0)
+        n = int.from_bytes(head, "little")
+        if len(head) < 8 or n > min(size - 8, _MAX_HEADER):
+            return None
+        raw = os.pread(fd, n, 8)
+    except OSError as exc:
+        raise os_error(exc, path) from None
+    finally:
+        os.close(fd)
+    hook = _PairsHook()
+    try:
+        header = json.loads(raw, object_pairs_hook=hook)
+    except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError), or nested too deep
+        return None
+    for number, key in hook.duplicates:
+        if number == hook.objects:
+            raise CheckpointError("appears twice in the safetensors header; refusing an ambiguous file", path=path, key=key)
+        raise CheckpointError(f"safetensors header has the field {key!r} twice in one entry; refusing an ambiguous file", path=path)
+    return (8 + n, header) if isinstance(header, dict) else None
+
+
+def _open(path: Path):  # noqa: ANN202 - safetensors' handle type is private
+    """``safe_open`` the file after our own checks; return (its handle, a :class:`_DataFile` of it)."""
+    parsed = _read_header(path)
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
     except FileNotFoundError:
         raise InputNotFoundError("file not found", path=path) from None
     except SafetensorError as exc:
         msg = str(exc).replace("Error while deserializing header: ", "")
         raise CheckpointError(f"corrupt or truncated safetensors file ({msg})", path=path) from None
     except OSError as exc:
-        raise CheckpointError(f"cannot read safetensors file ({exc.strerror or exc})", path=path) from None
+        raise os_error(exc, path) from None
+    except RuntimeError as exc:  # the torch backend opens the file in C++: EMFILE comes as text
+        cause = errno_error(exc)
+        if cause is None:
+            raise CheckpointError(f"cannot read safetensors file ({str(exc).strip()})", path=path) from None
+        raise os_error(cause, path) from None
+    if parsed is None:  # safe_open accepted what json could not parse: never seen, but not a crash
+        raise CheckpointError("corrupt safetensors header (not a JSON object)", path=path)
+    return handle, _DataFile(path, *parsed)
 
 
 class _DataFile:
     """Byte offsets of every tensor in one safetensors file; positioned reads and mapped views of them."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, base: int, header: dict) -> None:
         self.path = path
-        with open(path, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))  # already validated by safe_open
-        base = 8 + n
-        self.offsets = {k: (base + v["data_offsets"][0], base + v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"}
-        self.fd = os.open(path, os.O_RDONLY)
+        self.fd = -1  # set first: __del__ -> close() runs even when the open below fails
         self._map: mmap.mmap | None = None
         self._bytes: torch.Tensor | None = None  # (file size,) uint8 over the map
+        # validated by safe_open; `base`: where the tensor data starts
+        self.offsets = {k: (base + v["data_offsets"][0], base + v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"}
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise os_error(exc, path) from None
 
     def read(self, info: TensorInfo, buffer: torch.Tensor | None = None) -> torch.Tensor:
         """Read one tensor, into ``buffer`` (a uint8 tensor of >= nbytes) when given."""
@@ -67,7 +137,10 @@ class _DataFile:
             raise CheckpointError(f"header says {end - start} bytes, shape/dtype need {len(view)}", path=self.path, key=info.key)
         done = 0
         while done < len(view):
-            got = os.preadv(self.fd, [view[done:]], start + done)
+            try:
+                got = os.preadv(self.fd, [view[done:]], start + done)
+            except OSError as exc:  # EIO from a failing disk or a vanished network share
+                raise os_error(exc, self.path, key=info.key) from None
             if got <= 0:
                 raise CheckpointError("file ended inside tensor data (truncated?)", path=self.path, key=info.key)
             done += got
@@ -84,11 +157,14 @@ class _DataFile:
 
     def _mapped(self) -> torch.Tensor:
         if self._bytes is None:
-            size = os.fstat(self.fd).st_size
-            if max((e for _, e in self.offsets.values()), default=0) > size:
-                raise CheckpointError("file ended inside tensor data (truncated?)", path=self.path)
-            # private and copy-on-write: never written, but torch wants a writable buffer
-            self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_COPY)
+            try:
+                size = os.fstat(self.fd).st_size
+                if max((e for _, e in self.offsets.values()), default=0) > size:
+                    raise CheckpointError("file ended inside tensor data (truncated?)", path=self.path)
+                # private and copy-on-write: never written, but torch wants a writable buffer
+                self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_COPY)  # dups the fd: may hit EMFILE
+            except OSError as exc:
+                raise os_error(exc, self.path) from None
             self._bytes = torch.frombuffer(self._map, dtype=torch.uint8)
         return self._bytes
 
@@ -139,11 +215,14 @@ class SafetensorsReader(CheckpointReader):
 
     def __init__(self, path: str | Path, *, extra_files: list[Path] | None = None) -> None:
         super().__init__(path)
-        handle = _open(self.path)  # validates the header; dropped right away (see module docstring)
-        self._infos = _infos_of(handle, self.path)
-        self.metadata = dict(handle.metadata() or {})
+        handle, self._data = _open(self.path)  # validates the header; dropped right away (see module docstring)
+        try:
+            self._infos = _infos_of(handle, self.path)
+            self.metadata = dict(handle.metadata() or {})
+        except BaseException:
+            self._data.close()
+            raise
         del handle
-        self._data = _DataFile(self.path)
         self._extra = list(extra_files or [])
 
     def _load(self, info: TensorInfo) -> torch.Tensor:
@@ -187,9 +266,18 @@ class ShardedSafetensorsReader(CheckpointReader):
         self._shards = shards
         self._data: dict[Path, _DataFile] = {}
         self._owner: dict[str, Path] = {}
+        try:
+            self._read_shards(shards, weight_map, index_path)
+        except BaseException:
+            self.close()  # the shards opened so far; with many models, leaked descriptors add up
+            raise
+        self._extra = list(extra_files or [])
+
+    def _read_shards(self, shards: list[Path], weight_map: dict[str, str] | None, index_path: Path | None) -> None:
+        """Open every shard and check the index against what they hold."""
+        path = self.path
         for shard in shards:
-            handle = _open(shard)
-            self._data[shard] = _DataFile(shard)
+            handle, self._data[shard] = _open(shard)
             for key, info in _infos_of(handle, shard).items():
                 if key in self._owner:
                     raise CheckpointError(
@@ -210,7 +298,6 @@ class ShardedSafetensorsReader(CheckpointReader):
             missing = [k for k in self._owner if k not in weight_map]
             if missing:
                 raise CheckpointError(f"{len(missing)} tensor(s) missing from the index", path=where, key=missing[0])
-        self._extra = list(extra_files or [])
 
     def _load(self, info: TensorInfo) -> torch.Tensor:
         return self._data[self._owner[info.key]].read(info)
@@ -237,22 +324,35 @@ class ShardedSafetensorsReader(CheckpointReader):
 
 def read_index(index_path: Path) -> tuple[list[Path], dict[str, str]]:
     """Parse a Hugging Face ``*.index.json``; return (shard paths, weight_map)."""
+    check_input(index_path)
     try:
         data = json.loads(index_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputNotFoundError("file not found", path=index_path) from None
+    except OSError as exc:
+        raise os_error(exc, index_path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"index is not valid JSON ({exc})", path=index_path) from None
+    except RecursionError:
+        raise CheckpointError("index is not valid JSON (nested too deeply)", path=index_path) from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError("index has no 'weight_map' object", path=index_path)
     shards: list[Path] = []
     for key, fname in weight_map.items():
-        if not isinstance(fname, str):
+        if not isinstance(fname, str) or not fname or "\0" in fname:
             raise CheckpointError("weight_map values must be file names", path=index_path, key=key)
-        shard = index_path.parent / fname
-        if not shard.exists():
-            raise InputNotFoundError(f"shard {fname!r} named in the index does not exist", path=index_path, key=key)
+        # Only files inside the model folder: an index must not make wsa read (and a merge copy or
+        # report) ../other/model.safetensors or /etc/x. Checked on the text, not the resolved
+        # path, because the Hugging Face cache symlinks every shard into its blobs/ folder.
+        relative = Path(fname)
+        if relative.is_absolute() or relative.anchor or ".." in relative.parts:
+            raise CheckpointError(f"shard {fname!r} is outside the model folder; refusing it", path=index_path, key=key)
+        shard = index_path.parent / relative
+        try:
+            check_input(shard)
+        except InputNotFoundError:
+            raise InputNotFoundError(f"shard {fname!r} named in the index does not exist", path=index_path, key=key) from None
+        if not shard.is_file():
+            raise CheckpointError(f"shard {fname!r} named in the index is a folder", path=index_path, key=key)
         if shard not in shards:
             shards.append(shard)
     return shards, {str(k): str(v) for k, v in weight_map.items()}
