@@ -19,7 +19,7 @@ else
   if [[ ! -x .venv/bin/python ]]; then
     "${WSA_PYTHON:-python3}" -m venv .venv
   fi
-  py=.venv/bin/python
+  py="$PWD/.venv/bin/python"
 fi
 
 pip_quiet=(-q --disable-pip-version-check)

@@ -7,6 +7,7 @@ Each child runs ``wsa merge`` through a small wrapper that pauses after the firs
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def folder(tmp_path: Path) -> Path:
 
 def _start(folder: Path, tag: str, recipe: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(folder / "wrap.py"), str(folder / f"ready-{tag}"), str(folder / "go"), str(recipe)],
+        [os.path.abspath(sys.executable), str(folder / "wrap.py"), str(folder / f"ready-{tag}"), str(folder / "go"), str(recipe)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder,
     )  # fmt: skip
 
