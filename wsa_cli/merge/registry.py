@@ -16,7 +16,7 @@ installed package through the entry-point group ``wsa.merge_methods`` (each entr
 
 Example:
     >>> [m.name for m in all_methods()][:3]
-    ['copy', 'dare_linear', 'dare_ties']
+    ['breadcrumbs', 'breadcrumbs_ties', 'copy']
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Task-vector building blocks shared by task arithmetic, TIES and DARE.
+"""Task-vector building blocks shared by task arithmetic, TIES, DARE, Model Breadcrumbs and DELLA.
 
 A *task vector* is ``tau_i = theta_i - theta_base`` (Ilharco et al., 2023). The published methods
 differ in how they sparsify the task vectors and whether they resolve sign conflicts:
@@ -10,11 +10,17 @@ task_arithmetic           none                ``lambda * sum_i w_i tau_i``
 ties                      top-k magnitude     sign election + disjoint mean
 dare_linear               random drop p       ``lambda * sum_i w_i tau_i``
 dare_ties                 random drop p       sign election + disjoint mean
+breadcrumbs               drop top gamma,     ``lambda * sum_i w_i tau_i``
+                          keep next density
+breadcrumbs_ties          same                sign election + disjoint mean
+della_linear              MagPrune (ranked    ``lambda * sum_i w_i tau_i``
+                          random drop)
+della                     same                sign election + disjoint mean
 ========================  ==================  =====================================
 
-All four are configured calls of :func:`combine_task_vectors`. Everything works on one tensor
-(one key) at a time, in float32 or better. The whole-tensor quantities (TIES's magnitude
-threshold per task vector, DARE's masks) are found first; then everything else runs block by
+All of them are configured calls of :func:`combine_task_vectors`. Everything works on one tensor
+(one key) at a time, in float32 or better. The whole-tensor quantities (TIES's and Breadcrumbs'
+magnitude thresholds per task vector, DARE's and DELLA's masks) are found first; then everything else runs block by
 block (:func:`combine_task_vectors_into`), so no full-size temporaries are made per key.
 """
 
@@ -66,6 +72,43 @@ def dare_mask_into(out: torch.Tensor, drop_rate: float, seed: int, uniform: torc
     return torch.ge(uniform, drop_rate, out=out)
 
 
+def magprune_rows(shape: Sequence[int]) -> tuple[int, int]:
+    """``(rows, row_length)`` DELLA ranks within: a tensor of 2+ dims as ``(shape[0], -1)`` (one
+    row per output unit), a vector or scalar as one row.
+
+    Example:
+        >>> magprune_rows((4, 3, 2)), magprune_rows((5,)), magprune_rows(())
+        ((4, 6), (1, 5), (1, 1))
+    """
+    n = 1
+    for d in shape:
+        n *= int(d)
+    rows = int(shape[0]) if len(shape) >= 2 and int(shape[0]) > 0 else 1
+    return rows, n // rows
+
+
+def magprune_probabilities(magnitude: torch.Tensor, density: float, epsilon: float, dtype: torch.dtype) -> torch.Tensor:
+    """DELLA's keep probabilities for ``magnitude`` (rows, m): per row, linearly spaced in
+    ``[density - epsilon, density + epsilon]`` by magnitude rank (the smallest gets the lowest).
+
+    Rank ``r = 0..m-1`` in ascending magnitude (a stable sort: equal magnitudes ranked by position)
+    gets ``p = (density - epsilon) + 2 epsilon r / (m - 1)``; a row of one entry gets ``density``.
+    The ``m`` values are computed on the CPU in float64, so every device gets the same bits.
+
+    Example:
+        >>> magprune_probabilities(torch.tensor([[0.5, 3.0, 1.0]]), 0.5, 0.25, torch.float64)
+        tensor([[0.2500, 0.7500, 0.5000]], dtype=torch.float64)
+    """
+    rows, m = magnitude.shape
+    if m == 1:
+        values = torch.full((1,), float(density), dtype=torch.float64)
+    else:
+        values = torch.arange(m, dtype=torch.float64).mul_(2.0 * epsilon / (m - 1)).add_(density - epsilon)
+    order = torch.argsort(magnitude, dim=1, stable=True)  # (rows, m) ascending magnitude
+    probs = torch.empty((rows, m), dtype=dtype, device=magnitude.device)
+    return probs.scatter_(1, order, values.to(dtype=dtype, device=magnitude.device).expand(rows, m))
+
+
 def elect_sign(taus: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """TIES *elect*: ``gamma = sgn(sum_i w_i tau_i)`` per entry (w = 1 in the paper).
 
@@ -105,13 +148,18 @@ def combine_task_vectors(
     sparsify: str = "none",
     density: float = 1.0,
     drop_rate: float = 0.0,
+    gamma: float = 0.0,
+    epsilon: float = 0.0,
     consensus: bool = False,
     normalize: bool = False,
 ) -> torch.Tensor:
-    """``base + scale * merged(task vectors)``: the one function behind TA, TIES and DARE.
+    """``base + scale * merged(task vectors)``: the one function behind TA, TIES, DARE, Breadcrumbs and DELLA.
 
     ``sparsify``: ``none`` | ``magnitude`` (TIES trim to ``density``) | ``random`` (DARE, drop
-    ``drop_rate``, seeded per key and model by ``ctx``). ``consensus``: TIES sign election and
+    ``drop_rate``, seeded per key and model by ``ctx``) | ``outliers`` (Breadcrumbs: drop the
+    top ``gamma`` fraction by magnitude, keep the next ``density`` fraction) | ``magprune``
+    (DELLA: keep with probabilities ``density +- epsilon`` by magnitude rank per row, seeded as
+    DARE, rescale by ``1 / p``). ``consensus``: TIES sign election and
     disjoint mean; otherwise a weighted sum (divided by ``sum w`` when ``normalize``). The result
     has the inputs' (float32 or float64) dtype.
 
@@ -123,7 +171,8 @@ def combine_task_vectors(
     out = torch.empty(base.shape, dtype=base.dtype, device=base.device)
     combine_task_vectors_into(
         out, [AlignedInput(t) for t in tensors], AlignedInput(base), weights, ctx, wide=base.dtype, scale=scale,
-        sparsify=sparsify, density=density, drop_rate=drop_rate, consensus=consensus, normalize=normalize,
+        sparsify=sparsify, density=density, drop_rate=drop_rate, gamma=gamma, epsilon=epsilon, consensus=consensus,
+        normalize=normalize,
     )  # fmt: skip
     return out
 
@@ -140,6 +189,8 @@ def combine_task_vectors_into(
     sparsify: str = "none",
     density: float = 1.0,
     drop_rate: float = 0.0,
+    gamma: float = 0.0,
+    epsilon: float = 0.0,
     consensus: bool = False,
     normalize: bool = False,
 ) -> None:
@@ -148,7 +199,12 @@ def combine_task_vectors_into(
     First the whole-tensor quantities: per model the TIES threshold (the ``k``-th largest
     ``|tau_i|``, ``k = floor(density * n)``, from one full-size scratch buffer; entries tied with
     it are kept too, as in the paper's code) or the DARE keep-mask (survivors are rescaled by
-    ``1 / (1 - p)``). Then, per block of
+    ``1 / (1 - p)``). Breadcrumbs (``outliers``) adds an upper threshold, the ``t``-th largest
+    ``|tau_i|`` with ``t = floor(gamma * n)`` (capped at ``n - k``): entries at or above it are
+    removed (ties at the upper threshold go out, ties at the lower one stay in). DELLA
+    (``magprune``) ranks ``|tau_i|`` per row (:func:`magprune_rows`), takes the keep probabilities
+    of :func:`magprune_probabilities`, keeps an entry when its seeded uniform draw (the same draw
+    as DARE's, on the CPU) is ``>= 1 - p``, and rescales survivors by ``1 / p``. Then, per block of
     :func:`~wsa_cli.merge.kernel.block_size` values: the task vectors ``tau_i = x_i - base``
     (aligned, in ``wide``), sparsified, combined, ``base + scale * merged``, cast into ``out``.
     Element for element these are the same operations as on whole tensors, so the bits do not
@@ -159,17 +215,32 @@ def combine_task_vectors_into(
     pool = ctx.scratch if ctx.scratch is not None else Scratch()
     blk = min(block_size(dev), max(n, 1))
     k_keep = int(density * n)
-    trim = sparsify == "magnitude" and k_keep < n
+    trim = sparsify in ("magnitude", "outliers") and k_keep < n
+    n_top = min(int(gamma * n), n - k_keep) if sparsify == "outliers" else 0  # Breadcrumbs' outliers
     drop = sparsify == "random" and drop_rate > 0.0
+    magprune = sparsify == "magprune" and n > 0 and (density < 1.0 or epsilon > 0.0)
     thresholds: list[torch.Tensor | None] = [None] * len(inputs)
-    if trim and k_keep > 0:
+    uppers: list[torch.Tensor | None] = [None] * len(inputs)
+    if (trim and k_keep > 0) or magprune:
         mag = pool.get((n,), wide, dev, "tv.magnitude")  # (n,) |tau_i|, one model at a time
         a_buf, b_buf = pool.get((blk,), wide, dev, "tv.a"), pool.get((blk,), wide, dev, "tv.b")
+        probs: list[torch.Tensor | None] = [None] * len(inputs)
         for i, x in enumerate(inputs):
             for start, stop in block_ranges(n, dev):
                 torch.sub(x.block(start, stop, a_buf), base.block(start, stop, b_buf), out=mag[start:stop])
-            thresholds[i] = kth_largest(mag.abs_(), k_keep)
+            if magprune:
+                probs[i] = magprune_probabilities(mag.abs_().view(magprune_rows(base.shape)), density, epsilon, wide).reshape(-1)
+                continue
+            thresholds[i] = kth_largest(mag.abs_(), n_top + k_keep)
+            if n_top > 0:
+                uppers[i] = kth_largest(mag, n_top)  # mag is still |tau_i| (partitioned in place)
     masks: list[torch.Tensor | None] = [None] * len(inputs)
+    if magprune:
+        uniform = pool.get(base.shape, torch.float32, torch.device("cpu"), "tv.uniform")
+        for i in range(len(inputs)):  # DARE's draws (same seed per key and model, on the CPU)
+            gen = torch.Generator(device="cpu").manual_seed(ctx.generator_seed(i))
+            torch.rand(uniform.shape, generator=gen, dtype=torch.float32, out=uniform)
+            masks[i] = torch.ge(uniform.reshape(-1).to(dev), 1.0 - probs[i])  # (n,) keep with probability p
     if drop:
         uniform = pool.get(base.shape, torch.float32, torch.device("cpu"), "tv.uniform")
         for i in range(len(inputs)):  # drawn on the CPU, as dare_mask does, so CUDA drops the same entries
@@ -187,7 +258,11 @@ def combine_task_vectors_into(
                 if k_keep <= 0:
                     tau.zero_()
                 else:
+                    if uppers[i] is not None:
+                        tau.masked_fill_(tau.abs() >= uppers[i], 0.0)
                     tau.masked_fill_(tau.abs() < thresholds[i], 0.0)
+            elif magprune:
+                tau.div_(probs[i][start:stop]).masked_fill_(~masks[i][start:stop], 0.0)
             elif drop:
                 tau.div_(1.0 - drop_rate).masked_fill_(~masks[i][start:stop], 0.0)
             block_taus.append(tau)
