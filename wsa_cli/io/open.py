@@ -7,7 +7,10 @@ Accepted inputs:
 * ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt`` -- a pickled PyTorch checkpoint (weights only);
 * a folder holding one model in any of the above forms (an index wins; several ``.safetensors``
   files without an index are read as shards). Other files in the folder (``config.json``,
-  tokenizer files) are reported by :meth:`CheckpointReader.extra_files`.
+  tokenizer files) are reported by :meth:`CheckpointReader.extra_files`. A Hugging Face Trainer
+  checkpoint folder (``optimizer.pt``, ``scheduler.pt``, ``rng_state*.pth``, ``training_args.bin``
+  next to the model) resolves to the model by the Hugging Face names (``model.safetensors[.index.json]``,
+  then ``pytorch_model.bin[.index.json]``); the training-state files are listed in ``skipped``.
 
 A file with another suffix is recognised by its first bytes (safetensors header or zip/pickle).
 
@@ -27,8 +30,29 @@ from wsa_cli.io.torch_reader import TORCH_SUFFIXES, TorchReader
 
 #: The merge report's file name: inside a folder output, or ``NAME.wsa-merge-report.json`` next to a file.
 MERGE_REPORT_NAME = "wsa-merge-report.json"
+#: The copy of the recipe that made a merged folder (inside the folder output).
+RECIPE_COPY_NAME = "wsa-recipe.yaml"
 #: Files that wsa itself writes next to a merged model; never treated as model files.
-WSA_SIDE_FILES = (MERGE_REPORT_NAME,)
+WSA_SIDE_FILES = (MERGE_REPORT_NAME, RECIPE_COPY_NAME)
+#: Top-level files of a folder output that wsa generates (the merge's own model card replaces the parent's).
+_WSA_FOLDER_FILES = ("README.md",)
+#: Weights in other formats (ONNX, GGUF, Keras, Flax, TFLite, rust-bert): stale after a merge, never copied.
+_OTHER_WEIGHTS = (".onnx", ".gguf", ".h5", ".msgpack", ".tflite", ".ot")
+#: Training state a Hugging Face ``Trainer`` saves next to the model: never weights, never copied.
+TRAINING_STATE_NAMES = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json")
+_TRAINING_STATE_PREFIXES = ("rng_state",)  # rng_state.pth, rng_state_0.pth ... (one per process)
+#: Hugging Face weight names, in the order ``transformers`` picks them.
+_HF_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+def is_training_state(p: Path) -> bool:
+    """A Trainer checkpoint's optimizer, scheduler, RNG or arguments file (not model weights).
+
+    Example:
+        >>> is_training_state(Path("rng_state_3.pth")), is_training_state(Path("pytorch_model.bin"))
+        (True, False)
+    """
+    return p.name in TRAINING_STATE_NAMES or (p.name.startswith(_TRAINING_STATE_PREFIXES) and p.suffix == ".pth")
 
 
 def _sniff(path: Path) -> str | None:
@@ -57,6 +81,15 @@ def _open_folder(folder: Path, container_key: str | None) -> CheckpointReader:
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     except OSError as exc:
         raise os_error(exc, folder) from None
+    training = [p for p in files if is_training_state(p)]
+    files = [p for p in files if p not in training]
+    reader = _open_model_files(folder, files, container_key)
+    for p in training:
+        reader.skipped[p.name] = "training state of a Trainer checkpoint (not model weights): ignored"
+    return reader
+
+
+def _open_model_files(folder: Path, files: list[Path], container_key: str | None) -> CheckpointReader:
     indexes = [p for p in files if p.name.endswith(".index.json")]
     st_files = [p for p in files if p.suffix == ".safetensors"]
     pt_files = [p for p in files if p.suffix in TORCH_SUFFIXES]
@@ -75,8 +108,9 @@ def _open_folder(folder: Path, container_key: str | None) -> CheckpointReader:
         if len(st_files) == 1:
             return SafetensorsReader(st_files[0], extra_files=extra)
         return ShardedSafetensorsReader(folder, st_files, extra_files=extra)
-    if len(pt_files) == 1:
-        return TorchReader(pt_files[0], container_key=container_key, extra_files=extra)
+    named = [p for p in pt_files if p.name in _HF_WEIGHT_NAMES]
+    if len(pt_files) == 1 or named:  # pytorch_model.bin wins over other pickles, as in transformers
+        return TorchReader((named or pt_files)[0], container_key=container_key, extra_files=extra)
     if len(pt_files) > 1:
         names = ", ".join(p.name for p in pt_files)
         raise CheckpointError(f"folder holds several PyTorch checkpoints ({names}) and no index; pass one file", path=folder)
@@ -85,6 +119,47 @@ def _open_folder(folder: Path, container_key: str | None) -> CheckpointReader:
 
 def _is_weight_file(p: Path) -> bool:
     return p.suffix == ".safetensors" or p.suffix in TORCH_SUFFIXES or p.name.endswith(".index.json")
+
+
+def side_tree(folder: str | Path) -> list[tuple[str, Path]]:
+    """The non-weight tree of a model folder: what a merged folder copies from its template model.
+
+    Returns ``(relative name, source)`` pairs, sorted: every file in the folder and its
+    sub-folders (sentence-transformers ``1_Pooling/``, tokenizer and generation configs), and every
+    empty sub-folder (``2_Normalize/``) as itself. Left out: weights (``*.safetensors``, ``*.bin``,
+    ``*.pt``, ``*.pth``, ``*.ckpt``, index files; ONNX, GGUF, Keras, Flax files), training state
+    (:func:`is_training_state`), wsa's own side files and the model card (``README.md``, which a
+    merge generates), hidden entries (``.git``, ``.cache``) and anything that is not a regular file
+    or folder. Symlinked folders are not followed.
+
+    Example:
+        >>> side_tree("models/minilm")  # doctest: +SKIP
+        [('1_Pooling/config.json', ...), ('config.json', ...), ('tokenizer.json', ...)]
+    """
+    root = Path(folder)
+    found: list[tuple[str, Path]] = []
+
+    def walk(d: Path, rel: str) -> None:
+        try:
+            entries = sorted(d.iterdir())
+        except OSError as exc:
+            raise os_error(exc, d) from None
+        for p in entries:
+            name = f"{rel}{p.name}"
+            if p.name.startswith("."):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                before = len(found)
+                walk(p, name + "/")
+                if len(found) == before and not any(True for _ in p.iterdir()):
+                    found.append((name, p))  # an empty folder (sentence-transformers' 2_Normalize/)
+            elif p.is_file() and not _is_weight_file(p) and not is_training_state(p) and p.suffix not in _OTHER_WEIGHTS:
+                generated = rel == "" and p.name in (*WSA_SIDE_FILES, *_WSA_FOLDER_FILES)  # the merge writes its own
+                if not generated:
+                    found.append((name, p))
+
+    walk(root, "")
+    return found
 
 
 def open_checkpoint(

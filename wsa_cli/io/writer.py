@@ -37,6 +37,7 @@ import torch
 from wsa_cli.errors import InvalidValueError, OutputError
 from wsa_cli.io.base import TensorInfo
 from wsa_cli.io.dtypes import DTYPE_TO_TAG
+from wsa_cli.io.open import MERGE_REPORT_NAME
 from wsa_cli.io.torch_reader import TORCH_SUFFIXES
 
 SINGLE_FILE_NAME = "model.safetensors"
@@ -422,11 +423,15 @@ class SafetensorsWriter:
         metadata: Mapping[str, str] | None = None,
         max_shard_bytes: int | None = None,
         force: bool = False,
+        replace_own_only: bool = False,
     ) -> None:
         self.out = Path(out)
         _refuse_pickle_name(self.out)
         self.single_file = self.out.suffix == ".safetensors"
         self.force = force
+        #: with ``force``, an existing folder is replaced only if it is an earlier wsa merge output
+        #: holding nothing else (:func:`check_replaceable`), checked again at commit
+        self.replace_own_only = replace_own_only
         shards = plan_shards(list(infos), max_shard_bytes)
         if self.single_file and len(shards) > 1:
             raise InvalidValueError(f"output {self.out} is a single file but the model needs {len(shards)} shards; give a folder path")
@@ -475,9 +480,15 @@ class SafetensorsWriter:
         self._side[name] = text.encode("utf-8")
 
     def add_copy(self, name: str, source: str | Path) -> None:
-        """Copy a file (config, tokenizer) into the output folder at commit (folder output only)."""
+        """Copy a file (config, tokenizer) into the output folder at commit (folder output only).
+
+        ``name`` may be a relative path (``1_Pooling/config.json``); a folder ``source`` is created
+        there empty (sentence-transformers' ``2_Normalize/``).
+        """
         if self.single_file:
             raise InvalidValueError(f"cannot copy {name} next to a single-file output; give a folder path")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"copied file name {name!r} must be relative and stay inside the output folder")
         self._copies[name] = Path(source)
 
     def commit(self) -> Path:
@@ -499,7 +510,12 @@ class SafetensorsWriter:
             index = {"metadata": {"total_size": self._total}, "weight_map": self._weight_map}
             self._side.setdefault(INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode("utf-8"))
         for name, src in self._copies.items():
-            shutil.copyfile(src, self._stage / name)
+            dst = self._stage / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                dst.mkdir(exist_ok=True)
+            else:
+                shutil.copyfile(src, dst)
         for name, data in self._side.items():  # side files wait in the stage too, never beside the old model
             (self._stage / name).write_bytes(data)
         if self.single_file:
@@ -519,6 +535,8 @@ class SafetensorsWriter:
         else:
             os.chmod(self._stage, _default_mode(directory=True))  # mkdtemp made it private
             with _signals_held():
+                if self.force and self.replace_own_only and self.out.is_dir():
+                    check_replaceable(self.out)  # again: files may have been added since the plan
                 _swap_in_folder(self._stage, self.out, self.force)
         return self.out
 
@@ -544,6 +562,64 @@ class SafetensorsWriter:
                 raise
         else:
             self.abort()
+
+
+def foreign_entries(folder: str | Path) -> list[str]:
+    """What in an existing folder output wsa did not write (relative names, sorted).
+
+    A folder is an earlier wsa merge output when it holds a merge report
+    (``wsa-merge-report.json``, format ``wsa-merge-report``); the report lists every file the
+    merge wrote (``output.written``; reports without it: the model files, the copied files, the
+    index and the report). Anything else inside, in any sub-folder, is foreign; in a folder
+    without a valid report, everything is.
+
+    Example:
+        >>> foreign_entries("merged")  # doctest: +SKIP
+        ['notes.txt']
+    """
+    root = Path(folder)
+    written: set[str] = set()
+    try:
+        report = json.loads((root / MERGE_REPORT_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        report = None
+    if isinstance(report, dict) and report.get("format") == "wsa-merge-report" and isinstance(report.get("output"), dict):
+        out = report["output"]
+        listed = out.get("written")
+        if not isinstance(listed, list):
+            listed = [*out.get("files", []), *out.get("copied_files", []), INDEX_NAME]
+        written = {str(n) for n in listed} | {MERGE_REPORT_NAME}
+    parents = {str(Path(n).parent) for n in written} | {str(p) for n in written for p in Path(n).parents}
+    foreign: list[str] = []
+
+    def walk(d: Path, rel: str) -> None:
+        for entry in sorted(os.scandir(d), key=lambda e: e.name):
+            name = rel + entry.name
+            if entry.is_dir(follow_symlinks=False) and name not in written:
+                if name in parents:
+                    walk(Path(entry.path), name + "/")
+                else:
+                    foreign.append(name + "/")
+            elif not entry.is_dir(follow_symlinks=False) and name not in written:
+                foreign.append(name)
+
+    walk(root, "")
+    return foreign
+
+
+def check_replaceable(folder: str | Path) -> None:
+    """Refuse (exit 7, naming them) to replace a folder that holds files wsa did not write.
+
+    ``--force`` replaces an earlier wsa merge output whole; it never deletes anything else.
+    """
+    foreign = foreign_entries(folder)
+    if not foreign:
+        return
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    is_wsa = (Path(folder) / MERGE_REPORT_NAME).is_file() and MERGE_REPORT_NAME not in foreign
+    what = "holds files that the earlier wsa merge did not write" if is_wsa else "is not a wsa merge output"
+    raise OutputError(f"exists and {what} ({shown}); {{opt:force}} replaces only a folder that wsa wrote and "
+                      "never deletes other files: move them away or choose another output path", path=folder)  # fmt: skip
 
 
 def _swap_in_folder(stage: Path, out: Path, force: bool) -> None:

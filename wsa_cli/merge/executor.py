@@ -37,8 +37,11 @@ from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
 from wsa_cli.io import CheckpointReader, SafetensorsWriter, open_checkpoint
 from wsa_cli.io.prefetch import prefetch as read_ahead
 from wsa_cli.buffers import Scratch
+from wsa_cli.io.open import RECIPE_COPY_NAME
+from wsa_cli.io.writer import INDEX_NAME
+from wsa_cli.merge.card import card_fields, config_with_dtype, model_card, parent_card
 from wsa_cli.merge.kernel import AlignedInput, block_size, combine_linear
-from wsa_cli.merge.plan import InputPlan, StagePlan, TensorPlan, plan_recipe
+from wsa_cli.merge.plan import CARD_NAME, InputPlan, StagePlan, TensorPlan, plan_recipe
 from wsa_cli.merge.provenance import input_fingerprint, merge_metadata
 from wsa_cli.merge.result import MergeResult
 from wsa_cli.merge.registry import BlockInputs, MethodContext, get_method
@@ -320,7 +323,7 @@ def run_stage(
         work = Scratch()  # working buffers, used only while a key is merged
         records = []
         with SafetensorsWriter(plan.output, plan.out_infos, metadata=metadata, max_shard_bytes=plan.max_shard_bytes,
-                               force=force or plan.temporary) as writer, \
+                               force=force or plan.temporary, replace_own_only=not plan.temporary) as writer, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsa-write") as write_behind:  # fmt: skip
             pending: Future[None] | None = None
             written = None  # the key being written (its inputs may alias the output: copied tensors)
@@ -339,8 +342,7 @@ def run_stage(
             if pending is not None:
                 pending.result()
                 release(written)
-            for f in plan.copy_files:
-                writer.add_copy(f.name, f)
+            side = _folder_side_files(plan, recipe, records, fingerprints, writer)
             summary = _summary(plan, records, writer.shard_names)
             if writer.orphans_removed:
                 summary["warnings"].append(f"removed {len(writer.orphans_removed)} temporary file(s) of killed wsa runs next to "
@@ -349,6 +351,8 @@ def run_stage(
                 summary["function_preserving"] = _fp_counts(fp_reports)
             if plan.spec.output is not None and plan.spec.output.report:
                 report = {**_report(plan, recipe, records, fingerprints, summary, writer.shard_names), "merge_id": merge_id}
+                if plan.folder_output:  # what --force may replace later: everything this merge put in the folder
+                    report["output"]["written"] = sorted({*side, plan.report_path.name})
                 if fp_reports:
                     report["function_preserving"] = [{"model": i, "layers": r} for i, r in enumerate(fp_reports)]
                 name = plan.report_path.name
@@ -360,6 +364,42 @@ def run_stage(
             r.close()
         if base_reader is not None:
             base_reader.close()
+
+
+def _folder_side_files(plan: StagePlan, recipe: Recipe, records: list[dict[str, Any]], fingerprints: list[dict[str, Any]],
+                       writer: SafetensorsWriter) -> list[str]:  # fmt: skip
+    """Hand the writer a folder output's non-weight files; return every name the folder will hold but the report.
+
+    The template model's tree is copied (``config.json`` with the output dtype when ``output.dtype``
+    is set); the model card and the recipe copy are generated. All of it commits with the model.
+    """
+    names = list(writer.shard_names) + ([INDEX_NAME] if len(writer.shard_names) > 1 else [])
+    out_dtype = plan.spec.output.dtype if plan.spec.output is not None else None
+    for name, src in plan.copy_files:
+        text = config_with_dtype(src, out_dtype) if name == "config.json" and out_dtype is not None else None
+        if text is not None:
+            writer.add_text(name, text)
+        else:
+            writer.add_copy(name, src)
+        names.append(name)
+    if not plan.folder_output:
+        return names
+    planned = plan.to_dict()
+    inputs = [{**fp, "weight": m.ref.weight} for fp, m in zip(fingerprints[: len(plan.models)], plan.models, strict=True)]
+    inputs += [{**fingerprints[-1], "role": "base"}] if plan.base is not None else []
+    cards = [c for m in [*plan.models, *([plan.base] if plan.base else [])] if m.ref.stage is None
+             for c in [parent_card(m.path)] if c is not None]  # fmt: skip
+    writer.add_text(CARD_NAME, model_card(
+        name=plan.output.name, method=plan.spec.method, parameters=planned["parameters"], seed=plan.spec.seed,
+        scope=planned["scope"], inputs=inputs, provenance=plan.spec.output.provenance if plan.spec.output else "fast",
+        records=records, parents=card_fields(cards), recipe_name=RECIPE_COPY_NAME,
+        report_name=plan.report_path.name if plan.writes_report else None,
+    ))  # fmt: skip
+    text = recipe.text
+    if not text and recipe.path.is_file():
+        text = recipe.path.read_text(encoding="utf-8")
+    writer.add_text(RECIPE_COPY_NAME, text)
+    return [*names, CARD_NAME, RECIPE_COPY_NAME]
 
 
 def _fp_counts(reports: list[dict[str, str]]) -> list[dict[str, int]]:
@@ -387,7 +427,7 @@ def _summary(plan: StagePlan, records: list[dict[str, Any]], shards: list[str]) 
         "copied": sum(r["action"] == "copy" for r in records),
         "aligned": sum(bool(r.get("aligned")) for r in records),
         "constant_not_rescaled": constant,
-        "copied_files": [p.name for p in plan.copy_files],
+        "copied_files": [name for name, _ in plan.copy_files],
         "warnings": warnings,
         "report": None,
     }

@@ -26,14 +26,16 @@ from wsa_cli.fusion.pipeline import ScopeOptions
 from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
 from wsa_cli.fusion.scopefile import ScopeTable
 from wsa_cli.io import TensorInfo, check_output, dtype_name, numel, open_checkpoint
-from wsa_cli.io.open import MERGE_REPORT_NAME
-from wsa_cli.io.writer import INDEX_NAME, SINGLE_FILE_NAME, check_outputs, plan_shards, temp_tag
+from wsa_cli.io.open import MERGE_REPORT_NAME, RECIPE_COPY_NAME, side_tree
+from wsa_cli.io.writer import INDEX_NAME, SINGLE_FILE_NAME, check_outputs, check_replaceable, plan_shards, temp_tag
 from wsa_cli.merge.registry import MergeMethod, get_method
 from wsa_cli.recipe.schema import ModelRef, Recipe, StageSpec
 from wsa_cli.scope.selection import matches_any
 
 #: Name of the JSON report inside a folder output (the readers skip it).
 REPORT_NAME = MERGE_REPORT_NAME
+#: The model card a folder output gets (generated; the template model's card is not copied).
+CARD_NAME = "README.md"
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,9 @@ class StagePlan:
     temporary: bool  # an intermediate stage without 'output:' (removed after the run)
     scope: ScopeOptions
     weights: list[float]
-    copy_files: list[Path]
+    #: (name inside the output folder, source): the template model's non-weight tree (an empty
+    #: source folder is created empty)
+    copy_files: list[tuple[str, Path]]
     max_shard_bytes: int | None
     #: things that do not stop the merge but that a person should see (``wsa merge`` prints them)
     warnings: list[str] = field(default_factory=list)
@@ -132,6 +136,11 @@ class StagePlan:
         return self.spec.output is not None and self.spec.output.report
 
     @property
+    def folder_output(self) -> bool:
+        """A Hugging Face-style folder output: it also gets a model card and a copy of the recipe."""
+        return self.spec.output is not None and self.output.suffix != ".safetensors"
+
+    @property
     def written_paths(self) -> list[Path]:
         """Every path this stage creates or replaces: the model (file or folder), its shards, index and report."""
         paths = [self.output]
@@ -139,7 +148,9 @@ class StagePlan:
             n = len(plan_shards(self.out_infos, self.max_shard_bytes))
             names = [SINGLE_FILE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
             paths += [self.output / name for name in names] + ([self.output / INDEX_NAME] if n > 1 else [])
-            paths += [self.output / f.name for f in self.copy_files]
+            paths += [self.output / name for name, _ in self.copy_files]
+            if self.folder_output:
+                paths += [self.output / CARD_NAME, self.output / RECIPE_COPY_NAME]
         if self.writes_report:
             paths.append(self.report_path)
         return paths
@@ -178,7 +189,7 @@ class StagePlan:
             "permutation": None if self.spec.permutation is None else {
                 "spec": str(self.spec.permutation.spec), "reference": self.spec.permutation.reference, "seed": self.spec.permutation.seed,
             },
-            "copy_files": [p.name for p in self.copy_files],
+            "copy_files": [name for name, _ in self.copy_files],
             "max_shard_bytes": self.max_shard_bytes,
             "counts": {"tensors": len(self.tensors), **counts, "aligned": sum(t.align for t in self.tensors)},
             "warnings": list(self.warnings),
@@ -373,27 +384,40 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], st
     check_outputs(plan.written_paths, inputs, force=force, output=output)  # model, shards, index, report: one check
     if out_spec is not None:
         check_output(output, inputs, force=force)  # the name's kind; a missing output folder is created when writing
+        if force and plan.folder_output and output.is_dir():
+            check_replaceable(output)  # --force replaces an earlier wsa output, never a folder holding other files
     return plan
 
 
-def _copy_files(recipe: Recipe, stage: StageSpec, models: Sequence[InputPlan], output: Path) -> list[Path]:
+def _side_files(folder: Path | None, extra_files: Sequence[Path]) -> list[tuple[str, Path]]:
+    """A template model's non-weight files: its folder's whole tree, or (an index or file input) its extra files."""
+    if folder is not None and folder.is_dir():
+        return side_tree(folder)
+    return [(p.name, p) for p in extra_files if p.name != CARD_NAME]
+
+
+def _copy_files(recipe: Recipe, stage: StageSpec, models: Sequence[InputPlan], output: Path) -> list[tuple[str, Path]]:
     out = stage.output
     if out is None or out.copy_files_from is False or output.suffix == ".safetensors":
         return []
     source = out.copy_files_from
     line = out.lines.get("copy_files_from")
+
+    def of(m: InputPlan) -> list[tuple[str, Path]]:
+        return _side_files(m.path if m.ref.stage is None else None, m.extra_files)
+
     if source is None:
-        return list(models[0].extra_files)
+        return of(models[0])
     if isinstance(source, int) and not isinstance(source, bool):
         if not 0 <= source < len(models):
             raise _cfg(recipe, line, f"output.copy_files_from {source} is out of range for {len(models)} models")
-        files = models[source].extra_files
+        files = of(models[source])
         if not files:
             raise _cfg(recipe, line, f"models[{source}] ({models[source].label}) has no config/tokenizer files to copy")
-        return list(files)
+        return files
     assert isinstance(source, Path)
     with open_checkpoint(source) as reader:
-        return reader.extra_files()
+        return _side_files(source, reader.extra_files())
 
 
 def _check_permutation(recipe: Recipe, stage: StageSpec, models: Sequence[InputPlan]) -> None:

@@ -237,6 +237,8 @@ class Recipe:
     stages: list[StageSpec] = doc_field(
         [], "named stages run in order, each with the stage keys; without it the stage keys sit at the top level",
         kind="list of mappings", shown="one stage at the top level")  # fmt: skip
+    #: the recipe's text as read (a merged folder keeps a copy of it); not a recipe key
+    text: str = field(default="", repr=False, compare=False)
 
     @property
     def base_dir(self) -> Path:
@@ -656,7 +658,7 @@ def parse_recipe(node: YNode, path: Path, text: str) -> Recipe:
     else:
         stages = [_parse_stage(ctx, top, base_dir, "merge")]
     _check_stage_graph(ctx, stages)
-    return Recipe(path=path, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), stages=stages)
+    return Recipe(path=path, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), stages=stages, text=text)
 
 
 def _check_stage_graph(ctx: _Ctx, stages: list[StageSpec]) -> None:
