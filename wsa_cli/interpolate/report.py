@@ -137,7 +137,10 @@ def summary_table(result: InterpolationResult) -> tuple[list[str], list[list[Any
     sparks = mode_sparklines(result)
     metric = chart_metric(result) or ""
     scale = spark_range(result)
-    shown = f" {scale[0]:.3g}..{scale[1]:.3g}" if scale is not None else ""
+    shown = ""
+    if scale is not None:
+        digits = next((d for d in (3, 4, 5, 6, 8) if f"{scale[0]:.{d}g}" != f"{scale[1]:.{d}g}"), 3)  # the ends must read apart
+        shown = f" {scale[0]:.{digits}g}..{scale[1]:.{digits}g}"
     columns = ["mode", *(label for label, _ in spec), f"{metric} vs alpha{shown}"]
     rows = [[m.mode, *(m.summary.get(key) for _, key in spec), sparks[m.mode]] for m in result.modes]
     return columns, rows
