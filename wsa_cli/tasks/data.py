@@ -51,7 +51,7 @@ def _sklearn_digits():  # noqa: ANN202 - numpy arrays
         from sklearn.datasets import load_digits
     except ImportError:  # pragma: no cover - depends on the environment
         raise InvalidValueError(
-            "the built-in tasks need scikit-learn (it ships the digits data): pip install 'wsa[tasks]'"
+            "the built-in tasks need scikit-learn (it ships the digits data; a dependency of wsa): pip install scikit-learn"
         ) from None
     return load_digits(return_X_y=True)
 
