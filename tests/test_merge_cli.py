@@ -28,10 +28,15 @@ def test_methods_json_and_csv(cli):
     assert res.exit_code == 0
     methods = {m["name"]: m for m in json.loads(res.stdout)["methods"]}
     assert methods["ties"]["needs_base"] is True and methods["slerp"]["models"] == "2"
-    assert {p["name"]: p["default"] for p in methods["ties"]["parameters"]} == {"density": 0.2, "scale": 1.0}
+    assert {p["name"]: p["default"] for p in methods["ties"]["parameters"]} == {"density": 0.2, "scale": 1.0, "tie_rule": "threshold"}
+    ranges = {p["name"]: p["range"] for p in methods["ties"]["parameters"]}
+    assert ranges == {"density": "[0, 1]", "scale": None, "tie_rule": "threshold | exact"}
+    assert {p["name"]: p["range"] for p in methods["dare_linear"]["parameters"]}["drop_rate"] == "[0, 1)"
     res = cli("methods", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert res.exit_code == 0 and [r["name"] for r in rows] == sorted(r["name"] for r in rows)
+    ties = next(r for r in rows if r["name"] == "ties")
+    assert ties["parameters"] == "density=0.2 in [0, 1]; scale=1.0; tie_rule=threshold in threshold | exact"
     assert cli("methods", "--format", "table").exit_code == 0
 
 

@@ -92,6 +92,7 @@ class InspectResult(Result):
                 "weights": self.comparison.weights,
                 "layers": self.layer_rows,
                 "mismatches": self.comparison.mismatches,
+                **({"copied_by_merge": self.comparison.copied_by_merge} if self.comparison.copied_by_merge else {}),
             }
         body["target"] = _target_json(self.target)
         body["metrics"] = self.metrics
@@ -108,6 +109,9 @@ class InspectResult(Result):
         views: list[View] = [_comparison_table(self.reports, self.layer_rows, self.has_target)]
         if self.comparison.mismatches:
             views.append(Table("keys that do not line up", ["key", "problem"], [[m["key"], m["problem"]] for m in self.comparison.mismatches]))
+        if self.comparison.copied_by_merge:
+            views.append(Table("int/bool buffers not in every checkpoint (wsa merge copies them from the first that has them)",
+                               ["key", "problem"], [[m["key"], m["problem"]] for m in self.comparison.copied_by_merge]))  # fmt: skip
         return views
 
     def gate_values(self) -> list[GateGroup]:
@@ -203,6 +207,10 @@ def inspect_models(
             first = comparison.mismatches[0]
             warnings.append(f"{len(comparison.mismatches)} key(s) do not line up across the checkpoints "
                             f"(first: {first['key']}: {first['problem']})")  # fmt: skip
+        if comparison.copied_by_merge:
+            names = ", ".join(c["key"] for c in comparison.copied_by_merge[:5])
+            warnings.append(f"{len(comparison.copied_by_merge)} int/bool buffer(s) are not in every checkpoint ({names}): not "
+                            "mismatches; wsa merge copies them from the first checkpoint that has them")  # fmt: skip
     return InspectResult(reports, tensor_rows, comparison, layer_rows, tgt, metrics, warnings=warnings, notes=notes)
 
 

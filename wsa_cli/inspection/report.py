@@ -36,6 +36,8 @@ class ModelReport:
     tensors: list[TensorStats]
     summary: dict[str, object]
     skipped: dict[str, str] = field(default_factory=dict)
+    #: every tensor's (shape, dtype), measured or not: what a comparison lines up
+    infos: dict[str, tuple[tuple[int, ...], torch.dtype]] = field(default_factory=dict)
 
     def layers(self) -> list[TensorStats]:
         return [t for t in self.tensors if t.is_layer]
@@ -110,7 +112,8 @@ def inspect_checkpoint(
         "constant_layers": [t.key for t in measured if t.std == 0.0],
         "mean_of_layer_std": _mean([t.std for t in measured if t.std is not None]),
     }
-    return ModelReport(str(reader.path), reader.format_name, out, summary, {**reader.skipped, **unmeasured})
+    return ModelReport(str(reader.path), reader.format_name, out, summary, {**reader.skipped, **unmeasured},
+                       {i.key: (tuple(i.shape), i.dtype) for i in infos})  # fmt: skip
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -165,6 +168,8 @@ class Comparison:
     weights: list[float] | None
     layers: list[LayerComparison]
     mismatches: list[dict[str, str]]
+    #: int/bool buffers only some checkpoints hold: not mismatches, ``wsa merge`` copies them (``key``, ``problem``)
+    copied_by_merge: list[dict[str, str]] = field(default_factory=list)
 
 
 def compare_reports(
@@ -211,7 +216,33 @@ def compare_reports(
             mismatches.append({"key": key, "problem": f"dtypes differ ({', '.join(sorted(dts))}); compared anyway"})
         scopes = [e.scope for e in present]
         layers.append(_compare_layer(key, present[0].shape, present[0].kind, scopes, fusion, weights, target))
-    return Comparison(names, fusion, list(weights) if weights is not None else None, layers, mismatches)
+    copied = _other_tensors(reports, seen, mismatches)
+    return Comparison(names, fusion, list(weights) if weights is not None else None, layers, mismatches, copied)
+
+
+def _other_tensors(reports: Sequence[ModelReport], done: set[str], mismatches: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Every tensor that is not a compared layer, from the headers: what ``wsa merge`` (``keys: strict``) refuses.
+
+    A key missing in some checkpoint or a shape difference is a mismatch; an int/bool buffer only
+    some checkpoints hold (``embeddings.position_ids``, ``num_batches_tracked``) is returned
+    instead: merge copies it from the first checkpoint holding it."""
+    names = [r.path for r in reports]
+    keys = list(dict.fromkeys(k for r in reports for k in r.infos))
+    copied: list[dict[str, str]] = []
+    for key in keys:
+        if key in done:
+            continue
+        entries = [r.infos.get(key) for r in reports]
+        present = [e for e in entries if e is not None]
+        missing = [names[i] for i, e in enumerate(entries) if e is None]
+        if missing:
+            row = {"key": key, "problem": f"missing in {', '.join(missing)}"}
+            (copied if not present[0][1].is_floating_point else mismatches).append(row)
+            continue
+        if len({e[0] for e in present}) > 1:
+            desc = ", ".join(f"{names[i]}: {e[0]}" for i, e in enumerate(present))
+            mismatches.append({"key": key, "problem": f"shapes differ ({desc})"})
+    return copied
 
 
 def _compare_layer(

@@ -22,12 +22,17 @@ class MethodList(Result):
         return {"methods": self.methods}
 
     def rows(self) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
-        return COLUMNS, [{**m, "parameters": " ".join(f"{p['name']}={p['default']}" for p in m["parameters"])} for m in self.methods]
+        return COLUMNS, [{**m, "parameters": "; ".join(_param_text(p) for p in m["parameters"])} for m in self.methods]
 
     def render(self) -> list[View]:
         _, rows = self.rows()
         return [Table("merge methods", COLUMNS, [[r[c] for c in COLUMNS] for r in rows],
                       caption="Every method runs after Weight Scope Alignment unless the recipe sets scope.align: false.")]  # fmt: skip
+
+
+def _param_text(p: dict[str, Any]) -> str:
+    """``density=0.2 in [0, 1]``: a parameter's default and, where it has one, its range (or choices)."""
+    return f"{p['name']}={p['default']}" + (f" in {p['range']}" if p.get("range") else "")
 
 
 def list_methods() -> MethodList:

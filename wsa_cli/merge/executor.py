@@ -101,7 +101,9 @@ def merge_tensor(
     record: dict[str, Any] = {"key": entry.key, "action": entry.action}
     if entry.action == "copy":
         record["reason"] = entry.reason
-        return TensorResult(tensors[0].to("cpu"), record)
+        if entry.models is not None:
+            record["models"] = list(entry.models)
+        return TensorResult(tensors[0].to("cpu", entry.out_dtype), record)
     xs = [t.to(device, non_blocking=True) for t in tensors]  # K x (shape,) stored dtype, on device
     b = base.to(device, non_blocking=True) if base is not None else None
     wide = torch.float64 if any(x.dtype == torch.float64 for x in xs) else torch.float32  # math dtype
@@ -166,6 +168,57 @@ def merge_tensor(
         record["after"] = _scope_dict(measure(result))
     out = result if result.dtype == out_dtype else output(out_dtype).copy_(result)
     return TensorResult(out.to(entry.out_dtype).to("cpu"), record)
+
+
+def subset_options(entry: TensorPlan, scope: ScopeOptions, weights: Sequence[float]) -> tuple[ScopeOptions, list[float]]:
+    """The scope options and weights of a tensor merged over a subset of the models (``keys: union``).
+
+    The subset's weights are renormalised to the same total as all models' weights (equal when they
+    are all zero); fusion weights are taken for the subset; a ``{model: N}`` target is N's position in it.
+
+    Example:
+        >>> from wsa_cli.merge.plan import TensorPlan
+        >>> e = TensorPlan("w", (2,), torch.float32, torch.float32, "merge", "linear", {}, False, False, "affine", models=(0, 2))
+        >>> subset_options(e, ScopeOptions(), [1.0, 1.0, 2.0])[1]
+        [1.3333333333333333, 2.6666666666666665]
+    """
+    if entry.models is None:
+        return scope, list(weights)
+    idx = entry.models
+    total, sub = sum(weights), [weights[i] for i in idx]
+    sub = [w * total / sum(sub) for w in sub] if sum(sub) > 0 else [total / len(idx)] * len(idx)
+    changes: dict[str, Any] = {}
+    if scope.weights is not None:
+        changes["weights"] = [scope.weights[i] for i in idx]
+    if isinstance(scope.target, int) and not isinstance(scope.target, bool):
+        t = scope.target % len(weights)
+        changes["target"] = idx.index(t) if t in idx else "fused"  # the plan turns alignment off when t is not there
+    return (dataclasses.replace(scope, **changes) if changes else scope), sub
+
+
+def merge_planned(entry: TensorPlan, tensors: Sequence[torch.Tensor], base: torch.Tensor | None, *, scope: ScopeOptions,
+                  weights: Sequence[float], **kw: Any) -> TensorResult:  # fmt: skip
+    """:func:`merge_tensor` for a planned key: over the models that hold it, and with a ``rows:`` split.
+
+    ``tensors`` are the tensors of ``entry.models`` (all models when None). With ``entry.rows`` the
+    first ``rows`` rows are merged and the rest copied from ``entry.row_source``.
+    """
+    opts, w = subset_options(entry, scope, weights)
+    if entry.rows is None or entry.action != "merge":
+        res = merge_tensor(entry, tensors, base, scope=opts, weights=w, **kw)
+        if entry.models is not None and entry.action == "merge":
+            res.record["models"] = list(entry.models)
+        return res
+    n = entry.rows
+    head = dataclasses.replace(entry, shape=(n, *entry.shape[1:]))
+    idx = entry.models if entry.models is not None else tuple(range(len(tensors)))
+    tail = tensors[idx.index(entry.row_source)][n:]
+    res = merge_tensor(head, [t[:n] for t in tensors], None if base is None else base[:n], scope=opts, weights=w, **kw)
+    out = torch.cat([res.tensor, tail.to("cpu", entry.out_dtype)])
+    res.record["row_ranges"] = entry.row_ranges()
+    if entry.models is not None:
+        res.record["models"] = list(entry.models)
+    return TensorResult(out, res.record)
 
 
 def count_nonfinite(tensor: torch.Tensor, chunk: int = 1 << 22) -> int:
@@ -306,13 +359,14 @@ def run_stage(
             # key is merged and written: unmap its pages, so the process holds a few tensors, not the model
             if views:
                 for src in [*sources, *([base_reader] if base_reader is not None else [])]:
-                    if isinstance(src, CheckpointReader):
+                    if isinstance(src, CheckpointReader) and key in src:  # keys: union -- not every model holds it
                         src.release(key)
 
         def load(key: str) -> tuple[list[torch.Tensor], torch.Tensor | None]:
             # runs in the prefetch thread: only reading (CPU: mapped views; CUDA: into this key's ring slot)
             entry, slot = entries[key], order[key]
-            srcs = sources[:1] if entry.action == "copy" else sources
+            srcs = sources if entry.models is None else [sources[i] for i in entry.models]
+            srcs = srcs[:1] if entry.action == "copy" else srcs
             ts = [read(s, key, ring_buffer(slot, i)) for i, s in enumerate(srcs)]
             b = read(base_reader, key, ring_buffer(slot, len(sources))) if base_reader is not None and entry.action != "copy" else None
             if pin and not all(isinstance(s, CheckpointReader) for s in srcs):
@@ -328,7 +382,7 @@ def run_stage(
             pending: Future[None] | None = None
             written = None  # the key being written (its inputs may alias the output: copied tensors)
             for i, (key, (ts, b)) in enumerate(read_ahead(load, [t.key for t in plan.tensors], depth=prefetch)):
-                res = merge_tensor(entries[key], ts, b, scope=plan.scope, weights=plan.weights, seed=plan.spec.seed,
+                res = merge_planned(entries[key], ts, b, scope=plan.scope, weights=plan.weights, seed=plan.spec.seed,
                                    device=dev, align_base=plan.spec.scope.align_base, scratch=scratches[i % 2], work=work)  # fmt: skip
                 _nonfinite_check(plan, key, res.record, res.tensor, ts)
                 if pending is not None:
@@ -457,6 +511,7 @@ def _report(plan: StagePlan, recipe: Recipe, records: list[dict[str, Any]], fing
         "counts": {k: summary[k] for k in ("tensors", "merged", "copied", "aligned")},
         "copied_not_merged": skipped,
         "constant_not_rescaled": not_rescaled,
+        **({"dropped": list(plan.dropped)} if plan.dropped else {}),
         "tensors": records,
     }
 

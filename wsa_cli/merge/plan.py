@@ -28,6 +28,7 @@ from wsa_cli.fusion.scopefile import ScopeTable
 from wsa_cli.io import TensorInfo, check_output, dtype_name, numel, open_checkpoint
 from wsa_cli.io.open import MERGE_REPORT_NAME, RECIPE_COPY_NAME, side_tree
 from wsa_cli.io.writer import INDEX_NAME, SINGLE_FILE_NAME, check_outputs, check_replaceable, plan_shards, temp_tag
+from wsa_cli.merge.gradients import has_gradient, layer_count, layer_position, params_at, positions
 from wsa_cli.merge.registry import MergeMethod, get_method
 from wsa_cli.recipe.schema import ModelRef, Recipe, StageSpec
 from wsa_cli.scope.selection import matches_any
@@ -59,6 +60,11 @@ class TensorPlan:
     rescale: str
     rule: int | None = None  # index of the matching override
     reason: str = ""
+    #: the models this tensor is read from (None: all); a ``copy`` copies the first of them
+    models: tuple[int, ...] | None = None
+    #: row counts differ (``rows:``): rows ``[0, rows)`` are merged, ``[rows, shape[0])`` copied from ``models[row_source]``
+    rows: int | None = None
+    row_source: int | None = None
 
     @property
     def numel_bytes(self) -> int:
@@ -79,7 +85,17 @@ class TensorPlan:
             "rescale": self.rescale if self.align else None,
             "override": self.rule,
             "reason": self.reason or None,
+            **({"models": list(self.models)} if self.models is not None else {}),
+            **({"row_ranges": self.row_ranges()} if self.rows is not None else {}),
         }
+
+    def row_ranges(self) -> list[dict[str, Any]]:
+        """Where the output's rows come from (a ``rows:`` split): ``[start, stop)`` per range."""
+        assert self.rows is not None and self.models is not None
+        ranges = [{"rows": [0, self.rows], "action": "merge", "models": list(self.models)}]
+        if self.rows < self.shape[0]:
+            ranges.append({"rows": [self.rows, self.shape[0]], "action": "copy", "models": [self.row_source]})
+        return ranges
 
 
 @dataclass
@@ -120,6 +136,8 @@ class StagePlan:
     max_shard_bytes: int | None
     #: things that do not stop the merge but that a person should see (``wsa merge`` prints them)
     warnings: list[str] = field(default_factory=list)
+    #: keys left out (``keys: intersection``): {"key", "missing_in": [model indices], "why"}
+    dropped: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def out_infos(self) -> list[TensorInfo]:
@@ -193,6 +211,9 @@ class StagePlan:
             "max_shard_bytes": self.max_shard_bytes,
             "counts": {"tensors": len(self.tensors), **counts, "aligned": sum(t.align for t in self.tensors)},
             "warnings": list(self.warnings),
+            **({"keys": self.spec.keys} if self.spec.keys != "strict" else {}),
+            **({"rows": self.spec.rows if isinstance(self.spec.rows, str) else {"from": self.spec.rows}} if self.spec.rows != "error" else {}),
+            **({"dropped": list(self.dropped)} if self.dropped else {}),
             "tensors": [t.to_dict() for t in self.tensors],
         }  # fmt: skip
 
@@ -223,24 +244,41 @@ def _load_input(recipe: Recipe, ref: ModelRef, done: dict[str, StagePlan]) -> In
         return InputPlan(ref, infos, ref.path, extra_files=reader.extra_files(), files=reader.files())
 
 
-def _check_fit(ref: InputPlan, other: InputPlan, what: str, dtype_free: bool) -> None:
-    """``other`` must hold exactly ``ref``'s keys with the same shapes (and dtypes unless ``dtype_free``)."""
+def _rows_only(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Shapes that differ in the first dimension only (e.g. embeddings of two vocabulary sizes)."""
+    return len(a) == len(b) >= 1 and a[1:] == b[1:] and a[0] != b[0]
+
+
+def _check_same(ref: InputPlan, other: InputPlan, key: str, what: str, dtype_free: bool, rows_differ: bool) -> None:
+    """``key``'s shape and dtype in ``other`` against ``ref`` (both hold it)."""
+    info, o, where = ref.infos[key], other.infos[key], other.shown
+    if o.shape != info.shape and not (rows_differ and _rows_only(o.shape, info.shape)):
+        hint = " (rows: common or {from: N} merges tensors whose row counts differ)" if _rows_only(o.shape, info.shape) else ""
+        raise MismatchError(f"{what}: has shape {o.shape}, expected {info.shape} as in {ref.shown}{hint}", path=where, key=key)
+    if o.dtype != info.dtype:
+        both_float = o.dtype.is_floating_point and info.dtype.is_floating_point
+        if not (dtype_free and both_float):
+            hint = " (set output.dtype to merge mixed float dtypes)" if both_float else ""
+            raise MismatchError(
+                f"{what}: has dtype {dtype_name(o.dtype)}, expected {dtype_name(info.dtype)} as in {ref.shown}{hint}",
+                path=where, key=key,
+            )  # fmt: skip
+
+
+def _check_fit(ref: InputPlan, other: InputPlan, what: str, dtype_free: bool, *, skip: frozenset[str] = frozenset(),
+               rows_differ: bool = False) -> None:  # fmt: skip
+    """``other`` must hold exactly ``ref``'s keys with the same shapes (and dtypes unless ``dtype_free``).
+
+    ``skip``: keys that may be missing on either side (int/bool buffers, copied from the first model
+    holding them); ``rows_differ``: shapes may differ in the first dimension (``rows:``)."""
     where = other.shown
-    for key, info in ref.infos.items():
-        o = other.infos.get(key)
-        if o is None:
+    for key in ref.infos:
+        if key not in other.infos:
+            if key in skip:
+                continue
             raise MismatchError(f"{what}: tensor is missing (present in {ref.shown})", path=where, key=key)
-        if o.shape != info.shape:
-            raise MismatchError(f"{what}: has shape {o.shape}, expected {info.shape} as in {ref.shown}", path=where, key=key)
-        if o.dtype != info.dtype:
-            both_float = o.dtype.is_floating_point and info.dtype.is_floating_point
-            if not (dtype_free and both_float):
-                hint = " (set output.dtype to merge mixed float dtypes)" if both_float else ""
-                raise MismatchError(
-                    f"{what}: has dtype {dtype_name(o.dtype)}, expected {dtype_name(info.dtype)} as in {ref.shown}{hint}",
-                    path=where, key=key,
-                )  # fmt: skip
-    extra = [k for k in other.infos if k not in ref.infos]
+        _check_same(ref, other, key, what, dtype_free, rows_differ)
+    extra = [k for k in other.infos if k not in ref.infos and k not in skip]
     if extra:
         raise MismatchError(f"{what}: tensor is not in {ref.shown} ({len(extra)} extra tensor(s))", path=where, key=extra[0])
 
@@ -260,10 +298,11 @@ def _params_at(recipe: Recipe, method: MergeMethod, given: dict[str, Any], line:
 
 
 def _check_method(recipe: Recipe, stage: StageSpec, method: MergeMethod, params: dict[str, Any], k: int, has_base: bool,
-                  method_line: int | None, params_line: int | None) -> None:  # fmt: skip
+                  method_line: int | None, params_line: int | None, n_layers: int = 0) -> None:  # fmt: skip
     """One (method, parameters) pair against ``k`` models and the base, each error at its recipe line:
     the model count at the method, a missing base at the method (or at the parameters that ask for
-    it), the method's own checks (e.g. copy's model index) at the parameters."""
+    it), the method's own checks (e.g. copy's model index) at the parameters. Parameters with
+    gradients are checked at every layer position of a model with ``n_layers`` layers."""
     try:
         method.check_model_count(k)
     except InvalidValueError as exc:
@@ -271,10 +310,18 @@ def _check_method(recipe: Recipe, stage: StageSpec, method: MergeMethod, params:
     if method.uses_base(params) and not has_base:
         line = method_line if method.needs_base else params_line
         raise _cfg(recipe, line, f"method {method.name!r} needs a base model: add 'base: PATH' to stage {stage.name!r}")
-    try:
-        method.validate(params, k, has_base)
-    except InvalidValueError as exc:
-        raise _cfg(recipe, params_line, exc.message) from None
+    spots = positions(n_layers) if has_gradient(params) else [None]
+    for x in spots:
+        try:
+            method.validate(params if x is None else params_at(params, x), k, has_base)
+        except InvalidValueError as exc:
+            where = "" if x is None else f" (where the gradients give {_gradient_text(params, x)})"
+            raise _cfg(recipe, params_line, exc.message + where) from None
+
+
+def _gradient_text(params: dict[str, Any], x: float) -> str:
+    at = params_at(params, x)
+    return ", ".join(f"{name}={at[name]:g}" for name, v in params.items() if isinstance(v, list))
 
 
 def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], stage_folder: Path, force: bool) -> StagePlan:
@@ -284,9 +331,9 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], st
     out_spec = stage.output
     dtype_free = out_spec is not None and out_spec.dtype is not None
     ref = models[0]
-    for i, m in enumerate(models[1:], start=1):
-        _check_fit(ref, m, f"models[{i}] does not line up with models[0]", dtype_free)
-    if base is not None:
+    keyplans, dropped = _line_up(recipe, stage, models, dtype_free)
+    lenient = bool(dropped) or any(kp.rows is not None or len(kp.present) < len(models) for kp in keyplans)
+    if base is not None and not lenient:
         _check_fit(ref, base, "base model does not fit the models", dtype_free)
 
     # methods: the stage's and every override's; model count, base, parameters
@@ -303,8 +350,9 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], st
         used.setdefault(rm.name, rule.lines.get("method", rule.line))
     pairs = [(method, params, L.get("parameters", L.get("method", stage.line)))]
     pairs += [(rm, rp, rule.lines.get("parameters", rule.line)) for rule, (rm, rp) in zip(stage.overrides, rules, strict=True)]
+    n_layers = layer_count(ref.infos)  # parameter gradients are spread over these layers
     for how, resolved, params_line in pairs:
-        _check_method(recipe, stage, how, resolved, k, base is not None, used[how.name], params_line)
+        _check_method(recipe, stage, how, resolved, k, base is not None, used[how.name], params_line, n_layers)
     if base is not None and not any(how.uses_base(resolved) for how, resolved, _ in pairs):
         raise _cfg(recipe, L.get("base"), f"a base model is given but no method of stage {stage.name!r} uses one")
 
@@ -335,10 +383,20 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], st
     tensors: list[TensorPlan] = []
     rule_hits = [0] * len(stage.overrides)
     resized: list[tuple[str, int, int]] = []  # (key, numel in the scope file, numel here)
-    for key, info in ref.infos.items():
+    buffers_copied: list[str] = []  # int/bool tensors only some models hold (copied from the first that has them)
+    for kp in keyplans:
+        key, info, present = kp.key, kp.info, kp.present
+        partial = len(present) < k
+        where = f"models[{present[0]}]"
         if not info.dtype.is_floating_point:
+            src = kp.row_source if kp.row_source is not None else present[0]
+            if partial:
+                buffers_copied.append(key)
+                why = f"{dtype_name(info.dtype)} buffer only in {_which(present)}: copied from models[{src}]"
+            else:
+                why = f"{dtype_name(info.dtype)} tensor: copied from models[{src}], not averaged"
             tensors.append(TensorPlan(key, info.shape, info.dtype, info.dtype, "copy", None, {}, False, False, tensor_rescale,
-                                      reason=f"{dtype_name(info.dtype)} tensor: copied from models[0], not averaged"))  # fmt: skip
+                                      reason=why, models=(src,) if src != 0 else None))  # fmt: skip
             continue
         layer = scope.selector.selects(key, info.shape, info.dtype)
         m, p, align, rescale, rule_index = method, params, sspec.align and layer, tensor_rescale, None
@@ -356,9 +414,36 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], st
             measured_on = table.numel.get(key)
             if measured_on is not None and measured_on != numel(info.shape):
                 resized.append((key, measured_on, numel(info.shape)))
+        if has_gradient(p):  # each tensor gets its layer's value of every gradient
+            p = params_at(p, layer_position(key, n_layers))
+        copy_why = ""
+        if partial and len(present) == 1:
+            copy_why = f"only in {where}: copied from it (keys: union)"
+        elif partial:
+            try:
+                m.check_model_count(len(present))
+                m.validate(p, len(present), base is not None)
+            except InvalidValueError as exc:
+                copy_why = f"only in {_which(present)}; method {m.name!r} cannot merge {len(present)} model(s) ({exc.message}): copied from {where}"
+        if copy_why:
+            tensors.append(TensorPlan(key, info.shape, info.dtype, out_dtype or info.dtype, "copy", None, {}, layer, False,
+                                      rescale, rule=rule_index, reason=copy_why, models=(present[0],)))  # fmt: skip
+            continue
+        if partial and isinstance(target, int) and target % k not in present:
+            align = False  # the target model lacks this tensor: merged as it is
+        if base is not None and lenient:
+            _check_base(base, ref if key in ref.infos else models[present[0]], key, info.shape, kp.rows, dtype_free)
         tensors.append(TensorPlan(key, info.shape, info.dtype, out_dtype or info.dtype, "merge", m.name, p, layer, align,
-                                  rescale, rule=rule_index))  # fmt: skip
+                                  rescale, rule=rule_index, models=present if partial or kp.rows is not None else None, rows=kp.rows,
+                                  row_source=kp.row_source))  # fmt: skip
     warnings = []
+    if buffers_copied and stage.keys != "union":
+        shown = ", ".join(buffers_copied[:5]) + (f" and {len(buffers_copied) - 5} more" if len(buffers_copied) > 5 else "")
+        warnings.append(f"{len(buffers_copied)} int/bool buffer(s) are not in every model and are copied from the first "
+                        f"model that has them: {shown}")  # fmt: skip
+    if dropped:
+        shown = ", ".join(d["key"] for d in dropped[:5]) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
+        warnings.append(f"keys: intersection drops {len(dropped)} tensor(s) not in every model: {shown}")
     if resized:
         key, there, here = resized[0]
         warnings.append(f"{target}: {len(resized)} layer(s) of the scope file were measured on tensors of another size "
@@ -378,7 +463,7 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], st
     plan = StagePlan(
         spec=stage, models=models, base=base, tensors=tensors, output=output, temporary=temporary, scope=scope,
         weights=weights, copy_files=copy_files, max_shard_bytes=out_spec.shard_size if out_spec else None,
-        warnings=warnings,
+        warnings=warnings, dropped=dropped,
     )  # fmt: skip
     inputs = plan.input_paths()
     check_outputs(plan.written_paths, inputs, force=force, output=output)  # model, shards, index, report: one check
@@ -387,6 +472,72 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], st
         if force and plan.folder_output and output.is_dir():
             check_replaceable(output)  # --force replaces an earlier wsa output, never a folder holding other files
     return plan
+
+
+@dataclass(frozen=True)
+class _KeyPlan:
+    """One output key: its shape/dtype, the models holding it, and (rows differ) the row split."""
+
+    key: str
+    info: TensorInfo
+    present: tuple[int, ...]
+    rows: int | None = None  # rows every model holding the key has
+    row_source: int | None = None  # the model whose shape the output has and whose other rows it copies
+
+
+def _which(present: Sequence[int]) -> str:
+    return ", ".join(f"models[{i}]" for i in present)
+
+
+def _line_up(recipe: Recipe, stage: StageSpec, models: Sequence[InputPlan], dtype_free: bool) -> tuple[list[_KeyPlan], list[dict[str, Any]]]:
+    """The output's keys under the stage's ``keys:`` and ``rows:`` policies (docs/merge.md), and the dropped keys.
+
+    Keys come in the first model's order, then keys only later models hold. Wherever two models hold
+    a key its shape (but for ``rows:``, the first dimension) and dtype must agree."""
+    k = len(models)
+    order: dict[str, list[int]] = {}
+    for i, m in enumerate(models):
+        for key in m.infos:
+            order.setdefault(key, []).append(i)
+    row_from = None if stage.rows == "error" else 0 if stage.rows == "common" else int(stage.rows)
+    if row_from is not None and not 0 <= row_from < k:
+        raise _cfg(recipe, stage.lines.get("rows"), f"rows.from {row_from} is out of range for {k} models")
+    rows_differ = row_from is not None
+    if stage.keys == "strict":  # int/bool buffers only some models hold are copied from the first that has them
+        skip = frozenset(key for key, p in order.items() if len(p) < k and not models[p[0]].infos[key].dtype.is_floating_point)
+        for i, m in enumerate(models[1:], start=1):
+            _check_fit(models[0], m, f"models[{i}] does not line up with models[0]", dtype_free, skip=skip, rows_differ=rows_differ)
+    plans: list[_KeyPlan] = []
+    dropped: list[dict[str, Any]] = []
+    for key, present in order.items():
+        if len(present) < k and stage.keys == "intersection":
+            missing = [i for i in range(k) if i not in present]
+            dropped.append({"key": key, "missing_in": missing, "why": f"not in {_which(missing)} (keys: intersection)"})
+            continue
+        first = models[present[0]]
+        for i in present[1:]:
+            _check_same(first, models[i], key, f"models[{i}] does not line up with models[{present[0]}]", dtype_free, rows_differ)
+        info = first.infos[key]
+        shapes = {models[i].infos[key].shape for i in present}
+        if len(shapes) == 1:
+            plans.append(_KeyPlan(key, info, tuple(present)))
+            continue
+        src = row_from if row_from in present else present[0]
+        plans.append(_KeyPlan(key, models[src].infos[key], tuple(present), min(s[0] for s in shapes), src))
+    return plans, dropped
+
+
+def _check_base(base: InputPlan, ref: InputPlan, key: str, shape: tuple[int, ...], rows: int | None, dtype_free: bool) -> None:
+    """Under ``keys:``/``rows:`` policies the base must hold every merged key (at least the merged rows)."""
+    what = "base model does not fit the models"
+    o = base.infos.get(key)
+    if o is None:
+        raise MismatchError(f"{what}: tensor is missing (present in {ref.shown})", path=base.shown, key=key)
+    if rows is not None and len(o.shape) == len(shape) and o.shape[1:] == shape[1:] and o.shape[0] >= rows:
+        return
+    if o.shape != shape:
+        raise MismatchError(f"{what}: has shape {o.shape}, expected {shape} as in {ref.shown}", path=base.shown, key=key)
+    _check_same(ref, base, key, what, dtype_free, False)
 
 
 def _side_files(folder: Path | None, extra_files: Sequence[Path]) -> list[tuple[str, Path]]:

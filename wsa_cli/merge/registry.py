@@ -58,11 +58,34 @@ class Param:
     #: open interval ends (lo < x rather than lo <= x)
     lo_open: bool = False
     hi_open: bool = False
+    #: the allowed values of a string parameter (None: any)
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def range_text(self) -> str | None:
+        """The allowed range as text: ``[0, 1]``, ``[0, 1)``, ``> 0``, ``<= 1``, ``threshold | exact``
+        (a string's choices); None when unbounded.
+
+        Example:
+            >>> Param("p", float, 0.5, "", lo=0.0, hi=1.0, hi_open=True).range_text, Param("s", float, 1.0, "").range_text
+            ('[0, 1)', None)
+        """
+        if self.choices is not None:
+            return " | ".join(self.choices)
+        if self.lo is not None and self.hi is not None:
+            return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return None
 
     def check(self, value: Any) -> Any:
         """Return ``value`` converted to the parameter's type, or raise :class:`InvalidValueError` saying why.
 
-        Numbers must be finite: a range check alone (``x <= 1``) would let NaN through.
+        Numbers must be finite: a range check alone (``x <= 1``) would let NaN through. A number
+        (float) parameter also takes a non-empty list of numbers, a gradient over the layers (see
+        :mod:`wsa_cli.merge.gradients`): each entry is checked as the number would be.
 
         Example:
             >>> Param("scale", float, 1.0, "lambda").check(float("nan"))
@@ -70,6 +93,21 @@ class Param:
             ...
             wsa_cli.errors.InvalidValueError: parameter 'scale' must be a finite number, got nan
         """
+        if isinstance(value, (list, tuple)):
+            if self.type is not float:
+                raise InvalidValueError(f"parameter {self.name!r} takes one value, got the list {list(value)!r} "
+                                        "(a list, a gradient over the layers, is only for number parameters)")  # fmt: skip
+            if not value:
+                raise InvalidValueError(f"parameter {self.name!r}: a gradient needs at least one number, got []")
+            out = []
+            for i, item in enumerate(value):
+                if isinstance(item, (list, tuple)):
+                    raise InvalidValueError(f"parameter {self.name!r}: gradient entry {i} must be a number, got {item!r}")
+                try:
+                    out.append(self.check(item))
+                except InvalidValueError as exc:
+                    raise InvalidValueError(f"{exc.message} (gradient entry {i})") from None
+            return out
         if self.type is bool:
             if not isinstance(value, bool):
                 raise InvalidValueError(f"parameter {self.name!r} must be true or false, got {value!r}")
@@ -88,6 +126,10 @@ class Param:
                 raise InvalidValueError(f"parameter {self.name!r} must be a finite number, got an integer that large") from None
         elif not isinstance(value, self.type):
             raise InvalidValueError(f"parameter {self.name!r} must be a {self.type.__name__}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            hint = difflib.get_close_matches(str(value), list(self.choices), n=1)
+            extra = f"did you mean {hint[0]!r}? " if hint else ""
+            raise InvalidValueError(f"parameter {self.name!r} {value!r} is not known; {extra}choose from {', '.join(self.choices)}")
         if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
             raise InvalidValueError(f"parameter {self.name!r} must be {'>' if self.lo_open else '>='} {self.lo:g}, got {value!r}")
         if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
@@ -251,7 +293,8 @@ class MergeMethod:
             "reference": self.reference,
             "needs_base": self.needs_base,
             "models": f"{self.min_models}+" if self.max_models is None else (str(self.min_models) if self.min_models == self.max_models else f"{self.min_models}-{self.max_models}"),
-            "parameters": [{"name": p.name, "type": p.type.__name__, "default": p.default, "doc": p.doc} for p in self.params],
+            "parameters": [{"name": p.name, "type": p.type.__name__, "default": p.default, "doc": p.doc, "range": p.range_text}
+                           for p in self.params],
         }
 
 

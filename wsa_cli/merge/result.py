@@ -52,6 +52,8 @@ class MergeResult(Result):
             caption = (f"models: {models}{base}\nmethod {s['method']}({params}); scope align={s['scope']['align']} "
                        f"fusion={s['scope']['fusion']} target={s['scope']['target']} rescale={s['scope']['rescale']}\n"
                        f"output: {s['output']}" + (" (temporary)" if s["temporary"] else ""))  # fmt: skip
-            cols = ("key", "shape", "dtype", "out_dtype", "action", "method", "align", "override", "reason")
-            views.append(Table(f"plan of stage {s['name']!r} (dry run)", cols, [[t[c] for c in cols] for t in s["tensors"]], caption=caption))
+            cols = ("key", "shape", "dtype", "out_dtype", "action", "method", "params", "align", "override", "reason")
+            cell = lambda t, c: " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in t[c].items()) if c == "params" else t[c]  # noqa: E731
+            views.append(Table(f"plan of stage {s['name']!r} (dry run)", cols, [[cell(t, c) for c in cols] for t in s["tensors"]], caption=caption,
+                               optional=("params",)))
         return views

@@ -152,6 +152,7 @@ def combine_task_vectors(
     epsilon: float = 0.0,
     consensus: bool = False,
     normalize: bool = False,
+    tie_rule: str = "threshold",
 ) -> torch.Tensor:
     """``base + scale * merged(task vectors)``: the one function behind TA, TIES, DARE, Breadcrumbs and DELLA.
 
@@ -172,7 +173,7 @@ def combine_task_vectors(
     combine_task_vectors_into(
         out, [AlignedInput(t) for t in tensors], AlignedInput(base), weights, ctx, wide=base.dtype, scale=scale,
         sparsify=sparsify, density=density, drop_rate=drop_rate, gamma=gamma, epsilon=epsilon, consensus=consensus,
-        normalize=normalize,
+        normalize=normalize, tie_rule=tie_rule,
     )  # fmt: skip
     return out
 
@@ -193,12 +194,15 @@ def combine_task_vectors_into(
     epsilon: float = 0.0,
     consensus: bool = False,
     normalize: bool = False,
+    tie_rule: str = "threshold",
 ) -> None:
     """:func:`combine_task_vectors` on aligned inputs, written into ``out`` (any float dtype) block by block.
 
     First the whole-tensor quantities: per model the TIES threshold (the ``k``-th largest
     ``|tau_i|``, ``k = floor(density * n)``, from one full-size scratch buffer; entries tied with
-    it are kept too, as in the paper's code) or the DARE keep-mask (survivors are rescaled by
+    it are kept too, as in the paper's code; ``tie_rule="exact"`` keeps exactly ``k``: of the
+    entries tied with the threshold only the first ones by flat index, found in a second pass
+    over ``|tau_i|``) or the DARE keep-mask (survivors are rescaled by
     ``1 / (1 - p)``). Breadcrumbs (``outliers``) adds an upper threshold, the ``t``-th largest
     ``|tau_i|`` with ``t = floor(gamma * n)`` (capped at ``n - k``): entries at or above it are
     removed (ties at the upper threshold go out, ties at the lower one stay in). DELLA
@@ -221,6 +225,9 @@ def combine_task_vectors_into(
     magprune = sparsify == "magprune" and n > 0 and (density < 1.0 or epsilon > 0.0)
     thresholds: list[torch.Tensor | None] = [None] * len(inputs)
     uppers: list[torch.Tensor | None] = [None] * len(inputs)
+    #: tie_rule exact: the flat index of the last entry tied with the threshold that is kept
+    last_tied: list[int | None] = [None] * len(inputs)
+    exact = tie_rule == "exact" and sparsify == "magnitude"
     if (trim and k_keep > 0) or magprune:
         mag = pool.get((n,), wide, dev, "tv.magnitude")  # (n,) |tau_i|, one model at a time
         a_buf, b_buf = pool.get((blk,), wide, dev, "tv.a"), pool.get((blk,), wide, dev, "tv.b")
@@ -232,6 +239,13 @@ def combine_task_vectors_into(
                 probs[i] = magprune_probabilities(mag.abs_().view(magprune_rows(base.shape)), density, epsilon, wide).reshape(-1)
                 continue
             thresholds[i] = kth_largest(mag.abs_(), n_top + k_keep)
+            if exact and trim:  # mag was partitioned in place: measure |tau_i| again, in flat order
+                for start, stop in block_ranges(n, dev):
+                    torch.sub(x.block(start, stop, a_buf), base.block(start, stop, b_buf), out=mag[start:stop])
+                mag.abs_()
+                above = int((mag > thresholds[i]).sum().item())  # < k_keep <= above + tied
+                tied = torch.nonzero(mag == thresholds[i]).view(-1)  # ascending flat indices
+                last_tied[i] = int(tied[k_keep - above - 1].item())
             if n_top > 0:
                 uppers[i] = kth_largest(mag, n_top)  # mag is still |tau_i| (partitioned in place)
     masks: list[torch.Tensor | None] = [None] * len(inputs)
@@ -261,6 +275,10 @@ def combine_task_vectors_into(
                     if uppers[i] is not None:
                         tau.masked_fill_(tau.abs() >= uppers[i], 0.0)
                     tau.masked_fill_(tau.abs() < thresholds[i], 0.0)
+                    cut = last_tied[i]
+                    if cut is not None and cut + 1 < stop:  # ties after the k-th kept one go (tie_rule exact)
+                        rest = tau[max(cut + 1 - start, 0):]
+                        rest.masked_fill_(rest.abs() == thresholds[i], 0.0)
             elif magprune:
                 tau.div_(probs[i][start:stop]).masked_fill_(~masks[i][start:stop], 0.0)
             elif drop:

@@ -32,6 +32,10 @@ DEFAULT_METHOD = "linear"
 PROVENANCE_MODES = ("fast", "sha256")
 #: what a merge does when a merged tensor holds NaN/Inf values
 NONFINITE_MODES = ("warn", "error")
+#: which keys a merge writes when the models' key sets differ (see docs/merge.md)
+KEY_POLICIES = ("strict", "intersection", "union")
+#: embedding/output rows that differ in count: ``error``, ``common`` (= ``{from: 0}``) or ``{from: N}``
+ROW_POLICIES = ("error", "common")
 
 
 def doc_field(
@@ -209,7 +213,9 @@ class StageSpec:
         None, "base model of the task-vector methods (task_arithmetic, ties, dare_*); a path or a mapping like a model",
         kind="path or mapping")  # fmt: skip
     method: str = doc_field(DEFAULT_METHOD, "the merge method; see `wsa methods`", kind="string")
-    parameters: dict[str, Any] = doc_field({}, "the method's parameters; defaults in `wsa methods`", kind="mapping")
+    parameters: dict[str, Any] = doc_field(
+        {}, "the method's parameters; defaults in `wsa methods`; a number parameter may be a list, a gradient over the "
+        "layers", kind="mapping")  # fmt: skip
     seed: int = doc_field(0, "seeds the random masks of the dare_* methods", kind="integer")
     scope: ScopeSpec = doc_field(
         doc="Weight Scope Alignment before the method (`scope.*`); `scope: false` is short for `{align: false}`",
@@ -223,6 +229,14 @@ class StageSpec:
     permutation: PermutationRef | None = doc_field(
         None, "match neurons before merging (`permutation.*`)", kind="mapping"
     )
+    keys: str = doc_field(
+        "strict", "models whose key sets differ: `strict` = refuse (int/bool buffers only some models have are copied "
+        "from the first that has them, with a warning), `intersection` = drop keys some model lacks, `union` = merge "
+        "each key over the models that have it", kind="string", choices=KEY_POLICIES)  # fmt: skip
+    rows: Union[str, int] = doc_field(  # noqa: UP007
+        "error", "tensors whose row counts differ (first dimension only; vocabulary sizes): `error`, `common` = "
+        "`{from: 0}`, `{from: N}` = model N's rows, the rows all models have merged, the others copied from model N",
+        kind="`error`, `common` or `{from: N}`")  # fmt: skip
     line: int = 1
     lines: dict[str, int] = field(default_factory=dict)
 
@@ -442,13 +456,23 @@ def _parse_params(ctx: _Ctx, node: YNode, what: str) -> dict[str, Any]:
     m = ctx.mapping(node, what, tuple(node.entries) if isinstance(node, YMap) else ())
     out: dict[str, Any] = {}
     for key, value in m.entries.items():
-        if not isinstance(value, YScalar):
-            raise ctx.err(value, f"{what}: {key} must be a number, string or true/false")
-        out[key] = value.value
-        if isinstance(value.value, str) and _float_text(value.value) is not None:
-            out[key] = _float_text(value.value)  # "1e-3": a number YAML 1.1 reads as a string
-        if isinstance(out[key], float) and not math.isfinite(out[key]):
-            raise ctx.err(value, f"{what}: {key} must be a finite number, got {out[key]}")
+        if isinstance(value, YList):  # a gradient over the layers: [0.2, 0.5, 0.8]
+            if not value.items:
+                raise ctx.err(value, f"{what}: {key}: a gradient needs at least one number, got []")
+            out[key] = [_param_value(ctx, item, f"{what}: {key} gradient entry {i}") for i, item in enumerate(value.items)]
+            continue
+        out[key] = _param_value(ctx, value, f"{what}: {key}")
+    return out
+
+
+def _param_value(ctx: _Ctx, value: YNode, what: str) -> Any:
+    if not isinstance(value, YScalar):
+        raise ctx.err(value, f"{what} must be a number, string or true/false (or, for a number, a list of numbers)")
+    out = value.value
+    if isinstance(out, str) and _float_text(out) is not None:
+        out = _float_text(out)  # "1e-3": a number YAML 1.1 reads as a string
+    if isinstance(out, float) and not math.isfinite(out):
+        raise ctx.err(value, f"{what} must be a finite number, got {out}")
     return out
 
 
@@ -632,7 +656,26 @@ def _parse_stage(ctx: _Ctx, m: YMap, base_dir: Path, default_name: str) -> Stage
         stage.output = _parse_output(ctx, e["output"], base_dir)
     if "permutation" in e and not (isinstance(e["permutation"], YScalar) and e["permutation"].value is None):
         stage.permutation = _parse_permutation(ctx, e["permutation"], base_dir)
+    if "keys" in e:
+        stage.keys = ctx.choice(e["keys"], "keys", KEY_POLICIES)
+    if "rows" in e:
+        stage.rows = _parse_rows(ctx, e["rows"])
     return stage
+
+
+def _parse_rows(ctx: _Ctx, node: YNode) -> str | int:
+    """``rows: error | common | {from: N}``; ``common`` is kept as written (it means ``{from: 0}``)."""
+    if isinstance(node, YMap):
+        m = ctx.mapping(node, "rows", ("from",))
+        if "from" not in m:
+            raise ctx.err(m, "rows needs 'from: N' (the model whose rows the output has)")
+        value = ctx.integer(m.entries["from"], "rows.from")
+        if value < 0:
+            raise ctx.err(m.entries["from"], f"rows.from must be a model index >= 0, got {value}")
+        return value
+    if isinstance(node, YScalar) and isinstance(node.value, str):
+        return ctx.choice(node, "rows", ROW_POLICIES)
+    raise ctx.err(node, "rows must be 'error', 'common' or {from: N}")
 
 
 def parse_recipe(node: YNode, path: Path, text: str) -> Recipe:

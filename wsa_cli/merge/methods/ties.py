@@ -13,10 +13,14 @@ from __future__ import annotations
 from wsa_cli.merge.registry import BlockInputs, MergeMethod, Param
 from wsa_cli.merge.task_vectors import combine_task_vectors, combine_task_vectors_into
 
+#: which entries tied with TIES's trim threshold are kept (see ``tie_rule``)
+TIE_RULES = ("threshold", "exact")
+
 
 def _ties(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
     return combine_task_vectors(
-        tensors, base, weights, ctx, scale=params["scale"], sparsify="magnitude", density=params["density"], consensus=True
+        tensors, base, weights, ctx, scale=params["scale"], sparsify="magnitude", density=params["density"], consensus=True,
+        tie_rule=params["tie_rule"],
     )
 
 
@@ -24,7 +28,7 @@ def _ties_into(job: BlockInputs) -> None:
     p = job.params
     combine_task_vectors_into(
         job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide, scale=p["scale"], sparsify="magnitude",
-        density=p["density"], consensus=True,
+        density=p["density"], consensus=True, tie_rule=p["tie_rule"],
     )  # fmt: skip
 
 
@@ -37,6 +41,8 @@ TIES = MergeMethod(
     params=(
         Param("density", float, 0.2, "fraction k of each task vector kept by magnitude", lo=0.0, hi=1.0),
         Param("scale", float, 1.0, "lambda, scaling of the merged task vector"),
+        Param("tie_rule", str, "threshold", "entries tied at the trim threshold: `threshold` keeps them all (the paper's "
+              "code), `exact` keeps exactly floor(density n), lowest flat index first (mergekit)", choices=TIE_RULES),
     ),
     needs_base=True,
 )
