@@ -26,7 +26,9 @@ block (:func:`combine_task_vectors_into`), so no full-size temporaries are made 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+from typing import Any
 
 import torch
 
@@ -293,3 +295,22 @@ def combine_task_vectors_into(
         if scale != 1.0:
             merged.mul_(scale)
         flat_out[start:stop].copy_(merged.add_(b))  # base + scale * merged, cast to the output dtype
+
+
+def task_vector_forms(options: Callable[[Mapping[str, Any]], dict[str, Any]]) -> tuple[Callable[..., torch.Tensor], Callable[..., None]]:
+    """The whole-tensor and block forms of a task-vector method, from how its parameters map onto
+    :func:`combine_task_vectors`'s options (so TIES, DARE, DELLA and Breadcrumbs are configurations, not copies).
+
+    Example:
+        >>> fn, into = task_vector_forms(lambda p: {"scale": p["scale"]})
+        >>> fn([torch.tensor([1.0, 2.0])], torch.zeros(2), [1.0], {"scale": 2.0}, MethodContext("k"))
+        tensor([2., 4.])
+    """
+
+    def fn(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202 - MergeFn signature
+        return combine_task_vectors(tensors, base, weights, ctx, **options(params))
+
+    def into(job) -> None:  # noqa: ANN001 - a BlockInputs
+        combine_task_vectors_into(job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide, **options(job.params))
+
+    return fn, into

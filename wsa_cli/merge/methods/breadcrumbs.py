@@ -20,8 +20,8 @@ Masks", ECCV 2024 (arXiv 2023).
 from __future__ import annotations
 
 from wsa_cli.errors import InvalidValueError
-from wsa_cli.merge.registry import BlockInputs, MergeMethod, Param
-from wsa_cli.merge.task_vectors import combine_task_vectors, combine_task_vectors_into
+from wsa_cli.merge.registry import MergeMethod, Param
+from wsa_cli.merge.task_vectors import task_vector_forms
 
 _PARAMS = (
     Param("density", float, 0.9, "fraction of each task vector kept (after the outliers are removed)", lo=0.0, hi=1.0),
@@ -39,23 +39,8 @@ def _options(params, consensus: bool) -> dict:  # noqa: ANN001
     return {"scale": params["scale"], "sparsify": "outliers", "density": params["density"], "gamma": params["gamma"], "consensus": consensus}
 
 
-def _breadcrumbs(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
-    return combine_task_vectors(tensors, base, weights, ctx, **_options(params, consensus=False))
-
-
-def _breadcrumbs_ties(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
-    return combine_task_vectors(tensors, base, weights, ctx, **_options(params, consensus=True))
-
-
-def _breadcrumbs_into(job: BlockInputs) -> None:
-    combine_task_vectors_into(job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide,
-                              **_options(job.params, consensus=False))  # fmt: skip
-
-
-def _breadcrumbs_ties_into(job: BlockInputs) -> None:
-    combine_task_vectors_into(job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide,
-                              **_options(job.params, consensus=True))  # fmt: skip
-
+_breadcrumbs, _breadcrumbs_into = task_vector_forms(lambda p: _options(p, consensus=False))
+_breadcrumbs_ties, _breadcrumbs_ties_into = task_vector_forms(lambda p: _options(p, consensus=True))
 
 REFERENCE = "Davari & Belilovsky 2024, Model Breadcrumbs (ECCV)"
 

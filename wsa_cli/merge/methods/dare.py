@@ -12,8 +12,8 @@ Models as a Free Lunch", ICML 2024.
 
 from __future__ import annotations
 
-from wsa_cli.merge.registry import BlockInputs, MergeMethod, Param
-from wsa_cli.merge.task_vectors import combine_task_vectors, combine_task_vectors_into
+from wsa_cli.merge.registry import MergeMethod, Param
+from wsa_cli.merge.task_vectors import task_vector_forms
 
 _PARAMS = (
     Param("drop_rate", float, 0.9, "p, probability of dropping each task-vector entry", lo=0.0, hi=1.0, hi_open=True),
@@ -26,23 +26,8 @@ def _dare_options(params, consensus: bool) -> dict:  # noqa: ANN001
     return {"scale": params["scale"], "sparsify": "random", "drop_rate": params["drop_rate"], **extra}
 
 
-def _dare_linear_into(job: BlockInputs) -> None:
-    combine_task_vectors_into(job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide,
-                              **_dare_options(job.params, consensus=False))  # fmt: skip
-
-
-def _dare_ties_into(job: BlockInputs) -> None:
-    combine_task_vectors_into(job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide,
-                              **_dare_options(job.params, consensus=True))  # fmt: skip
-
-
-def _dare_linear(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
-    return combine_task_vectors(tensors, base, weights, ctx, **_dare_options(params, consensus=False))
-
-
-def _dare_ties(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
-    return combine_task_vectors(tensors, base, weights, ctx, **_dare_options(params, consensus=True))
-
+_dare_linear, _dare_linear_into = task_vector_forms(lambda p: _dare_options(p, consensus=False))
+_dare_ties, _dare_ties_into = task_vector_forms(lambda p: _dare_options(p, consensus=True))
 
 REFERENCE = "Yu et al. 2024, Language Models are Super Mario (DARE, ICML)"
 

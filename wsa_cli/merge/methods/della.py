@@ -23,8 +23,8 @@ Magnitude-Based Sampling", 2024 (arXiv 2406.11617).
 from __future__ import annotations
 
 from wsa_cli.errors import InvalidValueError
-from wsa_cli.merge.registry import BlockInputs, MergeMethod, Param
-from wsa_cli.merge.task_vectors import combine_task_vectors, combine_task_vectors_into
+from wsa_cli.merge.registry import MergeMethod, Param
+from wsa_cli.merge.task_vectors import task_vector_forms
 
 _PARAMS = (
     Param("density", float, 0.7, "mean keep probability of each task-vector entry", lo=0.0, hi=1.0, lo_open=True),
@@ -43,23 +43,8 @@ def _options(params, consensus: bool) -> dict:  # noqa: ANN001
     return {"scale": params["scale"], "sparsify": "magprune", "density": params["density"], "epsilon": params["epsilon"], "consensus": consensus}
 
 
-def _della(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
-    return combine_task_vectors(tensors, base, weights, ctx, **_options(params, consensus=True))
-
-
-def _della_linear(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
-    return combine_task_vectors(tensors, base, weights, ctx, **_options(params, consensus=False))
-
-
-def _della_into(job: BlockInputs) -> None:
-    combine_task_vectors_into(job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide,
-                              **_options(job.params, consensus=True))  # fmt: skip
-
-
-def _della_linear_into(job: BlockInputs) -> None:
-    combine_task_vectors_into(job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide,
-                              **_options(job.params, consensus=False))  # fmt: skip
-
+_della, _della_into = task_vector_forms(lambda p: _options(p, consensus=True))
+_della_linear, _della_linear_into = task_vector_forms(lambda p: _options(p, consensus=False))
 
 REFERENCE = "Deep et al. 2024, DELLA-Merging (MagPrune)"
 

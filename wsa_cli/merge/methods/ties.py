@@ -10,27 +10,18 @@ Reference: Yadav et al., "TIES-Merging: Resolving Interference When Merging Mode
 
 from __future__ import annotations
 
-from wsa_cli.merge.registry import BlockInputs, MergeMethod, Param
-from wsa_cli.merge.task_vectors import combine_task_vectors, combine_task_vectors_into
+from wsa_cli.merge.registry import MergeMethod, Param
+from wsa_cli.merge.task_vectors import task_vector_forms
 
 #: which entries tied with TIES's trim threshold are kept (see ``tie_rule``)
 TIE_RULES = ("threshold", "exact")
 
 
-def _ties(tensors, base, weights, params, ctx):  # noqa: ANN001, ANN202
-    return combine_task_vectors(
-        tensors, base, weights, ctx, scale=params["scale"], sparsify="magnitude", density=params["density"], consensus=True,
-        tie_rule=params["tie_rule"],
-    )
+def _ties_options(p) -> dict:  # noqa: ANN001
+    return {"scale": p["scale"], "sparsify": "magnitude", "density": p["density"], "consensus": True, "tie_rule": p["tie_rule"]}
 
 
-def _ties_into(job: BlockInputs) -> None:
-    p = job.params
-    combine_task_vectors_into(
-        job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide, scale=p["scale"], sparsify="magnitude",
-        density=p["density"], consensus=True, tie_rule=p["tie_rule"],
-    )  # fmt: skip
-
+_ties, _ties_into = task_vector_forms(_ties_options)
 
 TIES = MergeMethod(
     name="ties",
