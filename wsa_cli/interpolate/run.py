@@ -107,9 +107,11 @@ class InterpolationResult(Result):
         data_free = self.kind != KIND_EVAL
         label = "DATA-FREE DIAGNOSTICS (weight statistics, not loss)" if data_free else f"evaluator {self.evaluator}"
         cols, rows = curve_table(self)
-        headline = [c for c in cols if c == "alpha" or c.endswith((" loss", " accuracy", " min_std_ratio", " max_scope_kl"))]
-        curve = Table(f"{Path(self.a).name} -> {Path(self.b).name}: {label}", cols, rows,
-                      optional=[c for c in reversed(cols) if c not in headline] + [c for c in reversed(headline) if c.endswith(" accuracy")])  # fmt: skip
+        # narrow terminals keep alpha and each mode's loss (or, data-free, its std ratio); accuracy and KL go last
+        keep = [c for c in cols if c == "alpha" or c.endswith((" loss", " min_std_ratio"))]
+        second = [c for c in cols if c.endswith((" accuracy", " max_scope_kl"))]
+        optional = [c for c in reversed(cols) if c not in keep and c not in second] + list(reversed(second))
+        curve = Table(f"{Path(self.a).name} -> {Path(self.b).name}: {label}", cols, rows, optional=optional)
         cols, rows = summary_table(self)
         caption = (
             "std shrinkage = 1 - min std(W_alpha) / line between endpoint stds; scope KL to the pair's target scope"
