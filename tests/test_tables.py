@@ -81,3 +81,12 @@ def test_histogram_clips_outliers_and_counts_them(tmp_path, cli) -> None:  # noq
     assert "above the range shown" in text
     off = json.loads(cli("inspect", str(tmp_path / "o.safetensors"), "--histogram", "w", "--clip", "0", "--json").stdout)["histograms"][0]
     assert off["above"] == 0 and sum(off["counts"]) == off["finite_values"]
+
+
+def test_interpolate_tables_fit_80_columns(long_pair, cli, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("COLUMNS", "80")
+    res = cli("interpolate", *long_pair, "--alphas", "0,0.5,1", "--format", "table", "--device", "cpu")
+    assert res.exit_code == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines and all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert any("vs alpha" in line for line in lines)  # the summary with its sparkline survived
