@@ -23,6 +23,7 @@ from wsa_cli import __version__
 from wsa_cli.errors import ExitCode
 from wsa_cli.io import open_checkpoint
 from wsa_cli.io.open import side_tree
+from wsa_cli.io.writer import INDEX_NAME as INDEX
 from wsa_cli.merge.card import front_matter
 
 CARD = """---
@@ -202,6 +203,59 @@ def test_trainer_checkpoint_folder_is_an_input(tmp_path, cli):
     merged, ref = _merged_weights(out), _average(ckpt, other)
     for key, t in ref.items():
         torch.testing.assert_close(merged[key].double(), t.double(), rtol=1e-6, atol=1e-6)
+
+
+def _big_weights(seed: int) -> dict[str, torch.Tensor]:
+    """Tensors big enough that a shard file's header or pickle framing is small next to its data."""
+    g = torch.Generator().manual_seed(seed)
+    return {f"encoder.layer.{i}.dense.weight": torch.randn(64, 64, generator=g) for i in range(4)}
+
+
+def _sharded_folder(folder: Path, seed: int, *, bin_shards: bool = False) -> Path:
+    """A folder of two shards plus their index, as ``save_pretrained(max_shard_size=...)`` writes it."""
+    folder.mkdir(parents=True)
+    w = _big_weights(seed)
+    keys = list(w)
+    parts = [keys[:2], keys[2:]]
+    ext, stem = ("bin", "pytorch_model") if bin_shards else ("safetensors", "model")
+    weight_map = {}
+    for i, part in enumerate(parts):
+        name = f"{stem}-{i + 1:05d}-of-{len(parts):05d}.{ext}"
+        if bin_shards:
+            torch.save({k: w[k] for k in part}, folder / name)
+        else:
+            save_file({k: w[k] for k in part}, folder / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, name))
+    (folder / f"{stem}.{ext}.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_bytes(TREE["config.json"] or b"")
+    return folder
+
+
+@pytest.mark.parametrize("bin_shards", [False, True], ids=["safetensors", "bin"])
+def test_a_sharded_first_model_gives_a_sharded_folder(tmp_path, cli, bin_shards):
+    a = _sharded_folder(tmp_path / "a", 0, bin_shards=bin_shards)
+    (tmp_path / "b").mkdir()
+    save_file(_big_weights(1), tmp_path / "b" / "model.safetensors")
+    largest = max(p.stat().st_size for p in a.iterdir() if "-of-" in p.name)
+    r = _recipe(tmp_path, "models: [a, b]\nscope: {align: false}\noutput: merged\n")
+    res = cli("merge", str(r), "--device", "cpu", "--dry-run", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["stages"][0]["max_shard_bytes"] == largest  # the input's largest shard on disk
+    assert cli("merge", str(r), "--device", "cpu").exit_code == 0
+    out = tmp_path / "merged"
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    index = json.loads((out / INDEX).read_text())["weight_map"]
+    assert [index[k] for k in _big_weights(0)] == ["model-00001-of-00002.safetensors"] * 2 + ["model-00002-of-00002.safetensors"] * 2
+    merged, wa, wb = _merged_weights(out), _big_weights(0), _big_weights(1)
+    for key in wa:
+        torch.testing.assert_close(merged[key], (wa[key] + wb[key]) / 2, rtol=1e-6, atol=1e-6)
+    # output.shard_size overrides it; a first model in one file gives one file; a .safetensors output is one file
+    for name, body in [("big", "models: [a, b]\noutput: {path: big, shard_size: 1GB}"), ("single", "models: [b, a]\noutput: single")]:
+        r2 = _recipe(tmp_path, f"{body}\nscope: {{align: false}}\n", f"{name}.yaml")
+        assert cli("merge", str(r2), "--device", "cpu").exit_code == 0
+        assert sorted(p.name for p in (tmp_path / name).glob("*.safetensors")) == ["model.safetensors"], name
+    r3 = _recipe(tmp_path, "models: [a, b]\nscope: {align: false}\noutput: m.safetensors\n", "r3.yaml")
+    assert cli("merge", str(r3), "--device", "cpu").exit_code == 0 and (tmp_path / "m.safetensors").is_file()
 
 
 def test_force_replaces_only_an_earlier_wsa_output(tmp_path, cli):

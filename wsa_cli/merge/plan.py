@@ -30,7 +30,7 @@ from wsa_cli.io.open import MERGE_REPORT_NAME, RECIPE_COPY_NAME, side_tree
 from wsa_cli.io.writer import INDEX_NAME, SINGLE_FILE_NAME, check_outputs, check_replaceable, plan_shards, temp_tag
 from wsa_cli.merge.gradients import has_gradient, layer_count, layer_position, params_at, positions
 from wsa_cli.merge.registry import MergeMethod, get_method
-from wsa_cli.recipe.schema import ModelRef, Recipe, StageSpec
+from wsa_cli.recipe.schema import ModelRef, OutputSpec, Recipe, StageSpec
 from wsa_cli.scope.selection import matches_any
 
 #: Name of the JSON report inside a folder output (the readers skip it).
@@ -462,7 +462,7 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], st
         _check_permutation(recipe, stage, models)
     plan = StagePlan(
         spec=stage, models=models, base=base, tensors=tensors, output=output, temporary=temporary, scope=scope,
-        weights=weights, copy_files=copy_files, max_shard_bytes=out_spec.shard_size if out_spec else None,
+        weights=weights, copy_files=copy_files, max_shard_bytes=_shard_bytes(out_spec, models[0], output),
         warnings=warnings, dropped=dropped,
     )  # fmt: skip
     inputs = plan.input_paths()
@@ -472,6 +472,19 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], st
         if force and plan.folder_output and output.is_dir():
             check_replaceable(output)  # --force replaces an earlier wsa output, never a folder holding other files
     return plan
+
+
+def _shard_bytes(out_spec: OutputSpec | None, first: InputPlan, output: Path) -> int | None:
+    """The output's maximum shard size: ``output.shard_size``; else, for a folder output whose first
+    model is sharded (several weight files), its largest shard's size on disk, so the merge is split
+    in about the same pieces; else None (one file)."""
+    if out_spec is None or output.suffix == ".safetensors":
+        return None
+    if out_spec.shard_size is not None:
+        return out_spec.shard_size
+    if first.ref.stage is None and len(first.files) > 1:
+        return max(f.stat().st_size for f in first.files)
+    return None
 
 
 @dataclass(frozen=True)

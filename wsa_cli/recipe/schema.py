@@ -169,7 +169,8 @@ class OutputSpec:
     path: Path = doc_field(doc="a `*.safetensors` file, or else a folder (Hugging Face layout)", kind="path")
     dtype: torch.dtype | None = doc_field(None, "output dtype; default: the inputs'", kind="string", choices=tuple(DTYPE_NAMES))
     shard_size: int | None = doc_field(
-        None, "folder output only: start a new shard above this size; default: one file", kind="bytes or `500MB`, `2GB`, `1GiB`"
+        None, "folder output only: start a new shard above this size; default: the first model's largest shard when it is "
+        "sharded (several weight files), else one file", kind="bytes or `500MB`, `2GB`, `1GiB`"
     )
     copy_files_from: Union[int, Path, bool, None] = doc_field(  # noqa: UP007
         None, "whose config/tokenizer files go into a folder output; default: the first model's, if it is a folder; "
