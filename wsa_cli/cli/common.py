@@ -227,12 +227,20 @@ def finish(
         columns, rows = result.rows()
         write_stdout(to_csv(rows, columns))
     else:
-        for view in result.render():
+        views = result.render()
+        tables = [v for v in views if isinstance(v, Table)]
+        if columns:  # a name no table has is an error before anything is printed
+            known = {c for t in tables for c in t.columns}
+            unknown = [c for c in columns if c not in known]
+            if unknown:
+                names = ", ".join(dict.fromkeys(c for t in tables for c in t.columns))
+                raise UsageError(f"--columns {','.join(columns)!r}: no column {unknown[0]!r}; the tables have: {names}")
+        for view in views:
             if isinstance(view, Text):
                 write_stdout(view.text)
-            else:
-                with flags({"columns": "--columns"}):
-                    print_table(view, wide=wide, columns=columns)
+            else:  # each table shows the asked-for columns it has (the others: fitted as usual)
+                mine = [c for c in columns or () if c in view.columns and c != view.columns[0]]
+                print_table(view, wide=wide, columns=mine or None)
     if gates:
         check_gates(gates, result.gate_values())
 

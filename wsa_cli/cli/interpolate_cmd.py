@@ -65,7 +65,7 @@ def command(
     split: Annotated[str, typer.Option("--split", help="Data split of a built-in task evaluator: test or train.")] = "test",
     plot: Annotated[
         Optional[Path],
-        typer.Option("--plot", help="Also draw the curves to this PNG (needs the plot extra: pip install 'wsa[plot]')."),
+        typer.Option("--plot", help="Also draw the curves to this .png, .svg or .pdf (needs the plot extra: pip install 'wsa[plot]')."),
     ] = None,
     force: ForceOpt = False,
     fail_above: FailAboveOpt = None,

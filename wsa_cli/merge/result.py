@@ -55,5 +55,5 @@ class MergeResult(Result):
             cols = ("key", "shape", "dtype", "out_dtype", "action", "method", "params", "align", "override", "reason")
             cell = lambda t, c: " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in t[c].items()) if c == "params" else t[c]  # noqa: E731
             views.append(Table(f"plan of stage {s['name']!r} (dry run)", cols, [[cell(t, c) for c in cols] for t in s["tensors"]], caption=caption,
-                               optional=("params",)))
+                               optional=("override", "reason", "out_dtype", "dtype", "method", "params")))
         return views

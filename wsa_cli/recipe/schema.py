@@ -211,13 +211,13 @@ class StageSpec:
         doc="the input models (at least one); each a path or a mapping (`models[].*`)", kind="list"
     )
     base: ModelRef | None = doc_field(
-        None, "base model of the task-vector methods (task_arithmetic, ties, dare_*); a path or a mapping like a model",
+        None, "base model of the methods that use one (see `wsa methods`: task_arithmetic, ties, dare_*, della*, breadcrumbs*, model_stock, copy with model -1, the spherical ones with task_vectors); a path or a mapping like a model",
         kind="path or mapping")  # fmt: skip
     method: str = doc_field(DEFAULT_METHOD, "the merge method; see `wsa methods`", kind="string")
     parameters: dict[str, Any] = doc_field(
         {}, "the method's parameters; defaults in `wsa methods`; a number parameter may be a list, a gradient over the "
         "layers", kind="mapping")  # fmt: skip
-    seed: int = doc_field(0, "seeds the random masks of the dare_* methods", kind="integer")
+    seed: int = doc_field(0, "seeds the random masks of the dare_* and della* methods", kind="integer")
     scope: ScopeSpec = doc_field(
         doc="Weight Scope Alignment before the method (`scope.*`); `scope: false` is short for `{align: false}`",
         kind="mapping or `false`", shown="see `scope.*`", factory=ScopeSpec)  # fmt: skip
