@@ -233,6 +233,7 @@ def run_interpolation(
             raw = {mode.name: _evaluate_mode(mode, la, lb, alpha_list, opts, evaluator, progress, low_memory) for mode in mode_objs}
             inputs = _input_losses(raw, alpha_list, ra, rb, evaluator, opts, progress)
             curves, metrics = _summarize_modes(mode_objs, raw, alpha_list, inputs)
+            warnings += barrier_caveats(curves)
         return InterpolationResult(
             kind=kind,
             a=str(a_path),
@@ -245,6 +246,33 @@ def run_interpolation(
             scope=scope_summary(opts),
             warnings=warnings,
         )
+
+
+#: ``barrier_caveats`` thresholds: an accuracy drop worth a warning, a loss barrier "about 0", far-apart endpoints.
+ACC_DROP_WARN, LOSS_ZERO, ENDPOINT_RATIO = 0.05, 0.01, 2.0
+
+
+def barrier_caveats(curves: Sequence[ModeCurve]) -> list[str]:
+    """Warnings where the headline ``loss_barrier`` misleads: accuracy falls while the loss barrier
+    is about 0 (e.g. non-IID endpoints, each bad on the other's classes), or the endpoint losses
+    are far apart (the line between them hides a sag); which figure to gate on then.
+
+    Example:
+        >>> c = ModeCurve("naive", "", [], {"loss_0": 2.0, "loss_1": 0.5, "loss_barrier": 0.0, "acc_barrier": 0.2})
+        >>> [w.split(":")[0] for w in barrier_caveats([c])]
+        ['mode naive', 'mode naive']
+    """
+    out = []
+    for c in curves:
+        s = c.summary
+        l0, l1, lb, ab = s.get("loss_0"), s.get("loss_1"), s.get("loss_barrier"), s.get("acc_barrier")
+        if ab is not None and lb is not None and ab > ACC_DROP_WARN and lb < LOSS_ZERO:
+            out.append(f"mode {c.mode}: accuracy falls {100 * ab:.0f} points below the line between the endpoints while "
+                       f"loss_barrier is {lb:.3g}: gate on acc_barrier (or loss_barrier_mean) for this pair")  # fmt: skip
+        if l0 is not None and l1 is not None and min(l0, l1) > 0 and max(l0, l1) / min(l0, l1) > ENDPOINT_RATIO:
+            out.append(f"mode {c.mode}: the endpoint losses are far apart ({l0:.3g} and {l1:.3g}); loss_barrier is measured "
+                       "against the line between them, loss_barrier_mean against their mean")  # fmt: skip
+    return out
 
 
 def _diagnose_mode(
