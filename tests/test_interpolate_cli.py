@@ -501,8 +501,14 @@ def test_progress_calls_match_count_and_inputs_barrier_without_naive(pm_pair, pl
     a, b = pm_pair
     for ev in (Evaluator("bump", plugin.bump), None):
         calls: list[str] = []
-        res = run_interpolation(a, b, alphas=[0.0, 0.5, 1.0], modes=modes, evaluator=ev, progress=lambda n, label: calls.append(label))
-        assert len(calls) == count_steps(a, modes=modes, n_alphas=3, with_evaluator=ev is not None)
+        announced: list[int] = []
+
+        def report(n: int, label: str) -> None:
+            calls.append(label)
+
+        report.set_total = announced.append  # type: ignore[attr-defined]
+        res = run_interpolation(a, b, alphas=[0.0, 0.5, 1.0], modes=modes, evaluator=ev, progress=report)
+        assert len(calls) == count_steps(a, modes=modes, n_alphas=3, with_evaluator=ev is not None) == announced[0]
         if ev is not None:
             # the input checkpoints' losses are 0 at both ends (evaluated separately without naive)
             assert res.modes[-1].summary["loss_barrier_inputs"] == 1.0

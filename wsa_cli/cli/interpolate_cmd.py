@@ -89,7 +89,6 @@ def command(
     """
     from wsa_cli.interpolate import run_interpolation
     from wsa_cli.interpolate.plot import check_plot_output, plot_result, require_matplotlib
-    from wsa_cli.interpolate.run import count_steps
     from wsa_cli.interpolate.setup import prepare_interpolation
 
     out_fmt = resolve_format(fmt, as_json)
@@ -102,9 +101,7 @@ def command(
         if plot is not None:  # fail before the (long) run, not after it
             require_matplotlib()
             check_plot_output(plot, [a, b], force=force)
-        total = count_steps(a, modes=setup.modes, n_alphas=len(setup.alphas), with_evaluator=setup.evaluator is not None,
-                            container_key=key, strip_prefix=strip_prefix)  # fmt: skip
-        with progress(total, "interpolate", quiet=quiet) as advance:
+        with progress(None, "interpolate", quiet=quiet) as advance:
             result = run_interpolation(a, b, alphas=setup.alphas, modes=setup.modes, options=setup.options, evaluator=setup.evaluator,
                                        progress=advance, container_key=key, strip_prefix=strip_prefix, low_memory=low_memory)  # fmt: skip
     if setup.evaluator is None:

@@ -43,9 +43,9 @@ def command(
     from wsa_cli.cli.quick_args import command_line_merge
 
     out_fmt = resolve_format(fmt, as_json)
-    quick = command_line_merge(inputs, out=out, method=method, base=base, param=param, weights=weights, align=align,
-                               dtype=dtype, seed=seed, save_recipe=save_recipe)  # fmt: skip
     with flags(FLAGS), progress(None, "merge", quiet=quiet or dry_run) as advance:
+        quick = command_line_merge(inputs, out=out, method=method, base=base, param=param, weights=weights, align=align,
+                                   dtype=dtype, seed=seed, save_recipe=save_recipe)  # fmt: skip
         if quick is None:
             from wsa_cli.merge.executor import merge_recipe
 

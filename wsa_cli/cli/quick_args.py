@@ -29,9 +29,6 @@ def command_line_merge(inputs: Sequence[str], *, out: str | None, method: str, b
         return None
     if out is None:
         raise UsageError("give a recipe (wsa merge RECIPE.yaml) or the checkpoints and an output (wsa merge A B -o OUT)")
-    try:
-        w = parse_weights(weights, len(inputs)) if weights is not None else None
-    except Exception as exc:  # noqa: BLE001 - re-raised as a usage error naming the flag
-        raise UsageError(f"--weights {weights!r}: {getattr(exc, 'message', exc)}") from None
+    w = parse_weights(weights, len(inputs)) if weights is not None else None  # flags() names --weights
     return QuickMerge(models=list(inputs), output=out, method=method, base=base, params=list(param or ()), weights=w,
                       align=align, dtype=dtype, seed=seed)  # fmt: skip

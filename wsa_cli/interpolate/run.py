@@ -29,7 +29,7 @@ from wsa_cli.interpolate.modes import MODES, Mode, ModeOptions, get_mode
 from wsa_cli.interpolate.path import LazyStateDict, check_compatible, interpolate_state
 from wsa_cli.errors import InvalidValueError
 from wsa_cli.io import open_checkpoint
-from wsa_cli.progress import ProgressFn
+from wsa_cli.progress import ProgressFn, announce_total
 from wsa_cli.results import GateGroup, Result, Table, View
 from wsa_cli.scope.kinds import is_bn_running_stat
 
@@ -213,6 +213,7 @@ def run_interpolation(
         raise
     with ra, rb:
         check_compatible(ra, rb)
+        announce_total(progress, _steps(ra, mode_objs, len(alpha_list), evaluator is not None))
         warnings: list[str] = []
         bn_keys = bn_stat_keys(ra.keys())
         recal = evaluator is not None and evaluator.recalibrate_bn
@@ -359,9 +360,13 @@ def count_steps(
     strip_prefix: str | None = None,
 ) -> int:
     """How many ``progress`` calls :func:`run_interpolation` will make (for a progress bar)."""
+    with open_checkpoint(a_path, container_key=container_key, strip_prefix=strip_prefix) as r:
+        return _steps(r, modes, n_alphas, with_evaluator)
+
+
+def _steps(reader: Any, modes: Sequence[str | Mode], n_alphas: int, with_evaluator: bool) -> int:
+    """The progress calls of a run over ``reader`` (the first checkpoint): evaluations, or floating tensors per mode."""
     names = [m.name if isinstance(m, Mode) else m for m in modes]
     if with_evaluator:
         return len(names) * n_alphas + (0 if "naive" in names else 2)
-    with open_checkpoint(a_path, container_key=container_key, strip_prefix=strip_prefix) as r:
-        floating = sum(1 for i in r.infos() if i.dtype.is_floating_point)
-    return len(names) * floating
+    return len(names) * sum(1 for i in reader.infos() if i.dtype.is_floating_point)

@@ -64,12 +64,7 @@ def merge_command_line(
         saved = str(target)
         result.notes.append(f"wrote the recipe to {target} (run it again with: wsa merge {target})")
     return QuickMergeResult(**{f: getattr(result, f) for f in ("recipe", "recipe_sha256", "dry_run", "device", "stages")},
-                            warnings=result.warnings, notes=result.notes, recipe_text=recipe_text(spec), saved_recipe=saved)  # fmt: skip
-
-
-def recipe_text(spec: QuickMerge) -> str:
-    """The recipe as it runs (paths as given, relative to the current folder)."""
-    return spec.to_yaml(Path.cwd())
+                            warnings=result.warnings, notes=result.notes, recipe_text=recipe.text, saved_recipe=saved)  # fmt: skip
 
 
 __all__ = ["QuickMerge", "QuickMergeResult", "merge_command_line"]
