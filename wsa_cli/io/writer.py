@@ -54,7 +54,9 @@ def _refuse_pickle_name(out: Path) -> None:
 
 
 def check_output(out: str | Path, inputs: Iterable[str | Path] = (), *, force: bool = False) -> Path:
-    """Refuse an output that is an input (or contains one) and an existing output without ``force``.
+    """Refuse an output that is an input, contains one or lies inside an input model's folder, an
+    existing output without ``force``, and a name of the wrong kind (see :func:`check_outputs` and
+    :func:`check_output_kind`, which it combines for one path).
 
     Example:
         >>> check_output("merged.safetensors", ["a.safetensors"], force=True)  # doctest: +SKIP
@@ -62,17 +64,18 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = (), *, force: b
     """
     out_path = Path(out)
     _refuse_pickle_name(out_path)  # before any long computation (training) rather than at write time
-    target = out_path.resolve()
-    for inp in inputs:
-        src = Path(inp).resolve()
-        # the output may not be an input, nor a folder that holds an input
-        if src == target or target in src.parents:
-            raise OutputError(f"output would overwrite input {inp}; choose another output path", path=out_path)
-    if out_path.exists() and not force:
-        raise OutputError("output exists; pass {opt:force} to replace it", path=out_path)
+    check_outputs([out_path], inputs, force=force)
+    return check_output_kind(out_path)
+
+
+def check_output_kind(out: str | Path) -> Path:
+    """Refuse an output whose existing entry is of the other kind (file vs folder), or whose nearest
+    existing parent is a file; missing folders are created when writing."""
+    out_path = Path(out)
+    _refuse_pickle_name(out_path)
     if out_path.exists() and out_path.is_dir() != (out_path.suffix == ""):
         raise OutputError("output exists and is of the other kind (file vs folder)", path=out_path)
-    existing = next(p for p in target.parents if p.exists())  # missing folders are created when writing
+    existing = next(p for p in out_path.resolve().parents if p.exists())
     if not existing.is_dir():
         raise OutputError(f"{existing} is a file, not a folder", path=out_path)
     return out_path

@@ -25,9 +25,11 @@ from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions
 from wsa_cli.fusion.rescale import MODEL_RESCALE_MODES
 from wsa_cli.fusion.scopefile import ScopeTable
-from wsa_cli.io import TensorInfo, check_output, dtype_name, numel, open_checkpoint
+from wsa_cli.io import TensorInfo, dtype_name, numel, open_checkpoint
 from wsa_cli.io.open import MERGE_REPORT_NAME, RECIPE_COPY_NAME, side_tree
-from wsa_cli.io.writer import INDEX_NAME, SINGLE_FILE_NAME, check_outputs, check_replaceable, plan_shards, temp_tag
+from wsa_cli.io.writer import (
+    INDEX_NAME, SINGLE_FILE_NAME, check_output_kind, check_outputs, check_replaceable, plan_shards, temp_tag,
+)  # fmt: skip
 from wsa_cli.merge.gradients import has_gradient, layer_count, layer_position, params_at, positions
 from wsa_cli.merge.registry import MergeMethod, get_method
 from wsa_cli.recipe.schema import ModelRef, OutputSpec, Recipe, StageSpec
@@ -468,7 +470,7 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], st
     inputs = plan.input_paths()
     check_outputs(plan.written_paths, inputs, force=force, output=output)  # model, shards, index, report: one check
     if out_spec is not None:
-        check_output(output, inputs, force=force)  # the name's kind; a missing output folder is created when writing
+        check_output_kind(output)  # a missing output folder is created when writing
         if force and plan.folder_output and output.is_dir():
             check_replaceable(output)  # --force replaces an earlier wsa output, never a folder holding other files
     return plan
