@@ -274,3 +274,18 @@ def test_nonfinite_weights_warn_and_can_be_refused(folder, cli):
     assert "'l1.weight'" in line and "NaN/Inf" in line
     assert not (folder / "out2.safetensors").exists()
     _no_temporaries(folder)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_count_nonfinite_is_exact_whatever_the_chunk_sums_do(dtype: torch.dtype) -> None:
+    """The cheap screen (a finite chunk sum) never hides a NaN/Inf, and an overflowing sum of finite
+    values is not counted as one."""
+    from wsa_cli.merge.executor import count_nonfinite
+
+    big = torch.finfo(dtype).max
+    clean = torch.full((1000,), big / 2, dtype=dtype)  # the chunk sum overflows; no value is non-finite
+    assert count_nonfinite(clean, chunk=64) == 0
+    dirty = torch.randn(1000).to(dtype)
+    dirty[[3, 500, 999]] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
+    for chunk in (1, 7, 64, 4096):
+        assert count_nonfinite(dirty, chunk=chunk) == 3
