@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -195,12 +196,12 @@ def _write(path: Path, data: bytes) -> Path:
     ("args", "where", "what"),
     [
         (["inspect", "x.safetensors", "--format", "xml"], "wsa inspect", "'xml' is not one of"),
-        (["inspect", "x.safetensors", "--bogus"], "wsa inspect", "No such option: --bogus"),
-        (["merge"], "wsa merge", "Missing argument 'RECIPE | CHECKPOINT...'"),
-        (["scope", "fuse", "--bogus"], "wsa scope fuse", "No such option: --bogus"),
+        (["inspect", "x.safetensors", "--bogus"], "wsa inspect", r"No such option:? '?--bogus"),
+        (["merge"], "wsa merge", r"Missing argument 'RECIPE \| CHECKPOINT\.\.\.'"),
+        (["scope", "fuse", "--bogus"], "wsa scope fuse", r"No such option:? '?--bogus"),
         (["spec", "infer", "--model", "digits-mlp", "--input-shape"], "wsa", "requires an argument"),
-        (["--bogus"], "wsa", "No such option: --bogus"),
-        (["nosuchcommand"], "wsa", "No such command 'nosuchcommand'"),
+        (["--bogus"], "wsa", r"No such option:? '?--bogus"),
+        (["nosuchcommand"], "wsa", r"No such command '?nosuchcommand"),
     ],
 )
 def test_click_usage_errors_are_one_line_exit_2(args: list[str], where: str, what: str, cli) -> None:
@@ -209,7 +210,8 @@ def test_click_usage_errors_are_one_line_exit_2(args: list[str], where: str, wha
     assert res.exit_code == ExitCode.USAGE
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
-    assert lines[0].startswith(f"error: {where}: ") and what in lines[0]
+    # click 8.5 quotes the option ("No such option '--bogus'"), earlier versions did not
+    assert lines[0].startswith(f"error: {where}: ") and re.search(what, lines[0]), lines[0]
     assert res.stdout == ""
 
 
