@@ -161,13 +161,14 @@ def test_tensor_scope_and_moments_never_modify_their_input() -> None:
         assert torch.equal(x, before)
 
 
-def test_target_with_commas_that_is_not_mean_std_is_a_config_error(tmp_path, monkeypatch):
-    from wsa_cli.errors import ConfigError, ExitCode
+def test_target_with_commas_that_is_not_mean_std_is_an_invalid_value(tmp_path, monkeypatch):
+    # a malformed MEAN,STD is a bad value of the option (the command line names the flag, exit 2)
+    from wsa_cli.errors import ExitCode, InvalidValueError
     from wsa_cli.fusion.targets import parse_target
 
     monkeypatch.chdir(tmp_path)
-    for text in ("1,2,3", "0,x"):
-        with pytest.raises(ConfigError, match="expected MEAN,STD") as info:
+    for text in ("1,2,3", "0,x", "0,-1"):
+        with pytest.raises(InvalidValueError) as info:
             parse_target(text)
-        assert info.value.exit_code == ExitCode.BAD_CONFIG
+        assert info.value.option == "target" and info.value.exit_code == ExitCode.USAGE
     assert parse_target("0,0.5") == Scope(0.0, 0.5)

@@ -23,7 +23,7 @@ import math
 from collections.abc import Collection
 from pathlib import Path
 
-from wsa_cli.errors import ConfigError, InputNotFoundError, InvalidValueError
+from wsa_cli.errors import InputNotFoundError, InvalidValueError
 from wsa_cli.fusion.scopefile import load_scope_file
 from wsa_cli.scope.gaussian import Scope
 
@@ -38,7 +38,8 @@ def parse_target(text: str, *, accept: Collection[str] = ("fixed", "file"), mode
 
     A scope file is loaded once here, so a broken one fails before any tensor is read (and is
     returned as its path, so reports can name it). ``models``: how many models a model index
-    may point at. Malformed ``MEAN,STD`` and broken scope files are configuration errors (exit 6).
+    may point at. Malformed ``MEAN,STD`` is an ``InvalidValueError`` (the command line names the flag, a recipe its
+    line); a broken scope file is a configuration error (exit 6).
 
     Example:
         >>> parse_target("1", accept=("model",))
@@ -74,10 +75,10 @@ def parse_target(text: str, *, accept: Collection[str] = ("fixed", "file"), mode
             pass
         else:
             if not (math.isfinite(mean) and math.isfinite(std)) or std <= 0:
-                raise ConfigError(f"target {text!r}: need a finite mean and a std > 0")
+                raise InvalidValueError("need a finite mean and a std > 0", option="target", value=text)
             return Scope(mean, std)
     if "," in raw and "fixed" in accept:  # meant as numbers, not a file name
-        raise ConfigError(f"target {text!r}: expected MEAN,STD (e.g. 0,0.05) or a scope file")
+        raise InvalidValueError("expected MEAN,STD (e.g. 0,0.05) or a scope file", option="target", value=text)
     if "file" in accept or "checkpoint" in accept:
         raise InputNotFoundError(f"target file not found (expected {_expected(accept)})", path=p)
     raise InvalidValueError(f"expected {_expected(accept)}", option="target", value=text)

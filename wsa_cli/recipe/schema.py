@@ -530,6 +530,8 @@ def _parse_target(ctx: _Ctx, node: YNode, base_dir: Path) -> str | Scope | Path 
             raise ctx.err(m, f"scope.target needs a finite mean and std >= 0, got mean={mean} std={std}")
         return Scope(mean, std)
     if isinstance(node, YScalar) and isinstance(node.value, str):
+        if "," in node.value and not (base_dir / node.value).exists():  # the command line's MEAN,STD form
+            raise ctx.err(node, f"scope.target {node.value!r}: in a recipe a fixed target is {{mean: M, std: S}}")
         path, _ = ctx.file(node, "scope.target scope file", base_dir)
         from wsa_cli.fusion.scopefile import load_scope_file
 
