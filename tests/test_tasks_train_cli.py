@@ -74,7 +74,7 @@ def test_train_csv_format_into_a_new_folder(tmp_path, cli):
         (["nope-task"], 2, "built-in tasks"),
         (["digits-mlp", "--optimizer", "rmsprop"], 2, "optimizer"),
         (["digits-mlp", "--wsa-coef", "0.1", "--wsa-target", "missing.json"], 3, "missing.json"),
-        (["digits-mlp", "--wsa-coef", "0.1", "--wsa-target", "0,-2"], 6, "std"),
+        (["digits-mlp", "--wsa-coef", "0.1", "--wsa-target", "0,-2"], 2, "--wsa-target"),
         (["digits-mlp", "--clients", "3", "--client-index", "3"], 2, "client-index"),
         (["digits-mlp", "--split", "zipf", "--clients", "2"], 2, "split"),
         (["digits-mlp", "--device", "tpu"], 9, "device"),
