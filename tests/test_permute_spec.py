@@ -83,7 +83,7 @@ def test_wrong_number_of_axes_and_unknown_key(tmp_path):
     [
         ("format: other\n", "not a permutation spec", 1),
         (GOOD.replace("version: 1", "version: 9"), "not supported", 2),
-        (GOOD.replace("fc1.bias: [P]", "fc1.bias: [P*x]"), "expected a group name", 6),
+        (GOOD.replace("fc1.bias: [P]", "fc1.bias: [P*2x]"), "expected a group name", 6),
         (GOOD + "extra: 1\n", "unknown section 'extra'", 12),
         (GOOD.replace("axes:", "axes: [\n"), "YAML syntax error", 7),
         (GOOD.replace("  fc1.bias: [P]\n", "  fc1.bias: [P]\n  fc1.bias: [P]\n"), "key 'fc1.bias' appears twice", 7),

@@ -25,7 +25,7 @@ ShapeOpt = Annotated[
     Optional[str],
     typer.Option("--input-shape", help="One input's shape without the batch axis, e.g. 3,32,32."),
 ]
-FLAGS = {"input_shape": "--input-shape", "model": "--model", "out": "--out"}
+FLAGS = {"input_shape": "--input-shape", "model": "--model", "out": "--out", "config": "--config"}
 
 
 @app.command("infer")
@@ -64,8 +64,13 @@ def guess(
 
 @app.command("template")
 def template(
-    name: Annotated[str, typer.Argument(help="digits-mlp, digits-cnn, mlp, vgg or resnet (see docs/spec.md).")],
-    checkpoint: Annotated[str, typer.Argument(help="A checkpoint of that architecture (sizes, biases and names come from it).")],
+    name: Annotated[str, typer.Argument(help="digits-mlp, digits-cnn, mlp, vgg, resnet, or from a config.json: bert, gpt2, llama (see docs/spec.md).")],
+    checkpoint: Annotated[
+        Optional[str], typer.Argument(help="A checkpoint of that architecture (sizes, biases and names come from it); optional with --config.")
+    ] = None,
+    config: Annotated[
+        Optional[str], typer.Option("--config", help="The model's config.json (bert, gpt2, llama; default: the one next to CHECKPOINT).")
+    ] = None,
     out: OutOpt = None,
     key: KeyOpt = None,
     strip_prefix: StripPrefixOpt = None,
@@ -76,7 +81,7 @@ def template(
     from wsa_cli.permute.spec_tools import template_for_checkpoint
 
     with flags(FLAGS):
-        result = template_for_checkpoint(name, checkpoint, out, force=force, container_key=key, strip_prefix=strip_prefix)
+        result = template_for_checkpoint(name, checkpoint, out, force=force, container_key=key, strip_prefix=strip_prefix, config=config)
     finish(result, OutputFormat.table, quiet=quiet)
 
 

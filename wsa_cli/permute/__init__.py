@@ -15,15 +15,18 @@ Example:
 from wsa_cli.permute.apply import apply_permutation, random_perms
 from wsa_cli.permute.matching import MatchResult, weight_matching
 from wsa_cli.permute.rescale import function_preserving_rescale
-from wsa_cli.permute.spec import AxisGroup, PermutationSpec, ScaleRule
+from wsa_cli.permute.spec import AttentionRule, AxisGroup, AxisLayout, PermutationSpec, RopeRule, ScaleRule
 from wsa_cli.permute.specfile import load_spec, render_spec
 from wsa_cli.permute.templates import BUILTIN_TEMPLATES, builtin_spec
 
 __all__ = [
     "BUILTIN_TEMPLATES",
+    "AttentionRule",
     "AxisGroup",
+    "AxisLayout",
     "MatchResult",
     "PermutationSpec",
+    "RopeRule",
     "ScaleRule",
     "apply_permutation",
     "builtin_spec",

@@ -142,7 +142,7 @@ def run_align(opts: AlignOptions, progress: ProgressFn | None = None) -> AlignRe
     """Do the whole ``wsa align`` run (see the module docstring)."""
     from wsa_cli.io import atomic_write_text, check_output, open_checkpoint, save_safetensors
     from wsa_cli.io.writer import staged_output
-    from wsa_cli.permute.check import max_output_diff, sample_input
+    from wsa_cli.permute.check import max_output_diff
     from wsa_cli.permute.factory import load_model_source
     from wsa_cli.permute.permfile import load_perms, perms_document
 
@@ -160,7 +160,7 @@ def run_align(opts: AlignOptions, progress: ProgressFn | None = None) -> AlignRe
     inside_new_folder = several and perms_out.resolve().parent == out.resolve()
     if not inside_new_folder:  # (a file inside the new output folder cannot exist yet)
         check_output(perms_out, inputs, force=opts.force)
-    source = load_model_source(opts.model, opts.input_shape) if opts.model else None
+    source = load_model_source(opts.model, opts.input_shape, checkpoint=opts.reference) if opts.model else None
     if source is not None and source.input_shape is None:
         raise InvalidValueError(f"model {opts.model!r} needs an input shape (e.g. 3,32,32) so the outputs can be compared", option="input_shape")
 
@@ -197,8 +197,8 @@ def run_align(opts: AlignOptions, progress: ProgressFn | None = None) -> AlignRe
             "seconds": time.perf_counter() - t0,
         }
         if source is not None:
-            x = sample_input(source.input_shape or (), opts.seed)
-            diff, scale = max_output_diff(source, state, new, x)
+            x = source.example(opts.seed)
+            diff, scale = max_output_diff(source, state, new, x, res.perms)
             entry["max_abs_diff"] = diff
             entry["output_max_abs"] = scale
             if diff > VERIFY_RTOL * max(scale, 1e-6):

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 
 from wsa_cli.errors import ConfigError
-from wsa_cli.permute.spec import PermutationSpec
+from wsa_cli.permute.spec import AxisEntry, AxisGroup, PermutationSpec, Segment
 
 
 def permute_axis(t: torch.Tensor, axis: int, perm: torch.Tensor, inner: int = 1) -> torch.Tensor:
@@ -33,13 +33,53 @@ def permute_axis(t: torch.Tensor, axis: int, perm: torch.Tensor, inner: int = 1)
     return split.index_select(axis, perm).reshape(shape)
 
 
-def permute_tensor(spec: PermutationSpec, key: str, t: torch.Tensor, perms: Mapping[str, torch.Tensor], *, skip_axis: int | None = None) -> torch.Tensor:
-    """Apply every group permutation listed for ``key`` (except ``skip_axis``) to ``t``."""
+def segment_sizes(segments: tuple[Segment, ...], sizes: Mapping[str, int]) -> list[list[int]]:
+    """Each segment's factor sizes (a group's size, or the number itself)."""
+    return [[f if isinstance(f, int) else int(sizes[f]) for f in seg] for seg in segments]
+
+
+def permute_entry(t: torch.Tensor, axis: int, entry: AxisEntry, perms: Mapping[str, torch.Tensor], *,
+                  skip: tuple[int, int] | None = None) -> torch.Tensor:  # fmt: skip
+    """Reorder ``axis`` of ``t`` as ``entry`` says: each segment reshaped into its factors, each group factor permuted.
+
+    ``skip=(seg, pos)`` leaves that one factor in its order (matching builds a group's cost that way).
+
+    Example:
+        >>> from wsa_cli.permute.spec import AxisLayout
+        >>> permute_entry(torch.arange(6), 0, AxisLayout(((2, "P"),)), {"P": torch.tensor([2, 0, 1])})
+        tensor([2, 0, 1, 5, 3, 4])
+    """
+    if entry is None:
+        return t
+    if isinstance(entry, AxisGroup):
+        return t if skip is not None else permute_axis(t, axis, perms[entry.group], entry.inner)
+    sizes = {f: int(perms[f].numel()) for seg in entry.segments for f in seg if isinstance(f, str)}
+    parts, start = [], 0
+    for si, (seg, dims) in enumerate(zip(entry.segments, segment_sizes(entry.segments, sizes), strict=True)):
+        n = 1
+        for d in dims:
+            n *= d
+        piece = t.narrow(axis, start, n)
+        start += n
+        split = piece.reshape(*piece.shape[:axis], *dims, *piece.shape[axis + 1 :])
+        for pos, f in enumerate(seg):
+            if isinstance(f, str) and skip != (si, pos):
+                split = split.index_select(axis + pos, perms[f].to(t.device))
+        parts.append(split.reshape(piece.shape))
+    if start != t.shape[axis]:
+        raise ConfigError(f"axis {axis} has {t.shape[axis]} entries but its layout {entry.to_yaml()!r} covers {start}")
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=axis)
+
+
+def permute_tensor(spec: PermutationSpec, key: str, t: torch.Tensor, perms: Mapping[str, torch.Tensor], *, skip_axis: int | None = None,
+                   skip: tuple[int, int, int] | None = None) -> torch.Tensor:  # fmt: skip
+    """Apply every group permutation listed for ``key`` to ``t``, except on ``skip_axis`` or the one factor ``skip=(axis, seg, pos)``."""
     for axis, e in enumerate(spec.axes.get(key, ())):
         if e is None or axis == skip_axis:
             continue
-        t = permute_axis(t, axis, perms[e.group], e.inner)
+        t = permute_entry(t, axis, e, perms, skip=skip[1:] if skip is not None and skip[0] == axis else None)
     return t
+
 
 
 def check_perms(spec: PermutationSpec, perms: Mapping[str, torch.Tensor], *, path: str | None = None) -> None:

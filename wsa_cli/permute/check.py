@@ -80,10 +80,17 @@ def _outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y.detach().double()
 
 
-def max_output_diff(source: ModelSource, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], x: torch.Tensor) -> tuple[float, float]:
-    """``(max |f_a(x) - f_b(x)|, max |f_a(x)|)`` for the factory's model loaded with each state."""
+def max_output_diff(source: ModelSource, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], x: torch.Tensor,
+                    perms: Mapping[str, torch.Tensor] | None = None) -> tuple[float, float]:  # fmt: skip
+    """``(max |f_a(x) - f_b(x)|, max |f_a(x)|)`` for the factory's model loaded with each state.
+
+    When the model's output is a permuted stream (``source.output_group``, a headless
+    transformer's residual stream), ``f_a``'s last axis is put in ``perms``' order of that group first.
+    """
     ya = _outputs(source.build(state_a), x)
     yb = _outputs(source.build(state_b), x)
+    if source.output_group is not None and perms is not None and source.output_group in perms:
+        ya = ya.index_select(-1, perms[source.output_group].to(ya.device))
     return float((ya - yb).abs().max()), float(ya.abs().max())
 
 
@@ -97,15 +104,15 @@ def functional_check(spec: PermutationSpec, state: Mapping[str, torch.Tensor], s
 
     Raises ConfigError naming the group or scaling rule that changes the outputs.
     """
-    x = sample_input(input_shape, seed)
+    x = source.example(seed)
     perms = random_perms(spec, seed)
-    diff, scale = max_output_diff(source, state, apply_permutation(spec, state, perms), x)
+    diff, scale = max_output_diff(source, state, apply_permutation(spec, state, perms), x, perms)
     tol = PERM_RTOL * max(scale, 1e-6)
     if diff > tol:
         for g in spec.group_names():
             single = identity_perms(spec)
             single[g] = perms[g]
-            d, _ = max_output_diff(source, state, apply_permutation(spec, state, single), x)
+            d, _ = max_output_diff(source, state, apply_permutation(spec, state, single), x, single)
             if d > tol:
                 raise ConfigError(
                     f"permuting group {g!r} changes the model's outputs (max abs diff {d:.3g}, outputs up to {scale:.3g}): "

@@ -16,6 +16,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ class ModelSource:
     name: str
     factory: Callable[[Mapping[str, torch.Tensor] | None], nn.Module]
     input_shape: tuple[int, ...] | None = None
+    output_group: str | None = None  # the spec group the output's last axis is in (a headless transformer's stream), if any
 
     def fresh(self, state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
         try:
@@ -44,6 +46,11 @@ class ModelSource:
         if not isinstance(model, nn.Module):
             raise PluginError(f"model factory {self.name!r} returned {type(model).__name__}, not a torch.nn.Module")
         return model
+
+    def example(self, seed: int = 0, batch: int = 8) -> torch.Tensor:
+        """A seeded batch of inputs to compare outputs on (standard normal of ``input_shape``)."""
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, *(self.input_shape or ()), generator=gen)
 
     def build(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
         model = self.fresh(state)
@@ -60,9 +67,21 @@ class ModelSource:
         return model.eval()
 
 
-def load_model_source(spec: str, input_shape: Sequence[int] | None = None) -> ModelSource:
-    """Resolve ``--model``: a built-in task name, or ``package.module:factory`` (no arguments)."""
+def load_model_source(spec: str, input_shape: Sequence[int] | None = None, *, checkpoint: str | Path | None = None) -> ModelSource:
+    """Resolve ``--model``: a built-in task name, ``package.module:factory`` (no arguments), or ``hf[:CONFIG]``.
+
+    ``hf`` builds the Hugging Face architecture from the ``config.json`` next to ``checkpoint``
+    (``hf:PATH`` names the config file or its folder); it needs the ``hf`` extra.
+    """
     from wsa_cli.tasks import TASKS
+
+    if spec == "hf" or spec.startswith("hf:"):
+        from wsa_cli.permute.hf_model import hf_model_source
+
+        where = spec[3:] or (Path(checkpoint).parent if checkpoint is not None else None)
+        if where is None:
+            raise InvalidValueError("--model hf needs a checkpoint next to its config.json, or hf:CONFIG", option="model", value=spec)
+        return hf_model_source(where, seq_len=input_shape[0] if input_shape else 16)
 
     if spec in TASKS:
         task = TASKS[spec]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import operator
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,11 +115,21 @@ class _Groups:
         self.pinned[self.find(g)] = True
 
 
+#: operations that mean attention: a transformer template (or a hand-written factored spec) fits there
+_ATTENTION_OPS = re.compile(r"\b(scaled_dot_product_attention|MultiheadAttention|softmax|matmul|bmm|baddbmm|einsum|transpose|permute)\b")
+_TEMPLATES_HINT = ("for BERT, GPT-2 or Llama/Mistral/Qwen2 use 'wsa spec template bert|gpt2|llama --config config.json', "
+                   "else write the heads as factored axes (\"H*D\") by hand (docs/spec.md)")  # fmt: skip
+
+
 def _unhandled(node: Any, what: str) -> ConfigError:
+    hint = "Write the spec by hand or start from 'wsa spec template'"
+    if _ATTENTION_OPS.search(what):
+        hint = f"This is attention, which inference does not trace; {_TEMPLATES_HINT}"
+    elif what.startswith("reshape") and "moves the permuted axis" in what:
+        hint = f"If this splits a projection into attention heads: {_TEMPLATES_HINT}"
     return ConfigError(
         f"wsa spec infer cannot handle node '{node.name}' ({what}); supported: Linear, Conv (groups=1), BatchNorm, "
-        "LayerNorm, elementwise activations, dropout, pooling, flatten/view/reshape, add/sub/mul, mean/sum. "
-        "Write the spec by hand or start from 'wsa spec template'"
+        f"LayerNorm, elementwise activations, dropout, pooling, flatten/view/reshape, add/sub/mul, mean/sum. {hint}"
     )
 
 

@@ -137,11 +137,28 @@ def guess_from_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
     return _emit(spec, header, out, force=force, inputs=(checkpoint,))
 
 
-def template_for_checkpoint(name: str, checkpoint: str | Path, out: str | Path | None = None, *, force: bool = False,
-                            container_key: str | None = None, strip_prefix: str | None = None) -> SpecResult:  # fmt: skip
-    """A built-in template filled in for a checkpoint (sizes, biases and names come from it)."""
+def template_for_checkpoint(name: str, checkpoint: str | Path | None, out: str | Path | None = None, *, force: bool = False,
+                            container_key: str | None = None, strip_prefix: str | None = None,
+                            config: str | Path | None = None) -> SpecResult:  # fmt: skip
+    """A built-in template filled in for a checkpoint, or a transformer template filled from its ``config.json``.
+
+    Transformer templates (``bert``, ``gpt2``, ``llama``) read ``config`` (default: the
+    ``config.json`` next to ``checkpoint``); with a checkpoint the spec is also resolved against it.
+    """
+    from wsa_cli.errors import UsageError
+    from wsa_cli.permute.hf_templates import CONFIG_TEMPLATES, config_spec, read_config
     from wsa_cli.permute.templates import BUILTIN_TEMPLATES, builtin_spec
 
+    if name in CONFIG_TEMPLATES:
+        if config is None and checkpoint is None:
+            raise UsageError(f"the {name} template needs the model's config.json: --config FILE (or a checkpoint next to it)")
+        cfg_path = Path(config) if config is not None else Path(checkpoint).parent / "config.json"  # type: ignore[arg-type]
+        shapes = _shapes(checkpoint, container_key, strip_prefix) if checkpoint is not None else None
+        spec = config_spec(name, read_config(cfg_path), shapes, config_path=cfg_path)
+        header = f"wsa spec template {name} --config {cfg_path}: {CONFIG_TEMPLATES[name][1]}"
+        return _emit(spec, header, out, force=force, inputs=tuple(p for p in (checkpoint, cfg_path) if p is not None))
+    if checkpoint is None:
+        raise UsageError(f"the {name} template needs a checkpoint: wsa spec template {name} CKPT")
     spec = builtin_spec(name, _shapes(checkpoint, container_key, strip_prefix))
     return _emit(spec, f"wsa spec template {name}: {BUILTIN_TEMPLATES[name][0]}", out, force=force, inputs=(checkpoint,))
 
@@ -150,7 +167,10 @@ def list_templates() -> TemplateList:
     """The built-in templates with a one-line description each."""
     from wsa_cli.permute.templates import BUILTIN_TEMPLATES
 
-    return TemplateList([{"name": n, "description": d} for n, (d, _) in BUILTIN_TEMPLATES.items()])
+    from wsa_cli.permute.hf_templates import CONFIG_TEMPLATES
+
+    rows = [{"name": n, "description": d} for n, (d, _) in BUILTIN_TEMPLATES.items()]
+    return TemplateList(rows + [{"name": n, "description": d + " (--config)"} for n, (_, d, _) in CONFIG_TEMPLATES.items()])
 
 
 def check_spec(spec: str | Path, checkpoint: str | Path, *, model: str | None = None, input_shape: tuple[int, ...] | None = None,
@@ -168,9 +188,10 @@ def check_spec(spec: str | Path, checkpoint: str | Path, *, model: str | None = 
     resolved = load_spec(spec, shapes=shapes, checkpoint=checkpoint)
     report = structural_report(resolved, shapes)
     if model is not None:
-        source = load_model_source(model, input_shape)
+        source = load_model_source(model, input_shape, checkpoint=checkpoint)
         if source.input_shape is None:
             raise InvalidValueError(f"model {model!r} needs an input shape (e.g. 3,32,32)", option="input_shape")
         report.functional = functional_check(resolved, state, source, source.input_shape, seed=seed)
-    axes = {g: sum(1 for v in resolved.axes.values() for e in v if e is not None and e.group == g) for g in report.groups}
+    sites = resolved.sites()
+    axes = {g: len(sites.get(g, [])) for g in report.groups}
     return SpecCheckResult(str(spec), str(checkpoint), report, axes)

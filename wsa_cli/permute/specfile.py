@@ -20,6 +20,17 @@ modes and a recipe's ``permutation:`` block. Format (the data model is
       fc2.weight: {with: [fc2.bias], inverse: [fc3.weight]}
       fc3.weight: {none: "output layer: nothing downstream absorbs a scale"}
 
+Transformers use factored and segmented axes and ``rope:`` (see :mod:`wsa_cli.permute.spec`)::
+
+    axes:
+      q_proj.weight: ["KV_0*QG_0*64", R]        # (kv heads, q heads per kv, head dim) x residual
+      c_attn.weight: [R, ["H_0*QK_0", "H_0*QK_0", "H_0*VO_0"]]   # fused QKV: three segments
+    rope:
+      q_proj.weight: {axis: 0, head_dim: 64, style: half-split}
+    attention:                                  # head structure, checked against the axes
+      layers.0.self_attn: {q: "q_proj.weight:0", k: "k_proj.weight:0", v: "v_proj.weight:0", o: "o_proj.weight:1",
+                           heads: 8, kv_heads: 2, head_dim: 64}
+
 The file is parsed by the same line-aware loader as recipes (:mod:`wsa_cli.yamlnodes`), so a
 syntax error or a key given twice is refused at its line.
 """
@@ -32,7 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from wsa_cli.errors import ConfigError, InputNotFoundError
-from wsa_cli.permute.spec import DEFAULT_UNPERMUTED, SPEC_FORMAT, SPEC_VERSION, AxisEntry, AxisGroup, PermutationSpec, ScaleRule
+from wsa_cli.permute.spec import (
+    DEFAULT_UNPERMUTED, ROPE_STYLES, SPEC_FORMAT, SPEC_VERSION, AttentionRule, AxisEntry, AxisGroup, AxisLayout, PermutationSpec, RopeRule,
+    ScaleRule,
+)  # fmt: skip
 from wsa_cli.yamlnodes import YMap, YNode, load_yaml_text
 
 _ENTRY = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*(?:\*\s*(\d+))?\s*$")
@@ -52,7 +66,7 @@ def render_spec(spec: PermutationSpec, header: str | None = None, *, with_sizes:
     lines += [f"  {_q(g)}: {n}" for g, n in sizes.items()]
     lines.append("axes:")
     for key, entries in spec.axes.items():
-        items = ", ".join("null" if e is None else _q(e.to_yaml()) for e in entries)
+        items = ", ".join(_entry_yaml(e) for e in entries)
         lines.append(f"  {_q(key)}: [{items}]")
     lines.append("unpermuted:" + ("" if spec.unpermuted else " []"))
     lines += [f"  - {_q(p)}" for p in spec.unpermuted]
@@ -66,7 +80,22 @@ def render_spec(spec: PermutationSpec, header: str | None = None, *, with_sizes:
             else:
                 parts.append(f"{name}: {_q(value)}")
         lines.append(f"  {_q(key)}: {{{', '.join(parts)}}}")
+    if spec.rope:
+        lines.append("rope:")
+        lines += [f"  {_q(k)}: {{axis: {r.axis}, head_dim: {r.head_dim}, style: {r.style}}}" for k, r in spec.rope.items()]
+    if spec.attention:
+        lines.append("attention:")
+        for name, att in spec.attention.items():
+            fields = ", ".join(f"{f}: {_q(v) if isinstance(v, str) else v}" for f, v in att.to_dict().items())
+            lines.append(f"  {_q(name)}: {{{fields}}}")
     return "\n".join(lines) + "\n"
+
+
+def _entry_yaml(e: AxisEntry) -> str:
+    if e is None:
+        return "null"
+    y = e.to_yaml()
+    return _q(y) if isinstance(y, str) else "[" + ", ".join(_q(x) for x in y) + "]"
 
 
 def _q(text: str) -> str:
@@ -77,15 +106,88 @@ def _q(text: str) -> str:
 
 
 # -- loading -------------------------------------------------------------------------------------
+_FACTOR = re.compile(r"^\s*(?:([A-Za-z_][\w.\-/]*)|(\d+))\s*$")
+
+
+def _parse_segment(raw: Any, *, key: str, axis: int, where: dict[str, Any]) -> tuple[str | int, ...]:
+    if not isinstance(raw, str):
+        raise ConfigError(f"axis {axis}: expected a group name, 'GROUP*K', 'A*B*...', a list of those, or null, got {raw!r}", key=key, **where)
+    factors: list[str | int] = []
+    for part in raw.split("*"):
+        m = _FACTOR.match(part)
+        if not m:
+            raise ConfigError(f"axis {axis}: expected a group name or a number for each factor, got {part.strip()!r} in {raw!r}", key=key, **where)
+        if m.group(2) is not None and int(m.group(2)) < 1:
+            raise ConfigError(f"axis {axis}: factor sizes must be >= 1 in {raw!r}", key=key, **where)
+        factors.append(m.group(1) if m.group(1) else int(m.group(2)))
+    if not any(isinstance(f, str) for f in factors):
+        raise ConfigError(f"axis {axis}: {raw!r} names no group (write null for an axis that keeps its order)", key=key, **where)
+    return tuple(factors)
+
+
 def _parse_entry(raw: Any, *, key: str, axis: int, where: dict[str, Any]) -> AxisEntry:
     if raw is None:
         return None
-    if not isinstance(raw, str) or not (m := _ENTRY.match(raw)):
-        raise ConfigError(f"axis {axis}: expected a group name, 'GROUP*K' or null, got {raw!r}", key=key, **where)
-    inner = int(m.group(2)) if m.group(2) else 1
-    if inner < 1:
-        raise ConfigError(f"axis {axis}: inner size must be >= 1 in {raw!r}", key=key, **where)
-    return AxisGroup(m.group(1), inner)
+    if isinstance(raw, list):
+        if not raw:
+            raise ConfigError(f"axis {axis}: an empty list of segments", key=key, **where)
+        return AxisLayout(tuple(_parse_segment(r, key=key, axis=axis, where=where) for r in raw))
+    if isinstance(raw, str) and (m := _ENTRY.match(raw)):
+        inner = int(m.group(2)) if m.group(2) else 1
+        if inner < 1:
+            raise ConfigError(f"axis {axis}: inner size must be >= 1 in {raw!r}", key=key, **where)
+        return AxisGroup(m.group(1), inner)
+    return AxisLayout((_parse_segment(raw, key=key, axis=axis, where=where),))
+
+
+def _parse_ref(raw: Any, role: str, *, key: str, where: dict[str, Any]) -> tuple[str, int, int]:
+    """``"KEY:AXIS"`` or ``"KEY:AXIS:SEGMENT"`` -> ``(key, axis, segment)``."""
+    parts = raw.rsplit(":", 2) if isinstance(raw, str) else []
+    while len(parts) > 1 and not all(p.isdigit() for p in parts[1:]):
+        parts = [":".join(parts[:2]), *parts[2:]]
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[1:]):
+        raise ConfigError(f"attention rule: {role} must be 'KEY:AXIS' or 'KEY:AXIS:SEGMENT', got {raw!r}", key=key, **where)
+    return parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else 0
+
+
+def _parse_attention(data: Any, where: Any) -> dict[str, AttentionRule]:
+    out: dict[str, AttentionRule] = {}
+    if data is None:
+        return out
+    if not isinstance(data, Mapping):
+        raise ConfigError("'attention:' must map layer names to {q, k, v, o, heads, kv_heads, head_dim}", **where("_attention"))
+    fields = {"q", "k", "v", "o", "heads", "kv_heads", "head_dim"}
+    for name, rule in data.items():
+        name = str(name)
+        w = where(f"attention:{name}")
+        if not isinstance(rule, Mapping) or set(rule) != fields:
+            raise ConfigError(f"attention rule must have exactly {', '.join(sorted(fields))}", key=name, **w)
+        nums = [rule[f] for f in ("heads", "kv_heads", "head_dim")]
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in nums):
+            raise ConfigError("attention rule: heads, kv_heads and head_dim must be positive integers", key=name, **w)
+        refs = [_parse_ref(rule[r], r, key=name, where=w) for r in ("q", "k", "v", "o")]
+        out[name] = AttentionRule(name, *refs, *nums)
+    return out
+
+
+def _parse_rope(data: Any, where: Any) -> dict[str, RopeRule]:
+    out: dict[str, RopeRule] = {}
+    if data is None:
+        return out
+    if not isinstance(data, Mapping):
+        raise ConfigError("'rope:' must map tensor keys to {axis, head_dim, style}", **where("_rope"))
+    for key, rule in data.items():
+        key = str(key)
+        w = where(f"rope:{key}")
+        if not isinstance(rule, Mapping) or set(rule) != {"axis", "head_dim", "style"}:
+            raise ConfigError("rope rule must be {axis: N, head_dim: N, style: half-split|interleaved}", key=key, **w)
+        axis, hd, style = rule["axis"], rule["head_dim"], rule["style"]
+        if not isinstance(axis, int) or isinstance(axis, bool) or not isinstance(hd, int) or isinstance(hd, bool) or hd < 2 or hd % 2:
+            raise ConfigError("rope rule: axis must be an integer and head_dim an even integer >= 2", key=key, **w)
+        if style not in ROPE_STYLES:
+            raise ConfigError(f"rope rule: style must be one of {', '.join(ROPE_STYLES)}, got {style!r}", key=key, **w)
+        out[key] = RopeRule(key, axis, hd, style)
+    return out
 
 
 def _str_list(raw: Any, what: str, *, key: str, where: dict[str, Any]) -> tuple[str, ...]:
@@ -117,10 +219,10 @@ def spec_from_dict(data: Any, *, path: str | Path | None = None, lines: Mapping[
         raise ConfigError(f"not a permutation spec (expected 'format: {SPEC_FORMAT}')", **where("_format"))
     if data.get("version") != SPEC_VERSION:
         raise ConfigError(f"spec version {data.get('version')!r} is not supported (expected {SPEC_VERSION})", **where("_version"))
-    unknown = set(data) - {"format", "version", "groups", "axes", "unpermuted", "scaling"}
+    unknown = set(data) - {"format", "version", "groups", "axes", "unpermuted", "scaling", "rope", "attention"}
     if unknown:
         name = sorted(unknown)[0]
-        raise ConfigError(f"unknown section {name!r} (expected groups, axes, unpermuted, scaling)", **where("_" + name))
+        raise ConfigError(f"unknown section {name!r} (expected groups, axes, unpermuted, scaling, rope, attention)", **where("_" + name))
     sizes: dict[str, int] = {}
     for g, n in (data.get("groups") or {}).items():
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -165,7 +267,8 @@ def spec_from_dict(data: Any, *, path: str | Path | None = None, lines: Mapping[
             None if none is None else str(none),
             norm,
         )
-    return PermutationSpec(axes, tuple(unpermuted), sizes, scaling, p, lines)
+    return PermutationSpec(axes, tuple(unpermuted), sizes, scaling, p, lines, _parse_rope(data.get("rope"), where),
+                           _parse_attention(data.get("attention"), where))  # fmt: skip
 
 
 def _line_map(root: YNode) -> dict[str, int]:
@@ -177,7 +280,7 @@ def _line_map(root: YNode) -> dict[str, int]:
         out["_" + name] = root.key_lines[name]
         if isinstance(vnode, YMap):
             for k2, line in vnode.key_lines.items():
-                label = f"{name[:-1] if name == 'groups' else name}:{k2}" if name in ("groups", "scaling") else k2
+                label = f"{name[:-1] if name == 'groups' else name}:{k2}" if name in ("groups", "scaling", "rope", "attention") else k2
                 out.setdefault(label, line)
     return out
 

@@ -112,7 +112,7 @@ def vgg_spec(shapes: Shapes, convs: Sequence[tuple[str, str | None]] | None = No
                 prefixes.append(p)
         convs = []
         for p in prefixes:
-            if len(shapes.get(f"{p}.weight", ())) == 4:
+            if len(shapes.get(f"{p}.weight", ())) in (3, 4):  # Conv1d or Conv2d
                 convs.append((p, None))
             elif f"{p}.running_mean" in shapes and convs and convs[-1][1] is None:
                 convs[-1] = (convs[-1][0], p)
@@ -120,14 +120,15 @@ def vgg_spec(shapes: Shapes, convs: Sequence[tuple[str, str | None]] | None = No
         fcs = [k[: -len(".weight")] for k, s in shapes.items() if k.endswith(".weight") and len(s) == 2]
     if not convs or not fcs:
         raise ConfigError("the vgg template needs conv layers (4-D *.weight) followed by Linear layers (2-D *.weight)")
-    _require(shapes, [f"{c}.weight" for c, _ in convs], 4, "vgg")
+    conv_ndim = 3 if len(shapes.get(f"{convs[0][0]}.weight", ())) == 3 else 4  # Conv1d stacks too (mnist1d-cnn)
+    _require(shapes, [f"{c}.weight" for c, _ in convs], conv_ndim, "vgg")
     _require(shapes, [f"{f}.weight" for f in fcs], 2, "vgg")
     axes: dict[str, tuple[AxisEntry, ...]] = {}
     scaling: dict[str, ScaleRule] = {}
     prev: str | None = None
     for i, (conv, bn) in enumerate(convs):
         g = f"P_{conv}"
-        axes[f"{conv}.weight"] = (_g(g), _g(prev), None, None)
+        axes[f"{conv}.weight"] = (_g(g), _g(prev), *(None,) * (conv_ndim - 2))
         bias = (f"{conv}.bias",) if f"{conv}.bias" in shapes else ()
         for b in bias:
             axes[b] = (_g(g),)
@@ -243,6 +244,8 @@ def digits_cnn_spec(shapes: Shapes) -> PermutationSpec:
 BUILTIN_TEMPLATES: dict[str, tuple[str, Callable[[Shapes], PermutationSpec]]] = {
     "digits-mlp": ("built-in task digits-mlp: fc1-fc2-fc3 with ReLU", digits_mlp_spec),
     "digits-cnn": ("built-in task digits-cnn: conv1/bn1-conv2/bn2-maxpool-fc", digits_cnn_spec),
+    "mnist1d-mlp": ("built-in task mnist1d-mlp: fc1-fc2-fc3 with ReLU", digits_mlp_spec),
+    "mnist1d-cnn": ("built-in task mnist1d-cnn: Conv1d conv1/bn1-conv2/bn2-maxpool-fc", digits_cnn_spec),
     "mlp": ("Linear chain with ReLU-like activations (2-D *.weight in storage order)", mlp_spec),
     "vgg": ("conv stack (optional BatchNorm after each conv), ReLU, pooling, then a Linear chain", vgg_spec),
     "resnet": ("torchvision-style ResNet with BatchNorm; residual streams share a group", resnet_spec),
