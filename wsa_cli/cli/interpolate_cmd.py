@@ -16,7 +16,7 @@ DEFAULT_ALPHAS = "0:1:11"
 DEFAULT_MODES = "naive,wsa"
 #: library parameter -> flag, for this command's own options
 FLAGS = {"alphas": "--alphas", "modes": "--modes", "spec": "--spec", "evaluator": "--eval", "split": "--split", "plot": "--plot",
-         "recalibrate_bn": "--recalibrate-bn"}  # fmt: skip
+         "recalibrate_bn": "--recalibrate-bn", "limit": "--limit"}  # fmt: skip
 
 
 def command(
@@ -25,7 +25,8 @@ def command(
     alphas: Annotated[str, typer.Option("--alphas", help="START:STOP:COUNT (both ends included) or a list a,b,c; must contain 0 and 1.")] = DEFAULT_ALPHAS,
     evaluator: Annotated[
         Optional[str],
-        typer.Option("--eval", help="Built-in task (digits-mlp, digits-cnn) or plug-in package.module:function. "
+        typer.Option("--eval", help="Built-in task (digits-mlp, digits-cnn), hf-perplexity:FILE, hf-similarity:FILE, hf-classify:FILE "
+                     "(docs/evaluators.md) or plug-in package.module:function. "
                      "Without it: data-free weight diagnostics."),
     ] = None,
     modes: Annotated[str, typer.Option("--modes", help="Comma-separated modes run side by side: naive, wsa (+ permutation modes).")] = DEFAULT_MODES,
@@ -63,6 +64,7 @@ def command(
         bool, typer.Option("--low-memory", help="Re-read the endpoints at every alpha instead of holding them (peak ~1 model, not ~3).")
     ] = False,
     split: Annotated[str, typer.Option("--split", help="Data split of a built-in task evaluator: test or train.")] = "test",
+    limit: Annotated[Optional[int], typer.Option("--limit", metavar="N", help="hf-* evaluators: use the first N examples (the model folder is A's).")] = None,
     plot: Annotated[
         Optional[Path],
         typer.Option("--plot", help="Also draw the curves to this .png, .svg or .pdf (needs the plot extra: pip install 'wsa[plot]')."),
@@ -96,7 +98,7 @@ def command(
         setup = prepare_interpolation(
             alphas=alphas, modes=modes, evaluator=evaluator, recipe=recipe, fusion=fusion, target=target, rescale=rescale,
             weights=weights, include=include or (), exclude=exclude or (), spec=spec, seed=seed, recalibrate_bn=recalibrate_bn,
-            split=split, fail_above=fail_above or (), device=device,
+            split=split, fail_above=fail_above or (), device=device, model_folder=a, limit=limit,
         )  # fmt: skip
         if plot is not None:  # fail before the (long) run, not after it
             require_matplotlib()

@@ -194,12 +194,16 @@ def _named_plugin(name: str, fn: EvaluatorFn, *, split: str = "test", recalibrat
     return _plugin_evaluator(name, fn, recalibrate_bn)
 
 
-def resolve_evaluator(spec: str, *, recalibrate_bn: bool = False, split: str = "test") -> Evaluator:
+def resolve_evaluator(spec: str, *, recalibrate_bn: bool = False, split: str = "test", model_folder: Any = None,
+                      limit: int | None = None) -> Evaluator:  # fmt: skip
     """Turn an ``--eval`` value into an :class:`Evaluator`.
 
     A value with ``:`` is a plug-in ``package.module:function``; anything else names an
     evaluator of :data:`EVALUATORS` (a built-in task of :mod:`wsa_cli.tasks`, or an installed plug-in).
-    ``split`` picks a built-in task's data split; plug-ins load their own data.
+    ``split`` picks a built-in task's data split; plug-ins load their own data. ``hf-perplexity:FILE``,
+    ``hf-similarity:FILE`` and ``hf-classify:FILE`` are the Hugging Face evaluators of
+    :mod:`wsa_cli.evaluation.hf` (the ``hf`` extra): ``model_folder`` is the folder with the
+    model's config and tokenizer, ``limit`` the number of examples used.
 
     Example:
         >>> resolve_evaluator("digits-mlp").kind
@@ -209,6 +213,10 @@ def resolve_evaluator(spec: str, *, recalibrate_bn: bool = False, split: str = "
     if not text:
         raise InvalidValueError("is empty; give an evaluator name (e.g. digits-mlp) or package.module:function",
                                 option="evaluator", value=spec)  # fmt: skip
+    if text.startswith("hf-"):  # hf-perplexity:FILE ... (a plug-in's module name cannot hold '-')
+        from wsa_cli.evaluation.hf import hf_evaluator
+
+        return Evaluator(text, hf_evaluator(text, model_folder=model_folder, limit=limit), kind="task")
     if ":" in text:
         return _plugin_evaluator(text, load_plugin(text), recalibrate_bn)
     try:

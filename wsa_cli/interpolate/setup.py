@@ -59,8 +59,14 @@ def prepare_interpolation(
     split: str = "test",
     fail_above: Sequence[str] = (),
     device: str = "auto",
+    model_folder: str | Path | None = None,
+    limit: int | None = None,
 ) -> InterpolationSetup:
-    """Parse and check every option of an interpolation (see the module doc); reads no tensor."""
+    """Parse and check every option of an interpolation (see the module doc); reads no tensor.
+
+    ``model_folder`` / ``limit``: for the ``hf-*`` evaluators, the folder with config and tokenizer
+    (the CLI passes checkpoint A's) and the number of examples.
+    """
     from wsa_cli.device import resolve_device
     from wsa_cli.permute.specfile import check_spec_source
 
@@ -83,7 +89,10 @@ def prepare_interpolation(
         check_spec_source(spec)  # a missing or broken spec fails now, even when no mode ends up using it
     from_recipe = options_from_recipe(recipe, rescale=rescale) if recipe is not None else None
     scope = scope_options(from_recipe, fusion=fusion, target=target, rescale=rescale, weights=weights, include=include, exclude=exclude)
-    ev = resolve_evaluator(evaluator, recalibrate_bn=recalibrate_bn, split=split) if evaluator is not None else None
+    hf = {"model_folder": model_folder, "limit": limit} if evaluator is not None and evaluator.strip().startswith("hf-") else {}
+    if limit is not None and not hf:
+        raise InvalidValueError("applies to the hf-* evaluators only", option="limit", value=str(limit))
+    ev = resolve_evaluator(evaluator, recalibrate_bn=recalibrate_bn, split=split, **hf) if evaluator is not None else None
     if from_recipe is not None:  # the recipe's permutation block, unless given explicitly
         spec = spec if spec is not None else from_recipe.spec
         seed = seed if seed is not None else from_recipe.seed
