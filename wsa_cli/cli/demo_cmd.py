@@ -14,9 +14,10 @@ from wsa_cli.errors import UsageError
 def command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder that receives everything the demo writes.")] = Path("wsa-demo"),
     quick: Annotated[bool, typer.Option("--quick", help="Same steps with fewer epochs, a narrower model and fewer alphas.")] = False,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per model (default 20, quick 4).")] = None,
-    width: Annotated[Optional[int], typer.Option("--width", min=2, help="Hidden width (default 64, quick 32).")] = None,
-    wsa_coef: Annotated[float, typer.Option("--wsa-coef", min=0.0, help="Regularizer coefficient of the WSA-trained models.")] = 0.1,
+    task: Annotated[str, typer.Option("--task", help="digits-mlp (seconds) or mnist1d-mlp (a task where SGD and Adam from one init have a barrier).")] = "digits-mlp",
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per model (default: the task's, 20 digits / 60 MNIST-1D; quick 4).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", min=2, help="Hidden width (default: the task's, 64 / 128; quick 32).")] = None,
+    wsa_coef: Annotated[Optional[float], typer.Option("--wsa-coef", min=0.0, help="Regularizer coefficient of the WSA-trained models (default 0.1 digits, 0.01 MNIST-1D).")] = None,
     device: DeviceOpt = "cpu",
     force: ForceOpt = False,
     fmt: FormatOpt = None,
@@ -45,11 +46,12 @@ def command(
         count["n"] += n
         note(f"[{count['n']}/{steps}] {label}", quiet=quiet)
 
-    with flags({"alphas": "--alphas"}):
+    with flags({"alphas": "--alphas", "task": "--task"}):
         resolve_device(device)  # refuse before announcing the run or creating the folder:
         check_out_dir(out, force)  # an error stays the only stderr line and leaves nothing behind
+        cfg = DemoConfig(out_dir=out, quick=quick, task=task, epochs=epochs, width=width, wsa_coef=wsa_coef, device=device, force=force)
+        cfg.resolved()  # a bad --task fails here, before anything is announced or written
         note(f"wsa demo: writing into {out}/ ({'quick' if quick else 'full'} run)", quiet=quiet)
-        cfg = DemoConfig(out_dir=out, quick=quick, epochs=epochs, width=width, wsa_coef=wsa_coef, device=device, force=force)
         result = run_demo(cfg, progress=advance)
     result.notes.append(f"wrote {len(result.files)} files into {out}/ (report: {out / 'report.md'})")
     finish(result, out_fmt, quiet=quiet)

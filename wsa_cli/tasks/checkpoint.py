@@ -157,7 +157,12 @@ def train_to_file(
         "wsa.wsa_coef": repr(float(cfg.wsa_coef)),
         "wsa.test_accuracy": f"{metrics['test_accuracy']:.6f}",
     }
-    text = to_json(metrics)
+    write_trained(out, state, metrics, meta, force=force)
+    return (out if out.suffix == ".safetensors" else out / "model.safetensors"), metrics
+
+
+def write_trained(out: Path, state: dict[str, torch.Tensor], metrics: dict[str, Any], meta: dict[str, str], *, force: bool = False) -> None:
+    """Write a trained state dict with its ``wsa.*`` metadata and its metrics JSON, atomically together."""
     from wsa_cli.io.base import TensorInfo
     from wsa_cli.io.writer import SafetensorsWriter
 
@@ -165,7 +170,96 @@ def train_to_file(
     with SafetensorsWriter(out, infos, metadata=meta, force=force) as writer:
         for k, v in state.items():
             writer.write(k, v)
-        writer.add_text(mpath.name, text)  # committed together with the model
-    return (out if out.suffix == ".safetensors" else out / "model.safetensors"), metrics
+        writer.add_text(metrics_path(out).name, to_json(metrics))  # committed together with the model
 
 
+
+
+@dataclass
+class JointTrainConfig:
+    """``wsa train --seeds``: K models trained together; lists are per member (one value = all members)."""
+
+    task: str
+    seeds: list[int]
+    optimizers: list[str] = field(default_factory=lambda: ["sgd"])
+    lrs: list[float | None] = field(default_factory=lambda: [None])
+    epochs: int | None = None
+    width: int | None = None
+    batch_size: int = 64
+    wsa_coef: float = 0.0
+    wsa_target: TargetLike | None = "fused"
+    refuse_every: int = 10
+    shared_init: int | None = None  # seed of one initialisation all members start from; None = each its own seed
+    device: str = "cpu"
+
+
+def _per_member(values: list[Any], k: int, option: str) -> list[Any]:
+    if len(values) == 1:
+        return values * k
+    if len(values) != k:
+        raise InvalidValueError(f"give one value or one per seed ({k}), got {len(values)}", option=option)
+    return list(values)
+
+
+@dataclass
+class JointTrainResult(Result):
+    """K checkpoints trained together, one row each."""
+
+    command = "train"
+
+    checkpoints: list[Path]
+    metrics: list[dict[str, Any]]
+    refusions: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoints": [str(p) for p in self.checkpoints], "refusions": self.refusions, "members": self.metrics}
+
+    def rows(self) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+        return ("checkpoint", *SUMMARY), [{"checkpoint": str(p), **m} for p, m in zip(self.checkpoints, self.metrics, strict=True)]
+
+    def render(self) -> list[View]:
+        cols = ["checkpoint", "seed", "optimizer", "lr", "wsa_target", "test_accuracy", "test_loss"]
+        rows = [(p.name, *(m.get(c) for c in cols[1:])) for p, m in zip(self.checkpoints, self.metrics, strict=True)]
+        return [Table(f"wsa train {self.metrics[0]['task']} (x{len(self.metrics)}, target re-fused {self.refusions} times)", cols, rows)]
+
+
+def train_joint_checkpoints(cfg: JointTrainConfig, out: str | Path, *, force: bool = False, progress: ProgressFn | None = None) -> JointTrainResult:
+    """Train ``cfg.seeds`` models together (:func:`wsa_cli.tasks.joint.train_joint`); write ``OUT/model-<i>.safetensors``.
+
+    Example:
+        >>> train_joint_checkpoints(JointTrainConfig("digits-mlp", [0, 1], ["sgd", "adam"], epochs=1), "pair")  # doctest: +SKIP
+    """
+    from wsa_cli.tasks.joint import Member, train_joint
+
+    spec = get_task(cfg.task)
+    k = len(cfg.seeds)
+    if k < 1:
+        raise InvalidValueError("give at least one seed", option="seeds")
+    opts = _per_member(cfg.optimizers, k, "optimizers")
+    lrs = _per_member(cfg.lrs, k, "lrs")
+    out = Path(out)
+    if out.suffix == ".safetensors":
+        raise InvalidValueError("with several seeds OUT is a folder (it gets model-0.safetensors, model-1.safetensors, ...)", option="out")
+    paths = [out / f"model-{i}.safetensors" for i in range(k)]
+    inputs = [cfg.wsa_target] if isinstance(cfg.wsa_target, (str, Path)) and cfg.wsa_target not in ("init", "fused") else []
+    for p in paths:
+        check_output(p, inputs, force=force)
+        check_output(metrics_path(p), inputs, force=force)
+    announce_total(progress, max(spec.default_epochs if cfg.epochs is None else cfg.epochs, 1))
+    init = None if cfg.shared_init is None else spec.build_model(cfg.width, seed=cfg.shared_init).state_dict()
+    run = train_joint(
+        cfg.task, [Member(s, o, lr) for s, o, lr in zip(cfg.seeds, opts, lrs, strict=True)], epochs=cfg.epochs, width=cfg.width,
+        wsa_coef=cfg.wsa_coef, target=cfg.wsa_target, refuse_every=cfg.refuse_every, init_state=init, batch_size=cfg.batch_size,
+        device=cfg.device, progress=progress,
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (p, state, m) in enumerate(zip(paths, run.states, run.metrics, strict=True)):
+        m.update({"member": i, "shared_init": cfg.shared_init, "refusions": run.refusions})
+        meta = {
+            "format": "pt", "wsa.task": cfg.task, "wsa.width": str(m["width"]), "wsa.seed": str(m["seed"]),
+            "wsa.optimizer": m["optimizer"], "wsa.epochs": str(m["epochs"]), "wsa.wsa_coef": repr(float(cfg.wsa_coef)),
+            "wsa.test_accuracy": f"{m['test_accuracy']:.6f}",
+        }  # fmt: skip
+        write_trained(p, state, m, meta, force=force)
+    accs = ", ".join(f"{m['test_accuracy']:.3f}" for m in run.metrics)
+    return JointTrainResult(paths, run.metrics, run.refusions, notes=[f"wrote {k} checkpoints under {out} (test accuracy {accs})"])

@@ -16,7 +16,8 @@ from torch import nn
 
 from wsa_cli.errors import MismatchError, InvalidValueError
 from wsa_cli.tasks.data import DataSplit, load_digits_split
-from wsa_cli.tasks.models import DigitsCNN, DigitsMLP
+from wsa_cli.tasks.mnist1d import load_mnist1d_split
+from wsa_cli.tasks.models import DigitsCNN, DigitsMLP, MNIST1DCNN, MNIST1DMLP
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class TaskSpec:
     input_shape: tuple[int, ...]
     _factory: Callable[[int], nn.Module]
     _width_key: str  # the parameter whose first dimension is the width
+    _loader: Callable[[int], DataSplit] = load_digits_split  # seed -> the fixed train/test split
+    #: where the data comes from, for reports
+    data_name: str = "scikit-learn digits (8x8 images)"
 
     def build_model(self, width: int | None = None, seed: int | None = None) -> nn.Module:
         """A freshly initialised model; ``seed`` fixes the initialisation (PyTorch's default init)."""
@@ -51,7 +55,7 @@ class TaskSpec:
 
     def load_data(self, seed: int = 0) -> DataSplit:
         """The task's fixed train/test split, inputs in the model's input shape."""
-        return load_digits_split(int(seed)).reshaped(self.input_shape)
+        return self._loader(int(seed)).reshaped(self.input_shape)
 
     def width_of(self, state_dict: Mapping[str, torch.Tensor]) -> int:
         """Infer the width from a state dict's shapes."""
@@ -83,6 +87,30 @@ TASKS: dict[str, TaskSpec] = {
         input_shape=(1, 8, 8),
         _factory=DigitsCNN,
         _width_key="conv1.weight",
+    ),
+    "mnist1d-mlp": TaskSpec(
+        name="mnist1d-mlp",
+        description="MLP 40-w-w-10 with ReLU on MNIST-1D (40-sample 1-D signals, 10 classes, generated offline)",
+        default_width=128,
+        default_epochs=60,
+        default_lr={"sgd": 0.05, "adam": 0.001},
+        input_shape=(40,),
+        _factory=MNIST1DMLP,
+        _width_key="fc1.weight",
+        _loader=load_mnist1d_split,
+        data_name="MNIST-1D (Greydanus 2020; 4,000 train / 1,000 test, generated with seed 0)",
+    ),
+    "mnist1d-cnn": TaskSpec(
+        name="mnist1d-cnn",
+        description="1-D CNN conv(c)-bn-relu-conv(2c)-bn-relu-maxpool-fc on MNIST-1D",
+        default_width=16,
+        default_epochs=30,
+        default_lr={"sgd": 0.05, "adam": 0.003},
+        input_shape=(1, 40),
+        _factory=MNIST1DCNN,
+        _width_key="conv1.weight",
+        _loader=load_mnist1d_split,
+        data_name="MNIST-1D (Greydanus 2020; 4,000 train / 1,000 test, generated with seed 0)",
     ),
 }
 
