@@ -201,6 +201,7 @@ REFERENCES = {
     "della_linear": lambda xs, base, w, p, ctx: ref_della(xs, base, p["density"], p["epsilon"], p["scale"], w, ctx, False),
     "slerp": lambda xs, base, w, p, ctx: ref_slerp(xs[0], xs[1], p["t"]),
     "copy": lambda xs, base, w, p, ctx: base if p["model"] == -1 else xs[p["model"]],
+    "passthrough": lambda xs, base, w, p, ctx: xs[0],
     "model_stock": lambda xs, base, w, p, ctx: ref_model_stock(xs, base),
     "multislerp": lambda xs, base, w, p, ctx: ref_sphere_mean(xs, w, 1, 0.0, base if p["task_vectors"] else None),
     "karcher": lambda xs, base, w, p, ctx: ref_sphere_mean(xs, w, p["max_iter"], p["tol"], base if p["task_vectors"] else None),
@@ -558,8 +559,9 @@ def test_end_to_end_wsa_alignment_then_average_and_ties(tmp_path):
 @pytest.mark.parametrize("w", [[1.0, 1.0, 1.0], [0.5, 2.0, 1.0]])
 def test_linear_form_agrees_with_method(name, w):
     """The folded one-pass path (coefficients) must equal the method's own function."""
-    xs, base = _tensors(3, seed=21)
     m = get_method(name)
+    xs, base = _tensors(_model_count(m), seed=21)
+    w = w[: len(xs)]
     for given in ({}, {"normalize": True} if "normalize" in m.param_names() else {}, {"scale": 0.3} if "scale" in m.param_names() else {},
                   {"model": -1} if name == "copy" else {}):  # fmt: skip
         params = m.resolve_params(given)
@@ -692,7 +694,7 @@ def test_every_method_end_to_end_through_wsa_merge_matches_its_reference(tmp_pat
     """Each registered method, run by `wsa merge` on float64 files (alignment off, default parameters,
     recipe seed 3), equals its independent reference: the executor's path, not only the method's function."""
     m = get_method(method)
-    k = 2 if m.max_models == 2 else 3
+    k = _model_count(m)
     paths, base_path = _write_models(tmp_path, k)
     ms, base = [_load_np(p) for p in paths], _load_np(base_path)
     w = [1.0, 2.0, 3.0][:k]

@@ -67,6 +67,8 @@ class TensorPlan:
     #: row counts differ (``rows:``): rows ``[0, rows)`` are merged, ``[rows, shape[0])`` copied from ``models[row_source]``
     rows: int | None = None
     row_source: int | None = None
+    #: a ``slices:`` stage: the input key each of its models gives (``FILE:KEY``), in model order
+    origin: tuple[str, ...] | None = None
 
     @property
     def numel_bytes(self) -> int:
@@ -89,6 +91,7 @@ class TensorPlan:
             "reason": self.reason or None,
             **({"models": list(self.models)} if self.models is not None else {}),
             **({"row_ranges": self.row_ranges()} if self.rows is not None else {}),
+            **({"from": list(self.origin)} if self.origin is not None else {}),
         }
 
     def row_ranges(self) -> list[dict[str, Any]]:
@@ -109,6 +112,8 @@ class InputPlan:
     path: Path  # file or folder to open (for a stage input: that stage's output path)
     extra_files: list[Path] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    #: a model of a ``slices:`` stage (:class:`~wsa_cli.merge.slices.SliceView`): its layers renamed from several checkpoints
+    view: Any = None
 
     @property
     def label(self) -> str:
@@ -328,8 +333,11 @@ def _gradient_text(params: dict[str, Any], x: float) -> str:
 
 def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], stage_folder: Path, force: bool) -> StagePlan:
     L = stage.lines
-    models = [_load_input(recipe, ref, done) for ref in stage.models]
-    base = _load_input(recipe, stage.base, done) if stage.base is not None else None
+    if stage.slices:
+        models, base = _slice_inputs(recipe, stage)
+    else:
+        models = [_load_input(recipe, ref, done) for ref in stage.models]
+        base = _load_input(recipe, stage.base, done) if stage.base is not None else None
     out_spec = stage.output
     dtype_free = out_spec is not None and out_spec.dtype is not None
     ref = models[0]
@@ -439,6 +447,12 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], st
                                   rescale, rule=rule_index, models=present if partial or kp.rows is not None else None, rows=kp.rows,
                                   row_source=kp.row_source))  # fmt: skip
     warnings = []
+    if stage.slices:
+        from wsa_cli.merge.slices import config_warnings
+
+        tensors = [_with_origin(t, models) for t in tensors]
+        if stage.output is not None and stage.output.is_folder:
+            warnings += config_warnings(models[0].view)
     if buffers_copied and stage.keys != "union":
         shown = ", ".join(buffers_copied[:5]) + (f" and {len(buffers_copied) - 5} more" if len(buffers_copied) > 5 else "")
         warnings.append(f"{len(buffers_copied)} int/bool buffer(s) are not in every model and are copied from the first "
@@ -476,6 +490,33 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], st
     return plan
 
 
+def _slice_inputs(recipe: Recipe, stage: StageSpec) -> tuple[list[InputPlan], InputPlan | None]:
+    """A ``slices:`` stage's models and base: one renaming view per source index (see :mod:`wsa_cli.merge.slices`)."""
+    from wsa_cli.merge.slices import plan_views
+
+    views, base_view = plan_views(recipe, stage)
+
+    def as_input(v: Any, label: str, weight: float) -> InputPlan:
+        ref = ModelRef(path=v.refs[0].path, stage=None, weight=weight, line=v.refs[0].line, text=label)
+        return InputPlan(ref, dict(v.infos), v.refs[0].path, extra_files=list(v.extra_files), files=list(v.files), view=v)
+
+    def label(v: Any, i: int | None) -> str:
+        names = "+".join(r.text for r in v.refs)
+        return f"slices.sources[{i}]({names})" if i is not None else f"slices.base({names})"
+
+    models = [as_input(v, label(v, i), v.refs[0].weight) for i, v in enumerate(views)]
+    base = as_input(base_view, label(base_view, None), 1.0) if base_view is not None else None
+    return models, base
+
+
+def _with_origin(t: TensorPlan, models: Sequence[InputPlan]) -> TensorPlan:
+    from dataclasses import replace
+
+    picked = t.models if t.models is not None else tuple(range(len(models)))
+    picked = picked[:1] if t.action == "copy" else picked
+    return replace(t, origin=tuple(models[i].view.source_text(t.key) for i in picked))
+
+
 def _shard_bytes(out_spec: OutputSpec | None, first: InputPlan, output: Path) -> int | None:
     """The output's maximum shard size: ``output.shard_size``; else, for a folder output whose first
     model is sharded (several weight files), its largest shard's size on disk, so the merge is split
@@ -484,7 +525,8 @@ def _shard_bytes(out_spec: OutputSpec | None, first: InputPlan, output: Path) ->
         return None
     if out_spec.shard_size is not None:
         return out_spec.shard_size
-    if first.ref.stage is None and len(first.files) > 1:
+    sharded = first.view.sharded if first.view is not None else len(first.files) > 1  # a slices view spans several checkpoints
+    if first.ref.stage is None and sharded:
         return max(f.stat().st_size for f in first.files)
     return None
 

@@ -201,6 +201,26 @@ class PermutationRef:
 
 
 @dataclass
+class SliceSource:
+    """One source of a ``slices:`` entry: a model's layers ``[start, end)`` (see :mod:`wsa_cli.merge.slices`)."""
+
+    model: ModelRef = doc_field(doc="the checkpoint the layers come from (a path or a mapping like `models[]`)", kind="path or mapping")
+    layer_range: list[int] = doc_field(doc="`[start, end)`: the numbered layers taken, renumbered after the previous slices'",
+                                       kind="two integers")  # fmt: skip
+    line: int = 0
+    lines: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SliceSpec:
+    """One ``slices:`` entry: the same layer count from each of its sources, merged by the stage's method."""
+
+    sources: list[SliceSource] = doc_field(doc="the sources merged into these output layers (`slices[].sources[].*`); "
+                                                "source i of every slice is the stage's model i", kind="list of mappings")  # fmt: skip
+    line: int = 0
+
+
+@dataclass
 class StageSpec:
     """One merge: inputs, method, scope options, overrides, output."""
 
@@ -234,6 +254,9 @@ class StageSpec:
         "strict", "models whose key sets differ: `strict` = refuse (int/bool buffers only some models have are copied "
         "from the first that has them, with a warning), `intersection` = drop keys some model lacks, `union` = merge "
         "each key over the models that have it", kind="string", choices=KEY_POLICIES)  # fmt: skip
+    slices: list[SliceSpec] = doc_field(
+        [], "instead of `models`: the output's layers built from layer ranges of several checkpoints (a frankenmerge, depth "
+        "up-scaling), renumbered in order; see docs/mergekit.md", kind="list of mappings", shown="none")  # fmt: skip
     rows: Union[str, int] = doc_field(  # noqa: UP007
         "error", "tensors whose row counts differ (first dimension only; vocabulary sizes): `error`, `common` = "
         "`{from: 0}`, `{from: N}` = model N's rows, the rows all models have merged, the others copied from model N",
@@ -269,6 +292,8 @@ SCHEMA_BLOCKS: tuple[tuple[str, type], ...] = (
     ("overrides[].", OverrideSpec),
     ("output.", OutputSpec),
     ("permutation.", PermutationRef),
+    ("slices[].", SliceSpec),
+    ("slices[].sources[].", SliceSource),
 )
 
 # -- parsing helpers ------------------------------------------------------------------------------
@@ -636,13 +661,56 @@ def _parse_permutation(ctx: _Ctx, node: YNode, base_dir: Path) -> PermutationRef
 def _parse_stage(ctx: _Ctx, m: YMap, base_dir: Path, default_name: str) -> StageSpec:
     e = m.entries
     name = ctx.string(e["name"], "name") if "name" in e else default_name
+    if "slices" in e:
+        return _parse_slice_stage(ctx, m, base_dir, name)
     if "models" not in e:
         raise ctx.err(m, f"stage {name!r} needs 'models' (a list of checkpoint paths)")
     mnode = e["models"]
     if not isinstance(mnode, YList) or not mnode.items:
         raise ctx.err(mnode, "models must be a non-empty list of checkpoint paths")
     models = [_parse_model(ctx, item, base_dir, f"models[{i}]") for i, item in enumerate(mnode.items)]
-    stage = StageSpec(name=name, models=models, line=m.line, lines=_lines(m))
+    return _parse_stage_rest(ctx, m, base_dir, StageSpec(name=name, models=models, line=m.line, lines=_lines(m)))
+
+
+def _parse_slice_stage(ctx: _Ctx, m: YMap, base_dir: Path, name: str) -> StageSpec:
+    """A stage built from ``slices:`` (no ``models:``); its keys policy is ``union`` (each layer has its own sources)."""
+    e = m.entries
+    for clash in ("models", "keys", "permutation"):
+        if clash in e:
+            raise ctx.err(m.key_lines[clash], f"{clash!r} does not go with 'slices' (the slices' sources are the models)")
+    snode = e["slices"]
+    if not isinstance(snode, YList) or not snode.items:
+        raise ctx.err(snode, "slices must be a non-empty list of {sources: [...]}")
+    slices = []
+    for i, item in enumerate(snode.items):
+        sm = ctx.mapping(item, f"slices[{i}]", recipe_keys(SliceSpec))
+        if "sources" not in sm or not isinstance(sm.entries["sources"], YList) or not sm.entries["sources"].items:
+            raise ctx.err(sm, f"slices[{i}] needs 'sources' (a non-empty list of {{model: PATH, layer_range: [START, END]}})")
+        sources = []
+        for j, src in enumerate(sm.entries["sources"].items):
+            what = f"slices[{i}].sources[{j}]"
+            mm = ctx.mapping(src, what, recipe_keys(SliceSource))
+            for need in ("model", "layer_range"):
+                if need not in mm:
+                    raise ctx.err(mm, f"{what} needs '{need}'")
+            rng = mm.entries["layer_range"]
+            if not isinstance(rng, YList) or len(rng.items) != 2:
+                raise ctx.err(rng, f"{what}.layer_range must be [START, END] (two integers, END exclusive)")
+            a, b = (ctx.integer(x, f"{what}.layer_range") for x in rng.items)
+            if not 0 <= a < b:
+                raise ctx.err(rng, f"{what}.layer_range [{a}, {b}] must have 0 <= START < END")
+            sources.append(SliceSource(model=_parse_model(ctx, mm.entries["model"], base_dir, f"{what}.model"), layer_range=[a, b],
+                                       line=mm.line, lines=_lines(mm)))  # fmt: skip
+        counts = {s.layer_range[1] - s.layer_range[0] for s in sources}
+        if len(counts) > 1:
+            raise ctx.err(sm, f"slices[{i}]: every source must give the same number of layers, got {sorted(counts)}")
+        slices.append(SliceSpec(sources=sources, line=sm.line))
+    stage = StageSpec(name=name, models=[], line=m.line, lines=_lines(m), slices=slices, keys="union")
+    return _parse_stage_rest(ctx, m, base_dir, stage)
+
+
+def _parse_stage_rest(ctx: _Ctx, m: YMap, base_dir: Path, stage: StageSpec) -> StageSpec:
+    e = m.entries
     if "base" in e and not (isinstance(e["base"], YScalar) and e["base"].value is None):
         stage.base = _parse_model(ctx, e["base"], base_dir, "base")
     if "method" in e:
