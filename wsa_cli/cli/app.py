@@ -173,8 +173,10 @@ def _register() -> None:
     from wsa_cli.cli import interpolate_cmd
     from wsa_cli.cli import merge_cmd
     from wsa_cli.cli import methods_cmd
+    from wsa_cli.cli import recipe_cmd
     from wsa_cli.cli import scope_cmd
     from wsa_cli.cli import spec_cmd
+    from wsa_cli.cli import sweep_cmd
     from wsa_cli.cli import train_cmd
 
     app.command("align")(align_cmd.command)
@@ -184,8 +186,10 @@ def _register() -> None:
     app.command("interpolate")(interpolate_cmd.command)
     app.command("merge")(merge_cmd.command)
     app.command("methods")(methods_cmd.command)
+    app.add_typer(recipe_cmd.app, name="recipe")
     app.add_typer(scope_cmd.app, name="scope")
     app.add_typer(spec_cmd.app, name="spec")
+    app.command("sweep")(sweep_cmd.command)
     app.command("train")(train_cmd.command)
 
 
@@ -194,4 +198,7 @@ _register()
 
 def main() -> None:
     """Console-script entry point (``wsa``) and ``python -m wsa_cli``."""
+    from wsa_cli.threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before any command imports torch (see wsa_cli/threads.py)
     app(prog_name="wsa")

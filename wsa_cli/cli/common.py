@@ -46,6 +46,10 @@ DeviceOpt = Annotated[
     str, typer.Option("--device", help="Where tensor math runs: auto (CUDA if available), cpu, cuda or cuda:N.")
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+ThreadsOpt = Annotated[
+    Optional[int],
+    typer.Option("--threads", min=1, help="CPU compute threads (default: chosen from the method and the core count; see docs/merge.md)."),
+]
 FailAboveOpt = Annotated[
     Optional[list[str]],
     typer.Option("--fail-above", metavar="METRIC=VALUE", help="Exit 1 when METRIC exceeds VALUE (repeatable)."),

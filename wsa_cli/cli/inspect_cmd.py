@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from wsa_cli.cli.common import (
-    ColumnsOpt, DeviceOpt, ExcludeOpt, FailAboveOpt, FormatOpt, IncludeOpt, JsonOpt, KeyOpt, QuietOpt, StripPrefixOpt, WideOpt,
-    finish, flags, parse_gates, progress, resolve_format,
+    ColumnsOpt, DeviceOpt, ExcludeOpt, FailAboveOpt, FormatOpt, IncludeOpt, JsonOpt, KeyOpt, QuietOpt, StripPrefixOpt, ThreadsOpt,
+    WideOpt, finish, flags, parse_gates, progress, resolve_format,
 )  # fmt: skip
 from wsa_cli.errors import UsageError
 
@@ -47,6 +47,7 @@ def command(
     fmt: FormatOpt = None,
     as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Show each layer's weight scope (mean, std, shape of the distribution) and compare checkpoints.
@@ -79,5 +80,5 @@ def command(
                                         strip_prefix=strip_prefix)  # fmt: skip
             return finish(result, out_fmt, quiet=quiet)
         with progress(None, "inspect", quiet=quiet) as advance:
-            result = inspect_models(checkpoints, opts, device=dev, progress=advance)
+            result = inspect_models(checkpoints, opts, device=dev, progress=advance, threads=threads)
     finish(result, out_fmt, gates, quiet=quiet, wide=wide, columns=columns.split(",") if columns else None)

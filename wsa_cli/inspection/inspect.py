@@ -31,6 +31,7 @@ from wsa_cli.progress import ProgressFn, announce_total
 from wsa_cli.results import GateGroup, Result, Table, Text, View, format_number
 from wsa_cli.scope.gaussian import Scope
 from wsa_cli.scope.selection import LayerSelector
+from wsa_cli.threads import choose_threads, compute_threads
 
 #: Gate metrics of one checkpoint, and of several.
 SINGLE_METRICS = ("nonfinite", "constant_layers", "kl_to_target")
@@ -163,11 +164,13 @@ def inspect_models(
     *,
     device: torch.device | str = "cpu",
     progress: ProgressFn | None = None,
+    threads: int | None = None,
 ) -> InspectResult:
     """Measure and compare the layer scopes of ``paths`` (the library behind ``wsa inspect``).
 
     Reads one tensor at a time. Raises :class:`InvalidValueError` for a sort column that does
-    not exist (``option="sort"``), before any file is opened.
+    not exist (``option="sort"``), before any file is opened. ``threads``: compute threads
+    (``None``: :func:`wsa_cli.threads.choose_threads` decides).
     """
     opts = options or InspectOptions()
     multi = len(paths) > 1
@@ -180,8 +183,9 @@ def inspect_models(
         for p in paths:
             readers.append(open_checkpoint(p, container_key=opts.container_key, strip_prefix=opts.strip_prefix))
         announce_total(progress, sum(len(r) for r in readers))
-        reports = [inspect_checkpoint(r, selector=opts.selector, all_tensors=opts.all_tensors, device=device, progress=progress)
-                   for r in readers]  # fmt: skip
+        with compute_threads(choose_threads("inspect", device=torch.device(device).type, requested=threads)):
+            reports = [inspect_checkpoint(r, selector=opts.selector, all_tensors=opts.all_tensors, device=device, progress=progress)
+                       for r in readers]  # fmt: skip
     finally:
         for r in readers:
             r.close()

@@ -328,11 +328,33 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-class _ShardFile:
-    def __init__(self, path: Path, infos: list[TensorInfo], metadata: Mapping[str, str] | None) -> None:
+def shard_names(out: str | Path, n: int) -> list[str]:
+    """The file names of an output's ``n`` shards: the file itself, ``model.safetensors``, or ``model-0000i-of-0000N``.
+
+    Example:
+        >>> shard_names("merged", 2)
+        ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']
+    """
+    out = Path(out)
+    if out.suffix == ".safetensors":
+        return [out.name]
+    if n == 1:
+        return [SINGLE_FILE_NAME]
+    return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+
+class ShardFile:
+    """One safetensors file written in plan order: header first, then each tensor's bytes; fsynced by ``close``.
+
+    ``hashed``: keep the SHA-256 of every byte written (``sha256``), for the manifests of a
+    merge split into parts (:mod:`wsa_cli.merge.parts`), without reading the file back.
+    """
+
+    def __init__(self, path: Path, infos: list[TensorInfo], metadata: Mapping[str, str] | None, *, hashed: bool = False) -> None:
         self.path = path
         self.infos = infos
         header = _header_bytes(infos, metadata)
+        self.hash = hashlib.sha256(header) if hashed else None
         self.fh = open(path, "wb")  # noqa: SIM115 - closed by finish()/abort()
         try:
             self.fh.write(header)
@@ -352,6 +374,8 @@ class _ShardFile:
             raise RuntimeError(f"tensor {key!r}: planned {tuple(info.shape)} {info.dtype}, got {tuple(tensor.shape)} {tensor.dtype}")
         data = tensor_bytes(tensor)
         self.fh.write(data)
+        if self.hash is not None:
+            self.hash.update(data)
         self.next += 1
         self._unflushed += data.nbytes
         if self._unflushed >= FLUSH_BYTES and not self.done and (self._flusher is None or not self._flusher.is_alive()):
@@ -391,6 +415,24 @@ class _ShardFile:
     def abort(self) -> None:
         self._join()  # never close a descriptor a flush still uses
         _close_quietly(self.fh)
+
+
+_ShardFile = ShardFile
+
+
+class _AdoptedShard:
+    """A shard written complete elsewhere (a part of a distributed merge), linked into the stage."""
+
+    done = True
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
 
 
 def _close_quietly(fh: BinaryIO) -> None:
@@ -447,15 +489,9 @@ class SafetensorsWriter:
             self._stage = _mkdtemp(self.out)
         self._side: dict[str, bytes] = {}
         self._copies: dict[str, Path] = {}
-        n = len(shards)
-        if self.single_file:
-            names = [self.out.name]
-        elif n == 1:
-            names = [SINGLE_FILE_NAME]
-        else:
-            names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        names = shard_names(self.out, len(shards))
         self.shard_names = names
-        self._files: list[_ShardFile] = []
+        self._files: list[_ShardFile | _AdoptedShard] = []
         self._plan = shards
         self._metadata = metadata
         self._current = 0
@@ -477,6 +513,23 @@ class SafetensorsWriter:
             path = self._stage / self.shard_names[self._current]
             self._files.append(_ShardFile(path, self._plan[self._current], self._metadata))
         self._files[self._current].write(key, tensor)
+
+    def adopt(self, index: int, source: str | Path) -> None:
+        """Take shard ``index`` (the next one) as a complete file written elsewhere, byte for byte.
+
+        The file is hard-linked into the stage (copied where links are not possible), so ``source``
+        stays intact until the output is committed. Used to assemble a merge split into parts.
+        """
+        if index != len(self._files) or index >= len(self._plan):
+            raise RuntimeError(f"shard {index} adopted out of order (next: {len(self._files)} of {len(self._plan)})")
+        dst = self._stage / self.shard_names[index]
+        with writing(self.out):
+            try:
+                os.link(source, dst)
+            except OSError:
+                shutil.copyfile(source, dst)
+        self._files.append(_AdoptedShard(dst))
+        self._current = index + 1
 
     def add_text(self, name: str, text: str) -> None:
         """A side file (e.g. a JSON report) committed together with the model."""

@@ -17,13 +17,14 @@ the model (per-layer scopes before and after, what was copied and why, constant 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import hashlib
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 
 from wsa_cli import __version__
 from wsa_cli.device import resolve_device
+from wsa_cli.threads import choose_threads, compute_threads
 from wsa_cli.errors import OutputError
 from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_coefficients, resolve_target, source_get
@@ -264,7 +266,9 @@ def _nonfinite_check(plan: StagePlan, key: str, record: dict[str, Any], out: tor
 
 
 def _open_input(m: InputPlan) -> CheckpointReader:
-    """A stage input: a checkpoint with the recipe's key/strip_prefix, or an earlier stage's output."""
+    """A stage input: a checkpoint with the recipe's key/strip_prefix, an earlier stage's output, or a slices view."""
+    if m.view is not None:
+        return m.view.opener()
     if m.ref.stage is not None:
         return open_checkpoint(m.path)
     return open_checkpoint(m.path, container_key=m.ref.key, strip_prefix=m.ref.strip_prefix)
@@ -314,6 +318,176 @@ def _fingerprints(plan: StagePlan) -> list[dict[str, Any]]:
     return out
 
 
+@dataclasses.dataclass
+class StageInputs:
+    """A stage's opened inputs and what identifies its output: the readers (permuted sources when the
+    recipe asks), the base, the fingerprints, the header metadata and the merge id shared by model and report."""
+
+    readers: list[CheckpointReader]
+    base: CheckpointReader | None
+    sources: list[Source]
+    fp_reports: list[dict[str, str]]
+    fingerprints: list[dict[str, Any]]
+    metadata: dict[str, str]
+    merge_id: str
+
+
+def stage_identity(plan: StagePlan, recipe: Recipe, fingerprints: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
+    """The safetensors metadata of a stage's output and its merge id (the same in model header and report)."""
+    mode = plan.spec.output.provenance if plan.spec.output else "fast"
+    metadata = merge_metadata(recipe_sha256=recipe.sha256, stage=plan.spec.name, method=plan.spec.method, inputs=fingerprints, mode=mode)
+    # the model's header and its report carry the same id: a model and a report of different runs are told apart
+    merge_id = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+    if plan.writes_report:
+        metadata["wsa_merge_id"] = merge_id
+    return metadata, merge_id
+
+
+def stage_fingerprints(plan: StagePlan) -> list[dict[str, Any]]:
+    """The provenance fingerprints of a stage's inputs (what its merge id is computed from)."""
+    return _fingerprints(plan)
+
+
+@contextlib.contextmanager
+def open_stage(plan: StagePlan, recipe: Recipe, dev: torch.device, *, fingerprints: list[dict[str, Any]] | None = None) -> Iterator[StageInputs]:
+    """Open a stage's inputs (and apply its ``permutation:`` block); closed when the block ends.
+
+    ``fingerprints``: the inputs' provenance when already computed (``provenance: sha256`` reads every input for it).
+    """
+    readers, base_reader = _open_sources(plan)
+    try:
+        sources: list[Source] = list(readers)
+        fp_reports: list[dict[str, str]] = []
+        if plan.spec.permutation is not None:
+            sources, fp_reports = _permute(plan, readers, dev)
+        fingerprints = _fingerprints(plan) if fingerprints is None else fingerprints
+        metadata, merge_id = stage_identity(plan, recipe, fingerprints)
+        yield StageInputs(readers, base_reader, sources, fp_reports, fingerprints, metadata, merge_id)
+    finally:
+        for r in readers:
+            r.close()
+        if base_reader is not None:
+            base_reader.close()
+
+
+def stream_tensors(
+    plan: StagePlan,
+    inputs: StageInputs,
+    write: Callable[[str, torch.Tensor], None],
+    *,
+    keys: Sequence[str] | None = None,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+    prefetch: int = 1,
+    overlap: bool = True,
+) -> list[dict[str, Any]]:
+    """Merge ``keys`` (default: every planned key, in plan order) and hand each result to ``write``; return the records.
+
+    With ``overlap`` key ``i`` is merged while key ``i-1`` is written (two output buffers, two keys'
+    inputs mapped); without, each key is written before the next is merged (half of both: what a
+    ``--max-memory`` ceiling may ask for, see :mod:`wsa_cli.merge.cost`).
+    """
+    dev = device
+    sources, base_reader = inputs.sources, inputs.base
+    pin = dev.type == "cuda"
+    entries = {t.key: t for t in plan.tensors}
+    order = {t.key: i for i, t in enumerate(plan.tensors)}
+    largest = max((t.numel_bytes for t in plan.tensors), default=1)
+    # read buffers: while key i is merged, the read-ahead fills keys i+1 .. i+prefetch, and key
+    # i-1 may still be written: prefetch + 2 sets never collide; one buffer per input and the base
+    ring_sets = prefetch + 2
+    ring = Scratch(pin_memory=pin)
+
+    def ring_buffer(slot: int, member: int) -> torch.Tensor:
+        return ring.bytes(largest, f"read{slot % ring_sets}.{member}")
+
+    views = dev.type == "cpu"  # the merge reads mapped files directly; CUDA copies from pinned buffers
+
+    def read(src: Source, key: str, buf: torch.Tensor) -> torch.Tensor:
+        if not isinstance(src, CheckpointReader):
+            return source_get(src, key)
+        if views:
+            src.will_need(key)  # starts reading from disk what the page cache lacks
+            return src.view(key)
+        return src.get(key, out=buf)
+
+    def release(key: str) -> None:
+        # key is merged and written: unmap its pages, so the process holds a few tensors, not the model
+        if views:
+            for src in [*sources, *([base_reader] if base_reader is not None else [])]:
+                if isinstance(src, CheckpointReader) and key in src:  # keys: union -- not every model holds it
+                    src.release(key)
+
+    def load(key: str) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        # runs in the prefetch thread: only reading (CPU: mapped views; CUDA: into this key's ring slot)
+        entry, slot = entries[key], order[key]
+        srcs = sources if entry.models is None else [sources[i] for i in entry.models]
+        srcs = srcs[:1] if entry.action == "copy" else srcs
+        ts = [read(s, key, ring_buffer(slot, i)) for i, s in enumerate(srcs)]
+        b = read(base_reader, key, ring_buffer(slot, len(sources))) if base_reader is not None and entry.action != "copy" else None
+        if pin and not all(isinstance(s, CheckpointReader) for s in srcs):
+            ts = [t.pin_memory() for t in ts]
+        return ts, b
+
+    scratches = [Scratch(), Scratch()] if overlap else [Scratch()]  # key i merges into scratches[i % 2] while key i-1 is written
+    work = Scratch()  # working buffers, used only while a key is merged
+    records = []
+    wanted = [t.key for t in plan.tensors] if keys is None else list(keys)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsa-write") as write_behind:
+        pending: Future[None] | None = None
+        written = None  # the key being written (its inputs may alias the output: copied tensors)
+        for i, (key, (ts, b)) in enumerate(read_ahead(load, wanted, depth=prefetch)):
+            res = merge_planned(entries[key], ts, b, scope=plan.scope, weights=plan.weights, seed=plan.spec.seed,
+                               device=dev, align_base=plan.spec.scope.align_base, scratch=scratches[i % len(scratches)], work=work)  # fmt: skip
+            _nonfinite_check(plan, key, res.record, res.tensor, ts)
+            if pending is not None:
+                pending.result()  # key i-1 is on disk: its scratch, ring slot and mapped pages may go
+                release(written)
+            pending, written = write_behind.submit(write, key, res.tensor), key
+            if not overlap:
+                pending.result()
+                release(written)
+                pending = None
+            records.append(res.record)
+            del ts, b, res
+            if progress is not None:
+                progress(1, key)
+        if pending is not None:
+            pending.result()
+            release(written)
+    return records
+
+
+def finish_stage(plan: StagePlan, recipe: Recipe, records: list[dict[str, Any]], inputs: StageInputs | None,
+                 writer: SafetensorsWriter, *, fingerprints: list[dict[str, Any]] | None = None, merge_id: str | None = None,
+                 fp_reports: list[dict[str, str]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Hand ``writer`` a stage's side files and report (from the records of every tensor) and return its summary.
+
+    ``inputs`` gives fingerprints, merge id and fp reports; without it (assembling parts written
+    elsewhere) they are passed by name.
+    """
+    fingerprints = inputs.fingerprints if inputs is not None else fingerprints or []
+    merge_id = inputs.merge_id if inputs is not None else merge_id
+    fp_reports = inputs.fp_reports if inputs is not None else fp_reports or []
+    side = _folder_side_files(plan, recipe, records, fingerprints, writer)
+    summary = _summary(plan, records, writer.shard_names)
+    if writer.orphans_removed:
+        summary["warnings"].append(f"removed {len(writer.orphans_removed)} temporary file(s) of killed wsa runs next to "
+                                   f"the output (e.g. {writer.orphans_removed[0].name})")  # fmt: skip
+    if fp_reports:
+        summary["function_preserving"] = _fp_counts(fp_reports)
+    if plan.spec.output is not None and plan.spec.output.report:
+        report = {**_report(plan, recipe, records, fingerprints, summary, writer.shard_names), "merge_id": merge_id}
+        if plan.folder_output:  # what --force may replace later: everything this merge put in the folder
+            report["output"]["written"] = sorted({*side, plan.report_path.name})
+        if fp_reports:
+            report["function_preserving"] = [{"model": i, "layers": r} for i, r in enumerate(fp_reports)]
+        name = plan.report_path.name
+        writer.add_text(name, json.dumps(report, indent=2, allow_nan=False) + "\n")
+        summary["report"] = str(plan.report_path)
+    return summary
+
+
 def run_stage(
     plan: StagePlan,
     recipe: Recipe,
@@ -322,110 +496,19 @@ def run_stage(
     force: bool = False,
     progress: ProgressFn | None = None,
     prefetch: int = 1,
+    overlap: bool = True,
 ) -> dict[str, Any]:
     """Execute one planned stage and return its summary (what the CLI prints).
 
     Writes ``plan.output`` atomically, with the merge report next to it (or inside the folder).
+    ``overlap``: see :func:`stream_tensors`.
     """
     dev = resolve_device(device)
-    readers, base_reader = _open_sources(plan)
-    try:
-        sources: list[Source] = list(readers)
-        fp_reports: list[dict[str, str]] = []
-        if plan.spec.permutation is not None:
-            sources, fp_reports = _permute(plan, readers, dev)
-        fingerprints = _fingerprints(plan)
-        mode = plan.spec.output.provenance if plan.spec.output else "fast"
-        metadata = merge_metadata(recipe_sha256=recipe.sha256, stage=plan.spec.name, method=plan.spec.method, inputs=fingerprints, mode=mode)
-        # the model's header and its report carry the same id: a model and a report of different runs are told apart
-        merge_id = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode("utf-8")).hexdigest()[:32]
-        if plan.writes_report:
-            metadata["wsa_merge_id"] = merge_id
-        pin = dev.type == "cuda"
-        entries = {t.key: t for t in plan.tensors}
-        order = {t.key: i for i, t in enumerate(plan.tensors)}
-        largest = max((t.numel_bytes for t in plan.tensors), default=1)
-        # read buffers: while key i is merged, the read-ahead fills keys i+1 .. i+prefetch, and key
-        # i-1 may still be written: prefetch + 2 sets never collide; one buffer per input and the base
-        ring_sets = prefetch + 2
-        ring = Scratch(pin_memory=pin)
-
-        def ring_buffer(slot: int, member: int) -> torch.Tensor:
-            return ring.bytes(largest, f"read{slot % ring_sets}.{member}")
-
-        views = dev.type == "cpu"  # the merge reads mapped files directly; CUDA copies from pinned buffers
-
-        def read(src: Source, key: str, buf: torch.Tensor) -> torch.Tensor:
-            if not isinstance(src, CheckpointReader):
-                return source_get(src, key)
-            if views:
-                src.will_need(key)  # starts reading from disk what the page cache lacks
-                return src.view(key)
-            return src.get(key, out=buf)
-
-        def release(key: str) -> None:
-            # key is merged and written: unmap its pages, so the process holds a few tensors, not the model
-            if views:
-                for src in [*sources, *([base_reader] if base_reader is not None else [])]:
-                    if isinstance(src, CheckpointReader) and key in src:  # keys: union -- not every model holds it
-                        src.release(key)
-
-        def load(key: str) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-            # runs in the prefetch thread: only reading (CPU: mapped views; CUDA: into this key's ring slot)
-            entry, slot = entries[key], order[key]
-            srcs = sources if entry.models is None else [sources[i] for i in entry.models]
-            srcs = srcs[:1] if entry.action == "copy" else srcs
-            ts = [read(s, key, ring_buffer(slot, i)) for i, s in enumerate(srcs)]
-            b = read(base_reader, key, ring_buffer(slot, len(sources))) if base_reader is not None and entry.action != "copy" else None
-            if pin and not all(isinstance(s, CheckpointReader) for s in srcs):
-                ts = [t.pin_memory() for t in ts]
-            return ts, b
-
-        scratches = [Scratch(), Scratch()]  # key i merges into scratches[i % 2] while key i-1 is written
-        work = Scratch()  # working buffers, used only while a key is merged
-        records = []
-        with SafetensorsWriter(plan.output, plan.out_infos, metadata=metadata, max_shard_bytes=plan.max_shard_bytes,
-                               force=force or plan.temporary, replace_own_only=not plan.temporary) as writer, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsa-write") as write_behind:  # fmt: skip
-            pending: Future[None] | None = None
-            written = None  # the key being written (its inputs may alias the output: copied tensors)
-            for i, (key, (ts, b)) in enumerate(read_ahead(load, [t.key for t in plan.tensors], depth=prefetch)):
-                res = merge_planned(entries[key], ts, b, scope=plan.scope, weights=plan.weights, seed=plan.spec.seed,
-                                   device=dev, align_base=plan.spec.scope.align_base, scratch=scratches[i % 2], work=work)  # fmt: skip
-                _nonfinite_check(plan, key, res.record, res.tensor, ts)
-                if pending is not None:
-                    pending.result()  # key i-1 is on disk: its scratch, ring slot and mapped pages may go
-                    release(written)
-                pending, written = write_behind.submit(writer.write, key, res.tensor), key
-                records.append(res.record)
-                del ts, b, res
-                if progress is not None:
-                    progress(1, key)
-            if pending is not None:
-                pending.result()
-                release(written)
-            side = _folder_side_files(plan, recipe, records, fingerprints, writer)
-            summary = _summary(plan, records, writer.shard_names)
-            if writer.orphans_removed:
-                summary["warnings"].append(f"removed {len(writer.orphans_removed)} temporary file(s) of killed wsa runs next to "
-                                           f"the output (e.g. {writer.orphans_removed[0].name})")  # fmt: skip
-            if fp_reports:
-                summary["function_preserving"] = _fp_counts(fp_reports)
-            if plan.spec.output is not None and plan.spec.output.report:
-                report = {**_report(plan, recipe, records, fingerprints, summary, writer.shard_names), "merge_id": merge_id}
-                if plan.folder_output:  # what --force may replace later: everything this merge put in the folder
-                    report["output"]["written"] = sorted({*side, plan.report_path.name})
-                if fp_reports:
-                    report["function_preserving"] = [{"model": i, "layers": r} for i, r in enumerate(fp_reports)]
-                name = plan.report_path.name
-                writer.add_text(name, json.dumps(report, indent=2, allow_nan=False) + "\n")
-                summary["report"] = str(plan.report_path)
-        return summary
-    finally:
-        for r in readers:
-            r.close()
-        if base_reader is not None:
-            base_reader.close()
+    with open_stage(plan, recipe, dev) as inputs, \
+            SafetensorsWriter(plan.output, plan.out_infos, metadata=inputs.metadata, max_shard_bytes=plan.max_shard_bytes,
+                              force=force or plan.temporary, replace_own_only=not plan.temporary) as writer:  # fmt: skip
+        records = stream_tensors(plan, inputs, writer.write, device=dev, progress=progress, prefetch=prefetch, overlap=overlap)
+        return finish_stage(plan, recipe, records, inputs, writer)
 
 
 def _folder_side_files(plan: StagePlan, recipe: Recipe, records: list[dict[str, Any]], fingerprints: list[dict[str, Any]],
@@ -531,12 +614,13 @@ def run_plans(
     device: torch.device | str = "cpu",
     force: bool = False,
     progress: ProgressFn | None = None,
+    overlap: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every stage in order; intermediate outputs without ``output:`` are removed at the end."""
     summaries = []
     try:
         for plan in plans:
-            summaries.append(run_stage(plan, recipe, device=device, force=force, progress=progress))
+            summaries.append(run_stage(plan, recipe, device=device, force=force, progress=progress, overlap=overlap))
     finally:
         for plan in plans:  # an intermediate output lives in this run's own hidden folder: remove it whole
             if plan.temporary:
@@ -551,28 +635,61 @@ def merge_recipe(
     force: bool = False,
     dry_run: bool = False,
     progress: ProgressFn | None = None,
+    threads: int | None = None,
+    max_memory: int | str | None = None,
+    on_cost: Callable[[Any], None] | None = None,
+    split: Any = None,
 ) -> MergeResult:
     """Load, validate, plan and (unless ``dry_run``) run a recipe: the library call behind ``wsa merge``.
 
     Returns a :class:`~wsa_cli.merge.result.MergeResult` whose ``stages`` are the plans (dry run)
     or what each stage wrote; ``warnings`` are the plan's (things a person should see).
+    ``threads``: compute threads of the run (``None``: :func:`wsa_cli.threads.choose_threads` decides).
+    The predicted cost (:func:`wsa_cli.merge.cost.predict_merge`, under the ``max_memory`` ceiling)
+    is in the result and handed to ``on_cost`` before anything runs; ``split``
+    (:class:`wsa_cli.merge.parts.Split`) runs the merge in parts, one of them, on Ray, or assembles.
 
     Example:
         >>> merge_recipe("recipes/average.yaml", force=True).final["output"]  # doctest: +SKIP
         'recipes/out/average.safetensors'
     """
+    from wsa_cli.merge.cost import parse_size, predict_merge
+
+    ceiling = None if max_memory is None else parse_size(max_memory)  # a bad size fails before anything is opened
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     plans = plan_recipe(r, force=force)
     dev = resolve_device(device)  # fail on a missing device before writing anything
+    memory_bound = all(get_method(t.method).linear_form is not None for p in plans for t in p.tensors if t.method)
+    cpu = choose_threads("merge", device=dev.type, requested=threads, memory_bound=memory_bound)
     warnings = [w for p in plans for w in p.warnings]
+    with compute_threads(cpu):
+        cost = predict_merge(plans, dev, max_memory=ceiling, force=force)
+    if split is not None:
+        from wsa_cli.merge.parts import plan_split
+
+        warnings += plan_split(plans, split)  # a recipe that cannot be split fails here, before anything runs
     if dry_run:
-        return MergeResult(str(r.path), r.sha256, True, str(dev), [p.to_dict() for p in plans], warnings=warnings)
+        return MergeResult(str(r.path), r.sha256, True, str(dev), [p.to_dict() for p in plans], warnings=warnings, threads=cpu.to_dict(),
+                           cost=cost.to_dict())  # fmt: skip
+    if on_cost is not None:
+        on_cost(cost)
     announce_total(progress, sum(len(p.tensors) for p in plans))
-    stages = run_plans(r, plans, device=dev, force=force, progress=progress)
+    with compute_threads(cpu):
+        if split is None:
+            stages = run_plans(r, plans, device=dev, force=force, progress=progress, overlap=cost.overlap)
+        else:
+            from wsa_cli.merge.parts import run_split
+
+            stages = run_split(r, plans, split, device=dev, force=force, progress=progress, cost=cost)
     warnings = [w for s in stages for w in s["warnings"]]  # the plans' and what the run found (NaN/Inf, orphans)
     final = stages[-1]
-    notes = [f"wrote {final['output']} ({final['tensors']} tensors)" + (f"; report {final['report']}" if final["report"] else "")]
-    return MergeResult(str(r.path), r.sha256, False, str(dev), stages, warnings=warnings, notes=notes)
+    if "part" in final:
+        notes = [f"wrote part {final['part']['part']}/{final['part']['parts']} ({final['tensors']} tensors) into {final['output']}"
+                 + (" (already there and verified: skipped)" if final["part"]["skipped"] else "")]  # fmt: skip
+    else:
+        notes = [f"wrote {final['output']} ({final['tensors']} tensors)" + (f"; report {final['report']}" if final["report"] else "")]
+    return MergeResult(str(r.path), r.sha256, False, str(dev), stages, warnings=warnings, notes=notes, threads=cpu.to_dict(),
+                       cost=cost.to_dict())  # fmt: skip
 
 
 __all__ = ["MergeResult", "Scratch", "TensorResult", "count_nonfinite", "merge_recipe", "merge_tensor", "run_plans", "run_stage"]

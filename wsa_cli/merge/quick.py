@@ -46,6 +46,7 @@ def merge_command_line(
     dry_run: bool = False,
     save_recipe: str | Path | None = None,
     progress: ProgressFn | None = None,
+    threads: int | None = None,
 ) -> QuickMergeResult:
     """Build the recipe of ``spec``, check it, optionally save it, and run it (or plan it with ``dry_run``)."""
     from wsa_cli.io import atomic_write_text, check_output
@@ -57,13 +58,13 @@ def merge_command_line(
         if target.suffix not in (".yaml", ".yml"):
             raise InvalidValueError("a recipe file ends in .yaml or .yml", option="save_recipe", value=str(target))
         check_output(target, [*spec.models, *([spec.base] if spec.base else [])], force=force)
-    result = merge_recipe(recipe, device=device, force=force, dry_run=dry_run, progress=progress)
+    result = merge_recipe(recipe, device=device, force=force, dry_run=dry_run, progress=progress, threads=threads)
     saved = None
     if target is not None:
         atomic_write_text(target, spec.to_yaml(target.parent))
         saved = str(target)
         result.notes.append(f"wrote the recipe to {target} (run it again with: wsa merge {target})")
-    return QuickMergeResult(**{f: getattr(result, f) for f in ("recipe", "recipe_sha256", "dry_run", "device", "stages")},
+    return QuickMergeResult(**{f: getattr(result, f) for f in ("recipe", "recipe_sha256", "dry_run", "device", "stages", "threads", "cost")},
                             warnings=result.warnings, notes=result.notes, recipe_text=recipe.text, saved_recipe=saved)  # fmt: skip
 
 

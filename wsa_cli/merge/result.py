@@ -25,10 +25,14 @@ class MergeResult(Result):
     dry_run: bool
     device: str
     stages: list[dict[str, Any]]
+    #: the CPU threads of the run (:class:`wsa_cli.threads.ThreadPlan` as a dict), if known
+    threads: dict[str, Any] | None = None
+    #: the predicted cost (:class:`wsa_cli.merge.cost.MergeCost` as a dict): memory, disk, bytes, time
+    cost: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "recipe_sha256": self.recipe_sha256, "dry_run": self.dry_run, "device": self.device,
-                "stages": self.stages}  # fmt: skip
+                "threads": self.threads, "cost": self.cost, "stages": self.stages}  # fmt: skip
 
     @property
     def final(self) -> dict[str, Any]:
@@ -52,8 +56,17 @@ class MergeResult(Result):
             caption = (f"models: {models}{base}\nmethod {s['method']}({params}); scope align={s['scope']['align']} "
                        f"fusion={s['scope']['fusion']} target={s['scope']['target']} rescale={s['scope']['rescale']}\n"
                        f"output: {s['output']}" + (" (temporary)" if s["temporary"] else ""))  # fmt: skip
+            if self.threads and s is self.stages[0]:
+                t = self.threads
+                caption += f"\nthreads: {t['compute']} compute + {t['io']} I/O on {t['cores']} cores ({t['source']})"
+            if self.cost and s is self.stages[0]:
+                from wsa_cli.merge.cost import cost_line
+
+                caption += "\n" + cost_line(self.cost)
             cols = ("key", "shape", "dtype", "out_dtype", "action", "method", "params", "align", "override", "reason")
-            cell = lambda t, c: " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in t[c].items()) if c == "params" else t[c]  # noqa: E731
+            cols += ("from",) if any("from" in t for t in s["tensors"]) else ()  # a slices stage: the input key of each output key
+            cell = lambda t, c: (" ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in t[c].items()) if c == "params"  # noqa: E731
+                                 else ", ".join(t.get(c, [])) if c == "from" else t[c])  # fmt: skip
             views.append(Table(f"plan of stage {s['name']!r} (dry run)", cols, [[cell(t, c) for c in cols] for t in s["tensors"]], caption=caption,
                                optional=("override", "reason", "out_dtype", "dtype", "method", "params")))
         return views
