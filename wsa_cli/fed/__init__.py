@@ -9,9 +9,9 @@ Example:
 
 from wsa_cli.fed.experiment import FedsimResult, run_comparison
 from wsa_cli.fed.fedavg import align_states, fedavg, fuse_client_scopes
-from wsa_cli.fed.simulation import FedConfig, FedResult, RoundResult, run_fedsim
+from wsa_cli.fed.simulation import FedConfig, FedResult, RoundResult, client_drift, run_fedsim, sample_clients
 
 __all__ = [
-    "FedConfig", "FedResult", "FedsimResult", "RoundResult", "align_states", "fedavg", "fuse_client_scopes", "run_comparison",
-    "run_fedsim",
+    "FedConfig", "FedResult", "FedsimResult", "RoundResult", "align_states", "client_drift", "fedavg", "fuse_client_scopes",
+    "run_comparison", "run_fedsim", "sample_clients",
 ]  # fmt: skip
