@@ -41,6 +41,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           "fc2.weight": torch.randn(3, 8, generator=g), "fc2.bias": torch.randn(3, generator=g)},
                          d / f"{name}.safetensors")  # fmt: skip
     (d / "r.yaml").write_text("models: [a.safetensors, b.safetensors]\noutput: m.safetensors\n")
+    (d / "mk.yml").write_text("merge_method: linear\nmodels: [{model: a.safetensors}, {model: b.safetensors}]\n")  # a mergekit config
     return d
 
 
@@ -51,13 +52,18 @@ COMMANDS = {
     "merge-dry-run": ["merge", "r.yaml", "--dry-run", "--device", "cpu"],
     "merge": ["merge", "r.yaml", "--device", "cpu", "--force"],
     "methods": ["methods"],
+    "recipe-from-mergekit": ["recipe", "from-mergekit", "mk.yml"],
     "scope-fuse": ["scope", "fuse", "a.safetensors", "b.safetensors", "-o", "s.json", "--force", "--device", "cpu"],
     "interpolate": ["interpolate", "a.safetensors", "b.safetensors", "--alphas", "0,0.5,1", "--device", "cpu"],
     "align": ["align", "a.safetensors", "b.safetensors", "--spec", "mlp", "-o", "al.safetensors", "--force", "--device", "cpu"],
     "spec-list": ["spec", "list"],
     "spec-check": ["spec", "check", "mlp", "a.safetensors"],
     "train": ["train", "digits-mlp", "-o", "t.safetensors", "--epochs", "1", "--width", "8", "--force"],
+    "train-joint": ["train", "digits-mlp", "-o", "joint", "--seeds", "0,1", "--epochs", "1", "--width", "8", "--wsa-coef", "0.1",
+                    "--wsa-target", "fused", "--force"],
     "fedsim": ["fedsim", "--clients", "2", "--rounds", "1", "--width", "8"],
+    "sweep": ["sweep", "r.yaml", "--grid", "models[1].weight=0,1", "--eval", f"{Path(__file__).parent / 'interpolate_plugin_eval.py'}:bump",
+              "--device", "cpu"],
 }
 
 
@@ -71,7 +77,7 @@ def _run(folder: Path, args: list[str], monkeypatch: pytest.MonkeyPatch, cli) ->
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_envelope_and_structure(name: str, folder: Path, monkeypatch: pytest.MonkeyPatch, cli) -> None:  # noqa: ANN001
     doc = _run(folder, COMMANDS[name], monkeypatch, cli)
-    command = name.removesuffix("-compare").removesuffix("-histogram").removesuffix("-dry-run")
+    command = name.removesuffix("-compare").removesuffix("-histogram").removesuffix("-dry-run").removesuffix("-joint")
     assert list(doc)[:2] == ["format", "version"] and doc["format"] == f"wsa-{command}" and isinstance(doc["version"], int)
     golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
     if os.environ.get("WSA_UPDATE_GOLDEN"):
