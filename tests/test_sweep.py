@@ -311,3 +311,15 @@ def test_ctrl_c_without_state_saves_one_next_to_the_run(recipe: Path, tmp_path: 
     state = tmp_path / "ties.sweep-state.json"
     assert doc["state"] == "ties.sweep-state.json" and state.is_file() and f"--state {doc['state']}" in err
     assert len(json.loads(state.read_text())["done"]) == doc["evaluated"] >= 2
+
+
+def test_wsa_merge_refuses_a_sweep_block_at_its_line_and_names_the_way(tmp_path, cli):
+    from safetensors.torch import save_file
+
+    for name in ("a", "b"):
+        save_file({"w": torch.randn(4, 4)}, str(tmp_path / f"{name}.safetensors"))
+    recipe = tmp_path / "s.yaml"
+    recipe.write_text("models: [a.safetensors, b.safetensors]\noutput: m.safetensors\nsweep:\n  grid: ['models[1].weight=0,1']\n")
+    res = cli("merge", str(recipe))
+    assert res.exit_code == 6 and "s.yaml:3:" in res.stderr and "wsa sweep RECIPE --write" in res.stderr
+    assert not (tmp_path / "m.safetensors").exists()

@@ -753,6 +753,10 @@ def parse_recipe(node: YNode, path: Path, text: str) -> Recipe:
     """Turn parsed YAML into a :class:`Recipe`, raising :class:`ConfigError` at the offending line."""
     ctx = _Ctx(path)
     base_dir = path.parent
+    if isinstance(node, YMap) and "sweep" in node.entries:  # read (and removed) by wsa sweep, never merged as such
+        line = node.key_lines.get("sweep", node.line)
+        raise ConfigError("the sweep: block is read by `wsa sweep`; merge one of its points with `wsa sweep RECIPE --write INDEX` "
+                          "(or remove the block to merge the recipe's own values)", path=path, line=line)
     top = ctx.mapping(node, "the recipe", TOP_KEYS)
     if "version" in top and ctx.integer(top.entries["version"], "version") != 1:
         raise ctx.err(top.entries["version"], "only recipe version 1 exists")
