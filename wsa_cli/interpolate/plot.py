@@ -48,6 +48,20 @@ def require_matplotlib() -> Any:
     return plt
 
 
+def save_figure(fig: Any, out: Path) -> Path:
+    """Write a matplotlib figure atomically (no half-written PNG on a crash) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with staged_output(out) as tmp:
+            fig.savefig(tmp, dpi=120, format=(out.suffix.lstrip(".") or "png"))
+    except OSError as exc:
+        raise OutputError(f"cannot write the plot: {exc.strerror or exc}", path=out) from None
+    finally:
+        plt.close(fig)
+    return out
+
+
 def plot_result(result: InterpolationResult, out: str | Path) -> Path:
     """Draw one panel per curve metric (loss, accuracy, ...), one line per mode; save to ``out``.
 
@@ -69,11 +83,4 @@ def plot_result(result: InterpolationResult, out: str | Path) -> Path:
     label = "data-free diagnostics" if result.kind != "evaluation" else f"evaluator {result.evaluator}"
     fig.suptitle(f"{Path(result.a).name} -> {Path(result.b).name} ({label})")
     fig.tight_layout()
-    try:
-        with staged_output(out) as tmp:
-            fig.savefig(tmp, dpi=120, format=(out.suffix.lstrip(".") or "png"))
-    except OSError as exc:
-        raise OutputError(f"cannot write the plot: {exc.strerror or exc}", path=out) from None
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, out)

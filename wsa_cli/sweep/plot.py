@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsa_cli.errors import OutputError
-from wsa_cli.interpolate.plot import check_plot_output, require_matplotlib
-from wsa_cli.io.writer import staged_output
+from wsa_cli.interpolate.plot import check_plot_output, require_matplotlib, save_figure
 from wsa_cli.sweep.result import SweepResult
 
 
@@ -47,14 +45,7 @@ def plot_sweep(result: SweepResult, out: str | Path) -> Path:
         ax2.legend()
     fig.suptitle(f"sweep {Path(result.recipe).name} ({result.evaluator})")
     fig.tight_layout()
-    try:
-        with staged_output(out) as tmp:
-            fig.savefig(tmp, dpi=120, format=(out.suffix.lstrip(".") or "png"))
-    except OSError as exc:
-        raise OutputError(f"cannot write the plot: {exc.strerror or exc}", path=out) from None
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 __all__ = ["check_plot_output", "plot_sweep", "require_matplotlib"]
