@@ -394,6 +394,7 @@ def claim_fed(setup: Setup) -> Claim:
 
 # ----------------------------------------------------------------------------- figures
 FIGURES: dict[str, Path] = {}
+_NO_MATPLOTLIB_SAID: list[bool] = []  # said once per run
 
 
 def _plt() -> Any:
@@ -403,6 +404,9 @@ def _plt() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        if not _NO_MATPLOTLIB_SAID:
+            print("reproduce: matplotlib is missing, so no figures are written (pip install 'wsa[plot]')", file=sys.stderr)
+            _NO_MATPLOTLIB_SAID.append(True)
         return None
     return plt
 
