@@ -415,6 +415,16 @@ def _plt() -> Any:
     return plt
 
 
+def _finish(plt: Any, fig: Any, ax: Any, setup: Setup, name: str) -> str:
+    """Title, legend and layout of a claim's figure; write it to its path and close it."""
+    ax.set_title(f"{name} ({setup.task}, {setup.seeds} seeds, means)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(FIGURES[name])
+    plt.close(fig)
+    return str(FIGURES[name])
+
+
 def plot_bars(setup: Setup, name: str, ylabel: str, groups: list[str], series: dict[str, list[float]]) -> str | None:
     plt = _plt()
     if plt is None or name not in FIGURES:
@@ -425,12 +435,7 @@ def plot_bars(setup: Setup, name: str, ylabel: str, groups: list[str], series: d
         ax.bar([g + i * w for g in range(len(groups))], ys, w, label=label)
     ax.set_xticks([g + w * (len(series) - 1) / 2 for g in range(len(groups))], groups, fontsize=7)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{name} ({setup.task}, {setup.seeds} seeds, means)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(FIGURES[name])
-    plt.close(fig)
-    return str(FIGURES[name])
+    return _finish(plt, fig, ax, setup, name)
 
 
 def plot_lines(setup: Setup, name: str, xlabel: str, ylabel: str, xs: list[float], series: dict[str, list[float]]) -> str | None:
@@ -442,12 +447,7 @@ def plot_lines(setup: Setup, name: str, xlabel: str, ylabel: str, xs: list[float
         ax.plot(xs, ys, marker="o", label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{name} ({setup.task}, {setup.seeds} seeds, means)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(FIGURES[name])
-    plt.close(fig)
-    return str(FIGURES[name])
+    return _finish(plt, fig, ax, setup, name)
 
 
 # ----------------------------------------------------------------------------- main

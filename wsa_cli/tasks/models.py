@@ -16,22 +16,22 @@ from torch import nn
 
 
 class DigitsMLP(nn.Module):
-    """Two hidden layers of ``width`` units on flat 64-pixel digits.
+    """Two hidden layers of ``width`` units on flat 64-pixel digits (``inputs`` values per example).
 
     Example:
         >>> DigitsMLP(32)(torch.zeros(5, 64)).shape
         torch.Size([5, 10])
     """
 
-    def __init__(self, width: int = 64) -> None:
+    def __init__(self, width: int = 64, inputs: int = 64) -> None:
         super().__init__()
         self.width = width
-        self.fc1 = nn.Linear(64, width)
+        self.fc1 = nn.Linear(inputs, width)
         self.fc2 = nn.Linear(width, width)
         self.fc3 = nn.Linear(width, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], -1)  # (B, 64)
+        x = x.reshape(x.shape[0], -1)  # (B, inputs)
         x = torch.relu(self.fc1(x))  # (B, w)
         x = torch.relu(self.fc2(x))  # (B, w)
         return self.fc3(x)  # (B, 10)
@@ -73,11 +73,7 @@ class MNIST1DMLP(DigitsMLP):
     """
 
     def __init__(self, width: int = 128) -> None:
-        nn.Module.__init__(self)
-        self.width = width
-        self.fc1 = nn.Linear(40, width)
-        self.fc2 = nn.Linear(width, width)
-        self.fc3 = nn.Linear(width, 10)
+        super().__init__(width, inputs=40)
 
 
 class MNIST1DCNN(nn.Module):
