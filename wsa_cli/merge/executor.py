@@ -32,7 +32,7 @@ import torch
 
 from wsa_cli import __version__
 from wsa_cli.device import resolve_device
-from wsa_cli.threads import choose_threads, compute_threads
+from wsa_cli.threads import ThreadPlan, choose_threads, compute_threads
 from wsa_cli.errors import OutputError
 from wsa_cli.scope.gaussian import Scope
 from wsa_cli.fusion.pipeline import ScopeOptions, Source, align_coefficients, resolve_target, source_get
@@ -628,6 +628,12 @@ def run_plans(
     return summaries
 
 
+def merge_threads(plans: Sequence[StagePlan], device: torch.device, *, requested: int | None = None) -> ThreadPlan:
+    """The compute threads of a merge: memory-bound when every planned method has a linear form (see ``wsa_cli/threads.py``)."""
+    memory_bound = all(get_method(t.method).linear_form is not None for p in plans for t in p.tensors if t.method)
+    return choose_threads("merge", device=device.type, requested=requested, memory_bound=memory_bound)
+
+
 def merge_recipe(
     recipe: str | Path | Recipe,
     *,
@@ -659,8 +665,7 @@ def merge_recipe(
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     plans = plan_recipe(r, force=force)
     dev = resolve_device(device)  # fail on a missing device before writing anything
-    memory_bound = all(get_method(t.method).linear_form is not None for p in plans for t in p.tensors if t.method)
-    cpu = choose_threads("merge", device=dev.type, requested=threads, memory_bound=memory_bound)
+    cpu = merge_threads(plans, dev, requested=threads)
     warnings = [w for p in plans for w in p.warnings]
     with compute_threads(cpu):
         cost = predict_merge(plans, dev, max_memory=ceiling, force=force)
@@ -692,4 +697,4 @@ def merge_recipe(
                        cost=cost.to_dict())  # fmt: skip
 
 
-__all__ = ["MergeResult", "Scratch", "TensorResult", "count_nonfinite", "merge_recipe", "merge_tensor", "run_plans", "run_stage"]
+__all__ = ["MergeResult", "Scratch", "TensorResult", "count_nonfinite", "merge_recipe", "merge_tensor", "merge_threads", "run_plans", "run_stage"]

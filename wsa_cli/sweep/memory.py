@@ -25,11 +25,10 @@ import torch
 
 from wsa_cli.device import resolve_device
 from wsa_cli.errors import InvalidValueError
-from wsa_cli.merge.executor import StageInputs, open_stage, stream_tensors
+from wsa_cli.merge.executor import StageInputs, merge_threads, open_stage, stream_tensors
 from wsa_cli.merge.plan import StagePlan, plan_recipe
-from wsa_cli.merge.registry import get_method
 from wsa_cli.recipe.schema import Recipe
-from wsa_cli.threads import choose_threads, compute_threads
+from wsa_cli.threads import compute_threads
 
 
 def _inputs_key(plan: StagePlan) -> tuple[Any, ...]:
@@ -106,8 +105,7 @@ class MemoryMerger:
                 state[key] = tensor.detach().clone()
 
         # the thread plan of wsa merge for this plan: the merged values do not depend on how the sweep was started
-        memory_bound = all(get_method(t.method).linear_form is not None for t in plan.tensors if t.method)
-        with compute_threads(choose_threads("merge", device=self.device.type, memory_bound=memory_bound)):
+        with compute_threads(merge_threads([plan], self.device)):
             stream_tensors(plan, inputs, keep, device=self.device, overlap=False)
         return state
 
