@@ -71,16 +71,11 @@ def command(
         quick = None if mergekit is not None else command_line_merge(
             inputs, out=out, method=method, base=base, param=param, weights=weights, align=align is not False, dtype=dtype, seed=seed,
             save_recipe=save_recipe)  # fmt: skip
-        if mergekit is not None:
+        if quick is None:  # a recipe file, or a mergekit config translated into one
             from wsa_cli.merge.executor import merge_recipe
 
-            result = merge_recipe(mergekit, device=device, force=force, dry_run=dry_run, progress=advance, threads=threads,
-                                  max_memory=max_memory, on_cost=announce, split=split)  # fmt: skip
-        elif quick is None:
-            from wsa_cli.merge.executor import merge_recipe
-
-            result = merge_recipe(inputs[0], device=device, force=force, dry_run=dry_run, progress=advance, threads=threads,
-                                  max_memory=max_memory, on_cost=announce, split=split)  # fmt: skip
+            result = merge_recipe(mergekit if mergekit is not None else inputs[0], device=device, force=force, dry_run=dry_run,
+                                  progress=advance, threads=threads, max_memory=max_memory, on_cost=announce, split=split)  # fmt: skip
         else:
             if split is not None or max_memory is not None:
                 from wsa_cli.errors import UsageError

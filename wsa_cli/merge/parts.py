@@ -20,7 +20,6 @@ report and model card from the records: the result is byte-identical to ``wsa me
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -36,6 +35,7 @@ from wsa_cli.errors import InvalidValueError, OutputError
 from wsa_cli.io.base import TensorInfo
 from wsa_cli.io.writer import SafetensorsWriter, ShardFile, plan_shards, remove_orphans, shard_names, temp_tag, writing
 from wsa_cli.merge.executor import StageInputs, _summary, finish_stage, open_stage, stage_fingerprints, stage_identity, stream_tensors
+from wsa_cli.merge.provenance import sha256_file
 from wsa_cli.merge.plan import StagePlan
 from wsa_cli.progress import ProgressFn
 from wsa_cli.recipe.schema import Recipe
@@ -143,15 +143,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, read in 8 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(8 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class PartWriter:
@@ -264,7 +255,7 @@ def verify_part(folder: Path, part: Part, merge_id: str, *, hashes: bool = True)
             return None, f"{s['name']} is missing"
         if size != s["bytes"]:
             return None, f"{s['name']} has {size} bytes, the manifest says {s['bytes']}"
-        if hashes and sha256_of(f) != s["sha256"]:
+        if hashes and sha256_file(f) != s["sha256"]:
             return None, f"{s['name']}: SHA-256 differs from the manifest"
     return doc, "verified"
 
@@ -278,16 +269,20 @@ def run_part(
     progress: ProgressFn | None = None,
     overlap: bool = True,
     on_inputs: Callable[[StageInputs], None] | None = None,
+    fingerprints: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Compute part ``part`` of a one-stage merge into the parts folder (skipped if already there and verified).
 
     Returns the part's manifest, with ``"skipped": True`` when an earlier run's verified.
+    ``fingerprints``: the inputs' fingerprints when the caller has them (one run of several parts
+    takes them once; with ``provenance: sha256`` each is a full read of every input).
     """
     folder = parts_folder(plan)
     with writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
         remove_orphans(folder)
-    fingerprints = stage_fingerprints(plan)
+    if fingerprints is None:
+        fingerprints = stage_fingerprints(plan)
     _, merge_id = stage_identity(plan, recipe, fingerprints)
     doc, _why = verify_part(folder, part, merge_id)
     if doc is not None:
@@ -323,15 +318,18 @@ def find_part_count(plan: StagePlan) -> int:
     return counts.pop()
 
 
-def assemble(plan: StagePlan, recipe: Recipe, count: int, *, force: bool = False, verified: Sequence[int] = ()) -> dict[str, Any]:
+def assemble(plan: StagePlan, recipe: Recipe, count: int, *, force: bool = False, verified: Sequence[int] = (),
+             fingerprints: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     """Check every part's manifest and shards, then commit the output with its index, report and card.
 
     ``verified``: parts this process has just written or verified (not hashed again). Refuses
     (exit 7, naming the part) a missing or failing part. The parts folder is removed after the commit.
+    ``fingerprints``: as in :func:`run_part`.
     """
     folder = parts_folder(plan)
     parts, _ = split_parts(plan, count)
-    fingerprints = stage_fingerprints(plan)
+    if fingerprints is None:
+        fingerprints = stage_fingerprints(plan)
     metadata, merge_id = stage_identity(plan, recipe, fingerprints)
     docs = []
     for p in parts:
@@ -435,10 +433,11 @@ def run_split(recipe: Recipe, plans: Sequence[StagePlan], split: Split, *, devic
         summary["parts_skipped"] = [r["part"] for r in ran if r["skipped"]]
         return [summary]
     skipped = []
+    fingerprints = stage_fingerprints(plan)  # once for every part and the assembly of this run
     for part in parts:
-        if run_part(plan, recipe, part, device=device, progress=progress, overlap=overlap)["skipped"]:
+        if run_part(plan, recipe, part, device=device, progress=progress, overlap=overlap, fingerprints=fingerprints)["skipped"]:
             skipped.append(part.index)
-    summary = assemble(plan, recipe, n, force=force, verified=[p.index for p in parts])
+    summary = assemble(plan, recipe, n, force=force, verified=[p.index for p in parts], fingerprints=fingerprints)
     summary["parts_skipped"] = skipped
     if skipped:
         summary["warnings"].append(f"resumed: part(s) {', '.join(map(str, skipped))} of {n} were already written and verified, not recomputed")
