@@ -215,8 +215,9 @@ class HFModel:
                     raise MismatchError(f"shape {tuple(state[k].shape)} does not fit the model's {tuple(own[mk].shape)} "
                                         f"(built from {self.folder / 'config.json'})", key=k)  # fmt: skip
                 own[mk].copy_(state[k])
-        loaded = {own[mk].data_ptr() for mk in mapping.values()}
-        missing = [k for k in own if k not in set(mapping.values()) and own[k].data_ptr() not in loaded]
+        targets = set(mapping.values())
+        loaded = {own[mk].data_ptr() for mk in targets}
+        missing = [k for k in own if k not in targets and own[k].data_ptr() not in loaded]
         if missing:
             raise MismatchError(f"the merged weights lack {len(missing)} tensor(s) the model built from {self.folder / 'config.json'} "
                                 f"needs, e.g. {missing[0]!r} (is the model folder the right one?)")  # fmt: skip
@@ -302,12 +303,6 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     rx, ry = rx - rx.mean(), ry - ry.mean()
     den = float(torch.sqrt((rx * rx).sum() * (ry * ry).sum()))
     return float((rx * ry).sum()) / den if den > 0 else float("nan")
-
-
-@dataclass
-class _Task:
-    hf: HFModel
-    run: Callable[[torch.device], dict[str, float]]
 
 
 def _similarity_task(hf: HFModel, pairs: list[tuple[str, str]], gold: list[float] | None) -> Callable[[torch.device], dict[str, float]]:

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,14 +127,4 @@ class MemoryMerger:
         return None
 
 
-@contextlib.contextmanager
-def memory_merger(device: torch.device | str = "cpu") -> Iterator[MemoryMerger]:
-    """A :class:`MemoryMerger` closed when the block ends."""
-    merger = MemoryMerger(device)
-    try:
-        yield merger
-    finally:
-        merger.close()
-
-
-__all__ = ["MemoryMerger", "memory_merger"]
+__all__ = ["MemoryMerger"]

@@ -125,7 +125,8 @@ def prepare_sweep(
     if len(parsed.stages) != 1:
         raise InvalidValueError(f"has {len(parsed.stages)} stages; a sweep merges single-stage recipes in memory",
                                 option="recipe", value=str(path))  # fmt: skip
-    for point in (grid_points(axes)[0], grid_points(axes)[-1]):  # a bad path or value fails now, as a recipe error would
+    ends = ({a.path: a.values[0] for a in axes}, {a.path: a.values[-1] for a in axes})  # the grid's first and last points
+    for point in ends:  # a bad path or value fails now, as a recipe error would
         try:
             point_recipe(path, data, point)
         except ConfigError as exc:
@@ -301,13 +302,11 @@ def _surrogate_sweep(setup: SweepSetup, points: list[dict[str, Any]], done: dict
     low, high = [min(a.values) for a in setup.axes], [max(a.values) for a in setup.axes]
     fitted = [i for i in design if i in done]
     metrics = _metric_names([done[i] for i in fitted])
-    fits = {}
     predicted: dict[str, np.ndarray] = {}
     for m in metrics:
         idx = [i for i in fitted if done[i]["metrics"].get(m) is not None]
         if idx:
-            fits[m] = fit_quadratic(x_all[idx], [done[i]["metrics"][m] for i in idx], low=low, high=high)
-            predicted[m] = fits[m].predict(x_all)
+            predicted[m] = fit_quadratic(x_all[idx], [done[i]["metrics"][m] for i in idx], low=low, high=high).predict(x_all)
     dirs = directions_for(setup.front or metrics, setup.directions)
     pred_rows = [{m: float(predicted[m][i]) for m in predicted} for i in range(len(points))]
     front_dirs = {m: d for m, d in dirs.items() if m in predicted}
@@ -317,9 +316,7 @@ def _surrogate_sweep(setup: SweepSetup, points: list[dict[str, Any]], done: dict
         front_local = pareto_front([pred_rows[i] for i in candidates], front_dirs)
         front_pred = [candidates[j] for j in front_local]
         todo = [i for i in front_pred if i not in done]
-        setter = getattr(progress, "set_total", None)
-        if setter is not None:
-            setter(len(design) + len(confirm) + len(todo))
+        announce_total(progress, len(design) + len(confirm) + len(todo))
         evaluate(todo, "front")
         confirm += todo
         refused = [i for i in front_pred if done[i].get("skipped")]
