@@ -88,8 +88,8 @@ def test_functional_check_names_the_bad_group(permute_cases, spec_for):
     bad = bad.resolve({k: tuple(v.shape) for k, v in model.state_dict().items()})
     source = ModelSource("mlp", lambda _s: factory(), input_shape)
     with pytest.raises(ConfigError, match="permuting group 'P_out' changes the model's outputs"):
-        functional_check(bad, model.state_dict(), source, input_shape)
-    ok = functional_check(spec, model.state_dict(), source, input_shape)
+        functional_check(bad, model.state_dict(), source)
+    ok = functional_check(spec, model.state_dict(), source)
     assert ok["ok"] and ok["permutation_max_abs_diff"] <= 1e-4 * ok["output_max_abs"]
 
 

@@ -94,12 +94,7 @@ def max_output_diff(source: ModelSource, state_a: Mapping[str, torch.Tensor], st
     return float((ya - yb).abs().max()), float(ya.abs().max())
 
 
-def sample_input(input_shape: tuple[int, ...], seed: int = 0, batch: int = 8) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, *input_shape, generator=gen)
-
-
-def functional_check(spec: PermutationSpec, state: Mapping[str, torch.Tensor], source: ModelSource, input_shape: tuple[int, ...], *, seed: int = 0) -> dict[str, Any]:
+def functional_check(spec: PermutationSpec, state: Mapping[str, torch.Tensor], source: ModelSource, *, seed: int = 0) -> dict[str, Any]:
     """Permute every group at random (then scale every rule at random); outputs must not change.
 
     Raises ConfigError naming the group or scaling rule that changes the outputs.

@@ -191,7 +191,7 @@ def check_spec(spec: str | Path, checkpoint: str | Path, *, model: str | None = 
         source = load_model_source(model, input_shape, checkpoint=checkpoint)
         if source.input_shape is None:
             raise InvalidValueError(f"model {model!r} needs an input shape (e.g. 3,32,32)", option="input_shape")
-        report.functional = functional_check(resolved, state, source, source.input_shape, seed=seed)
+        report.functional = functional_check(resolved, state, source, seed=seed)
     sites = resolved.sites()
     axes = {g: len(sites.get(g, [])) for g in report.groups}
     return SpecCheckResult(str(spec), str(checkpoint), report, axes)
