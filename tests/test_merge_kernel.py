@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from wsa_cli.merge import kernel
 from wsa_cli.buffers import Scratch
 from wsa_cli.merge.kernel import combine_linear
-from wsa_cli.scope.stats import tensor_scope
+from wsa_cli.scope.stats import RunningScope, tensor_scope
 
 
 def _reference(xs: list[torch.Tensor], ms: list[float], shift: float, wide: torch.dtype) -> torch.Tensor:
@@ -96,3 +96,32 @@ def test_buffers_are_reused_across_calls() -> None:
     before = pool.get((8,), torch.float64, cpu, "f64").data_ptr()
     combine_linear([torch.ones(8)], [3.0], 0.0, out, wide=torch.float32, pool=pool)
     assert pool.get((8,), torch.float64, cpu, "f64").data_ptr() == before and torch.equal(out, torch.full((8,), 3.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_input_scopes_measured_in_the_merging_pass_equal_tensor_scope_bit_for_bit(dtype: torch.dtype) -> None:
+    """An unaligned merge reports its inputs' scopes from the pass that merges them; a zero-weight input is still measured."""
+    g = torch.Generator().manual_seed(3)
+    xs = [(torch.randn(1000, generator=g) * 0.02 + 0.5 * i).to(dtype) for i in range(3)]
+    seen = [RunningScope(), RunningScope(), None]
+    out = torch.empty(1000, dtype=dtype)
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernel, "SCOPE_CHUNK", 64)
+        combine_linear(xs, [0.5, 0.0, 0.5], 0.0, out, wide=wide, input_scopes=seen)
+        want = [tensor_scope(x, chunk=64) for x in xs[:2]]
+    assert [s.scope() for s in seen[:2]] == want  # same blocks, same reductions: the same float64 bits
+    assert torch.equal(out, (xs[0].to(wide) * 0.5).add_(xs[2].to(wide), alpha=0.5).to(dtype))
+
+
+def test_unaligned_linear_merge_reports_each_inputs_scope_as_tensor_scope_measures_it() -> None:
+    from wsa_cli.fusion.pipeline import ScopeOptions
+    from wsa_cli.merge.executor import merge_tensor
+    from wsa_cli.merge.plan import TensorPlan
+
+    g = torch.Generator().manual_seed(5)
+    xs = [torch.randn(4, 300, generator=g) * (i + 1) for i in range(2)]
+    entry = TensorPlan("w", (4, 300), torch.float32, torch.float32, "merge", "linear", {"normalize": True}, True, False, "affine")
+    record = merge_tensor(entry, xs, None, scope=ScopeOptions(align=False), weights=[1, 1], seed=0, device=torch.device("cpu")).record
+    assert record["before"] == [{"mean": s.mean, "std": s.std} for s in map(tensor_scope, xs)]
+    assert list(record) == ["key", "action", "method", "aligned", "override", "before", "after"]

@@ -357,19 +357,32 @@ def test_cuda_path_matches_cpu_when_available(tmp_path, models):
 
 def test_streaming_holds_only_a_few_keys_at_once(tmp_path, monkeypatch):
     """Reads run ahead of writes by at most prefetch + 2 keys, and every mapped tensor is released
-    once it is written: memory is bounded by tensors, not models."""
+    once merged (a copied one once written: the output may be its pages): memory is bounded by
+    tensors, not models."""
     import wsa_cli.merge.executor as executor
     from wsa_cli.io.base import CheckpointReader
 
     g = torch.Generator().manual_seed(0)
     for i in range(3):
-        save_safetensors({f"layer{j:02d}.weight": torch.randn(8, 8, generator=g) for j in range(40)}, tmp_path / f"s{i}.safetensors")
+        tensors = {f"layer{j:02d}.weight": torch.randn(8, 8, generator=g) for j in range(40)}
+        tensors["layer20.steps"] = torch.arange(64)  # an integer tensor: copied, not merged
+        save_safetensors(tensors, tmp_path / f"s{i}.safetensors")
     lock = threading.Lock()
     read_keys: set[str] = set()
     written: list[str] = []
+    merging: list[str] = []
+    merged: list[str] = []
     released: list[str] = []
     worst = {"ahead": 0}
-    real_view, real_release = CheckpointReader.view, CheckpointReader.release
+    real_view, real_release, real_merge = CheckpointReader.view, CheckpointReader.release, executor.merge_planned
+
+    def merge_planned(entry, *args, **kw):
+        with lock:
+            merging.append(entry.key)
+        res = real_merge(entry, *args, **kw)
+        with lock:
+            merged.append(entry.key)
+        return res
 
     def view(self, key):
         with lock:
@@ -377,11 +390,14 @@ def test_streaming_holds_only_a_few_keys_at_once(tmp_path, monkeypatch):
             worst["ahead"] = max(worst["ahead"], len(read_keys) - len(written))
         return real_view(self, key)
 
-    def release(self, key):
+    def release(self, key, upto=None):
         with lock:
-            assert key in written  # never unmapped before its output is on disk
+            # a merged key's pages go while it is merged (behind its passes) or after; a copy's only once its output is on disk
+            assert key in (written if key.endswith(".steps") else merging)
+            if key not in merged:
+                return real_release(self, key, upto)  # during its merge: not counted below
             released.append(key)
-        real_release(self, key)
+        real_release(self, key, upto)
 
     class Writer(executor.SafetensorsWriter):
         def write(self, key, tensor):
@@ -392,9 +408,10 @@ def test_streaming_holds_only_a_few_keys_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(CheckpointReader, "view", view)
     monkeypatch.setattr(CheckpointReader, "release", release)
     monkeypatch.setattr(executor, "SafetensorsWriter", Writer)
+    monkeypatch.setattr(executor, "merge_planned", merge_planned)
     r = _recipe(tmp_path, "models: [s0.safetensors, s1.safetensors, s2.safetensors]\noutput: out.safetensors\n")
     merge_recipe(r, device="cpu")
-    assert len(written) == 40 and read_keys == set(written)
+    assert len(written) == 41 and read_keys == set(written)
     assert sorted(released) == sorted(written * 3)  # each key, once per input model
     assert 1 <= worst["ahead"] <= 1 + 2  # default prefetch depth 1, plus the key being merged and the one being read
 

@@ -220,11 +220,15 @@ class CheckpointReader(abc.ABC):
 
     def will_need(self, key: str) -> None:
         """Hint that :meth:`view` of ``key`` comes soon: the OS starts reading it from disk."""
-        self._advise(self._stored_info(key), getattr(mmap, "MADV_WILLNEED", -1))
+        self._advise(self._stored_info(key), getattr(mmap, "MADV_WILLNEED", -1), None)
 
-    def release(self, key: str) -> None:
-        """Unmap the pages of a :meth:`view` of ``key`` (the data stays in the OS page cache)."""
-        self._advise(self._stored_info(key), getattr(mmap, "MADV_DONTNEED", -1))
+    def release(self, key: str, upto: int | None = None) -> None:
+        """Unmap the pages of a :meth:`view` of ``key`` (the data stays in the OS page cache).
+
+        ``upto``: only the tensor's first ``upto`` bytes (a pass that has read that far and will
+        not come back), so a long pass over one large tensor holds a window of it, not all of it.
+        """
+        self._advise(self._stored_info(key), getattr(mmap, "MADV_DONTNEED", -1), upto)
 
     def _stored_info(self, key: str) -> TensorInfo:
         info = self.info(key)
@@ -260,8 +264,8 @@ class CheckpointReader(abc.ABC):
         """Hook for readers that can map a tensor without copying it; default: plain load."""
         return self._load(info)
 
-    def _advise(self, info: TensorInfo, advice: int) -> None:
-        """Hook: ``madvise`` a mapped tensor's pages (``advice`` -1: unsupported here); default: nothing."""
+    def _advise(self, info: TensorInfo, advice: int, upto: int | None) -> None:
+        """Hook: ``madvise`` a mapped tensor's pages (its first ``upto`` bytes; ``advice`` -1: unsupported here); default: nothing."""
 
     def files(self) -> list[Path]:
         """The files that hold this checkpoint's tensors (used for provenance and overwrite checks)."""

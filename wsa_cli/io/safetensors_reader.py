@@ -168,11 +168,13 @@ class _DataFile:
             self._bytes = torch.frombuffer(self._map, dtype=torch.uint8)
         return self._bytes
 
-    def advise(self, info: TensorInfo, advice: int) -> None:
-        """``madvise`` the whole pages inside one tensor's bytes (no-op where unsupported or unmapped)."""
+    def advise(self, info: TensorInfo, advice: int, upto: int | None = None) -> None:
+        """``madvise`` the whole pages inside one tensor's bytes, or its first ``upto`` bytes (no-op where unsupported or unmapped)."""
         if advice < 0 or self._map is None or not hasattr(self._map, "madvise"):
             return
         start, end = self.offsets[info.key]
+        if upto is not None:
+            end = min(end, start + max(upto, 0))
         page = mmap.PAGESIZE
         first, last = -(-start // page) * page, end // page * page  # only pages wholly inside the tensor
         if last > first:
@@ -234,8 +236,8 @@ class SafetensorsReader(CheckpointReader):
     def _view(self, info: TensorInfo) -> torch.Tensor:
         return self._data.view(info)
 
-    def _advise(self, info: TensorInfo, advice: int) -> None:
-        self._data.advise(info, advice)
+    def _advise(self, info: TensorInfo, advice: int, upto: int | None) -> None:
+        self._data.advise(info, advice, upto)
 
     def extra_files(self) -> list[Path]:
         return list(self._extra)
@@ -308,8 +310,8 @@ class ShardedSafetensorsReader(CheckpointReader):
     def _view(self, info: TensorInfo) -> torch.Tensor:
         return self._data[self._owner[info.key]].view(info)
 
-    def _advise(self, info: TensorInfo, advice: int) -> None:
-        self._data[self._owner[info.key]].advise(info, advice)
+    def _advise(self, info: TensorInfo, advice: int, upto: int | None) -> None:
+        self._data[self._owner[info.key]].advise(info, advice, upto)
 
     def files(self) -> list[Path]:
         return list(self._shards)

@@ -3,9 +3,10 @@
 Peak memory follows how :func:`wsa_cli.merge.executor.stream_tensors` allocates, term by term:
 
 * **mapped inputs** (CPU runs): each input tensor is a view into its file's memory map; its pages
-  count in the process's RSS once the merge touches them and leave when the key is released after
-  its write. With ``overlap`` (the default) key ``i`` is merged while key ``i-1`` is written, so
-  two consecutive keys' inputs (K models plus the base) are mapped at once; without, one.
+  count in the process's RSS once the merge touches them and leave when the key is released: right
+  after it is merged, or for a copied key (whose output may be those very pages) after its write.
+  So one key's inputs (K models plus the base) are mapped at once, plus the previous key's when
+  that was a copy written while this one merges (``overlap``, the default).
 * **output buffers**: two :class:`~wsa_cli.buffers.Scratch` pools (one written while the other is
   filled), each grown to the largest output tensor; one without ``overlap``. A copied tensor whose
   dtype changes, and a ``rows:`` split, allocate a fresh output instead.
@@ -181,7 +182,9 @@ def stage_memory(plan: StagePlan, device: torch.device | str = "cpu", *, overlap
     entries = [t for t in plan.tensors if wanted is None or t.key in wanted]
     block = SCOPE_CHUNK_CUDA if dev.type == "cuda" else SCOPE_CHUNK
     reads = [_inputs_read(plan, t) * t.numel_bytes for t in entries]
-    pairs = [a + b for a, b in zip(reads, [0, *reads[:-1]], strict=True)] if overlap else reads
+    # a merged key's inputs are released once it is merged; a copied key's only after its write (the output may be its pages)
+    held = [r if t.action == "copy" else 0 for r, t in zip(reads, entries, strict=True)]
+    pairs = [a + b for a, b in zip(reads, [0, *held[:-1]], strict=True)] if overlap else reads
     outs = [_out_bytes(t) for t in entries]
     fresh = [f for _, f in outs]
     fresh_pairs = [a + b for a, b in zip(fresh, [0, *fresh[:-1]], strict=True)] if overlap else fresh

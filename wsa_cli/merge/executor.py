@@ -44,13 +44,14 @@ from wsa_cli.io.open import RECIPE_COPY_NAME
 from wsa_cli.io.writer import INDEX_NAME
 from wsa_cli.merge.card import card_fields, config_with_dtype, model_card, parent_card
 from wsa_cli.merge.kernel import AlignedInput, block_size, combine_linear
+from wsa_cli.merge.pages import PageWindow
 from wsa_cli.merge.plan import CARD_NAME, InputPlan, StagePlan, TensorPlan, plan_recipe
 from wsa_cli.merge.provenance import input_fingerprint, merge_metadata
 from wsa_cli.merge.result import MergeResult
 from wsa_cli.merge.registry import BlockInputs, MethodContext, get_method
 from wsa_cli.recipe.schema import Recipe, load_recipe
 from wsa_cli.progress import ProgressFn, announce_total
-from wsa_cli.scope.stats import tensor_scope
+from wsa_cli.scope.stats import RunningScope, tensor_scope
 
 REPORT_FORMAT = "wsa-merge-report"
 
@@ -81,6 +82,7 @@ def merge_tensor(
     work: Scratch | None = None,
     scopes: Sequence[Scope] | None = None,
     base_scope: Scope | None = None,
+    pages: PageWindow | None = None,
 ) -> TensorResult:
     """Merge one key: align (if planned), combine with the method, cast; return tensor and report record.
 
@@ -93,6 +95,7 @@ def merge_tensor(
     ``after`` scope is the result's before the cast to the output dtype. With ``scratch`` the
     result may live in a reused buffer (write it before the next call); ``work`` holds working
     buffers reused across calls. ``scopes`` / ``base_scope``: the inputs' scopes when already measured.
+    ``pages``: the inputs' mapped pages, released as the passes over them finish (linear methods).
 
     Example:
         >>> from wsa_cli.merge.plan import TensorPlan
@@ -120,12 +123,24 @@ def merge_tensor(
     def measure(x: torch.Tensor) -> Scope:
         return tensor_scope(x, device, buffer=f64)
 
+    method = get_method(entry.method or "linear")
+    linear = method.linear_form is not None
+    window = pages if linear else None  # other methods pass over their inputs several times, in their own order
+
+    def measure_input(i: int, x: torch.Tensor) -> Scope:
+        s = measure(x)
+        if window is not None:
+            window.done(i)  # the merging pass maps it again, a window at a time
+        return s
+
     coef = [(1.0, 0.0)] * len(xs)  # per model: aligned = a * x + b
     coef_base = (1.0, 0.0)
+    # unaligned linear merge: the inputs' scopes (for the report) are measured in the merging pass
+    in_pass = [RunningScope() for _ in xs] if scopes is None and not entry.align and entry.layer and linear else None
     if entry.layer or entry.align:
-        if scopes is None:
-            scopes = [measure(x) for x in xs]
-        record["before"] = [_scope_dict(s) for s in scopes]
+        if scopes is None and in_pass is None:
+            scopes = [measure_input(i, x) for i, x in enumerate(xs)]
+        record["before"] = [_scope_dict(s) for s in scopes] if scopes is not None else None  # filled after the merge otherwise
         if entry.align:
             target = resolve_target(entry.key, scopes, opts)
             record["target"] = _scope_dict(target)
@@ -135,9 +150,8 @@ def merge_tensor(
             if constant:
                 record["constant_not_rescaled"] = constant
             if b is not None and align_base:
-                a, c, _ = align_coefficients(base_scope or measure(b), target, opts)
+                a, c, _ = align_coefficients(base_scope or measure_input(len(xs), b), target, opts)
                 coef_base = (a, c)
-    method = get_method(entry.method or "linear")
     measured = entry.layer or entry.align
     out_dtype = entry.out_dtype if entry.out_dtype.is_floating_point else wide
 
@@ -152,7 +166,11 @@ def merge_tensor(
             terms.append((c_base * coef_base[0], b))
             shift += c_base * coef_base[1]
         out = output(out_dtype)
-        after = combine_linear([x for _, x in terms], [m for m, _ in terms], shift, out, wide=wide, measure=measured, pool=work)
+        seen = None if in_pass is None else in_pass + [None] * (len(terms) - len(in_pass))  # the base is not reported
+        after = combine_linear([x for _, x in terms], [m for m, _ in terms], shift, out, wide=wide, measure=measured, pool=work,
+                               input_scopes=seen, passed=None if window is None else window.passed)  # fmt: skip
+        if in_pass is not None:
+            record["before"] = [_scope_dict(acc.scope()) for acc in in_pass]
         if after is not None:
             record["after"] = _scope_dict(after)
         return TensorResult(out.to("cpu"), record)
@@ -429,24 +447,39 @@ def stream_tensors(
             ts = [t.pin_memory() for t in ts]
         return ts, b
 
+    def window(key: str, ts: Sequence[torch.Tensor], b: torch.Tensor | None) -> PageWindow | None:
+        # a merged key's mapped inputs (and base), in merge_tensor's order, released behind its passes
+        entry = entries[key]
+        srcs = sources if entry.models is None else [sources[i] for i in entry.models]
+        readers = [*srcs, *([base_reader] if b is not None else [])]
+        if not views or entry.action != "merge" or not all(isinstance(r, CheckpointReader) for r in readers):
+            return None
+        return PageWindow(readers, key, [t.element_size() for t in [*ts, *([b] if b is not None else [])]])
+
     scratches = [Scratch(), Scratch()] if overlap else [Scratch()]  # key i merges into scratches[i % 2] while key i-1 is written
     work = Scratch()  # working buffers, used only while a key is merged
     records = []
     wanted = [t.key for t in plan.tensors] if keys is None else list(keys)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsa-write") as write_behind:
         pending: Future[None] | None = None
-        written = None  # the key being written (its inputs may alias the output: copied tensors)
+        written = None  # a copied key being written: its inputs' pages may be the output, released after the write
         for i, (key, (ts, b)) in enumerate(read_ahead(load, wanted, depth=prefetch)):
             res = merge_planned(entries[key], ts, b, scope=plan.scope, weights=plan.weights, seed=plan.spec.seed,
-                               device=dev, align_base=plan.spec.scope.align_base, scratch=scratches[i % len(scratches)], work=work)  # fmt: skip
+                               device=dev, align_base=plan.spec.scope.align_base, scratch=scratches[i % len(scratches)], work=work,
+                               pages=window(key, ts, b))  # fmt: skip
             _nonfinite_check(plan, key, res.record, res.tensor, ts)
+            merged = entries[key].action == "merge"  # the result lives in a scratch buffer, not in the inputs' pages
+            if merged:
+                release(key)  # so the inputs' mapped pages held at once are one key's, not two
             if pending is not None:
                 pending.result()  # key i-1 is on disk: its scratch, ring slot and mapped pages may go
-                release(written)
-            pending, written = write_behind.submit(write, key, res.tensor), key
+                if written is not None:
+                    release(written)
+            pending, written = write_behind.submit(write, key, res.tensor), None if merged else key
             if not overlap:
                 pending.result()
-                release(written)
+                if written is not None:
+                    release(written)
                 pending = None
             records.append(res.record)
             del ts, b, res
@@ -454,7 +487,8 @@ def stream_tensors(
                 progress(1, key)
         if pending is not None:
             pending.result()
-            release(written)
+            if written is not None:
+                release(written)
     return records
 
 

@@ -17,7 +17,7 @@ round to the narrow dtype or run several times slower.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -81,15 +81,22 @@ def combine_linear(
     wide: torch.dtype,
     measure: bool = True,
     pool: Scratch | None = None,
+    input_scopes: Sequence[RunningScope | None] | None = None,
+    passed: Callable[[int], None] | None = None,
 ) -> Scope | None:
     """Write ``sum_i multipliers[i] * xs[i] + shift`` into ``out`` (any float dtype); return its scope.
 
     ``xs`` are same-shaped tensors on ``out``'s device, in any float dtypes; the sum is formed in
-    ``wide`` and cast to ``out.dtype`` block by block. Inputs with multiplier 0 are never read.
-    The returned scope (``measure=True``) is that of the ``wide`` result before the cast, as
-    :func:`~wsa_cli.scope.stats.tensor_scope` would measure it. ``pool``: where the three
-    cache-sized block buffers (accumulator, converted input, float64) come from, kept by the caller
-    so that a long merge allocates them once.
+    ``wide`` and cast to ``out.dtype`` block by block. Inputs with multiplier 0 are never read
+    (unless measured). The returned scope (``measure=True``) is that of the ``wide`` result before
+    the cast, as :func:`~wsa_cli.scope.stats.tensor_scope` would measure it. ``input_scopes``: one
+    accumulator (or ``None``) per input, fed each block of that input while it is in cache, so a
+    merge that reports its inputs' scopes without aligning them reads each input from memory once
+    (the same bits as :func:`~wsa_cli.scope.stats.tensor_scope`: same blocks, same reductions).
+    ``pool``: where the three cache-sized block buffers (accumulator, converted input, float64)
+    come from, kept by the caller so that a long merge allocates them once. ``passed(n)`` is
+    called after each block with the flat elements read so far (to unmap input pages behind the
+    pass, :class:`~wsa_cli.merge.pages.PageWindow`).
 
     Example:
         >>> out = torch.empty(3)
@@ -97,10 +104,17 @@ def combine_linear(
         Scope(mean=3.5, std=1.632993161855452)
         >>> out
         tensor([1.5000, 3.5000, 5.5000])
+        >>> seen = [RunningScope(), None]
+        >>> _ = combine_linear([torch.arange(3.0), torch.ones(3)], [0.0, 1.0], 0.0, out, wide=torch.float32, input_scopes=seen)
+        >>> seen[0].scope()
+        Scope(mean=1.0, std=0.816496580927726)
     """
     n = out.numel()
     flat_out = out.view(-1)
-    terms = [(m, x.reshape(-1)) for m, x in zip(multipliers, xs, strict=True) if m != 0.0]
+    accs = list(input_scopes) if input_scopes is not None else [None] * len(xs)
+    # (multiplier, flat input, its scope accumulator); an input is read when it is summed or measured
+    terms = [(m, x.reshape(-1), a) for m, x, a in zip(multipliers, xs, accs, strict=True) if m != 0.0 or a is not None]
+    summed = any(m != 0.0 for m, _, _ in terms)
     pool = pool if pool is not None else Scratch()
     blk = (min(block_size(out.device), n),)
     acc_buf, tmp_buf = pool.get(blk, wide, out.device, "kernel.acc"), pool.get(blk, wide, out.device, "kernel.tmp")
@@ -109,20 +123,28 @@ def combine_linear(
     direct = out.dtype == wide  # accumulate straight into the output: no cast pass
     for start, stop in block_ranges(n, out.device):
         acc = flat_out[start:stop] if direct else acc_buf[: stop - start]  # (block,) wide
-        if not terms:
+        if not summed:
             acc.zero_()
-        for i, (m, x) in enumerate(terms):
+        first = True
+        for m, x, seen in terms:
             xb = x[start:stop]
+            if seen is not None:
+                x64 = f64_buf[: stop - start]
+                x64.copy_(xb)  # (block,) float64, from the stored values
+                seen.add_(x64)
+            if m == 0.0:
+                continue
             if xb.dtype != wide:
-                conv = acc if i == 0 else tmp_buf[: stop - start]
+                conv = acc if first else tmp_buf[: stop - start]
                 conv.copy_(xb)  # (block,) converted in cache
                 xb = conv
-            if i > 0:
+            if not first:
                 acc.add_(xb, alpha=m)
             elif xb is not acc:
                 torch.mul(xb, m, out=acc)
             elif m != 1.0:
                 acc.mul_(m)
+            first = False
         if shift != 0.0:
             acc.add_(shift)
         if scope is not None:
@@ -131,6 +153,8 @@ def combine_linear(
             scope.add_(x64)
         if not direct:
             flat_out[start:stop].copy_(acc)  # cast to the output dtype
+        if passed is not None:
+            passed(stop)
     return scope.scope() if scope is not None else None
 
 

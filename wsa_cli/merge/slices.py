@@ -114,9 +114,9 @@ class SliceReader(CheckpointReader):
         reader, inner = self._where(key)
         reader.will_need(inner)
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, upto: int | None = None) -> None:
         reader, inner = self._where(key)
-        reader.release(inner)
+        reader.release(inner, upto)
 
     def _load(self, info: TensorInfo) -> torch.Tensor:
         return self.get(info.key)
