@@ -72,6 +72,18 @@ def test_integer_tensors_copied_and_report_written(tmp_path, models, cli):
     assert inputs[0]["files"][0]["bytes"] == models[0].stat().st_size
 
 
+def test_report_false_warns_about_an_earlier_report_and_leaves_it(tmp_path, models, cli):
+    """A report left by an earlier merge is the user's file: kept, but the merge says it no longer describes the output."""
+    _recipe(tmp_path, "models: [m0.safetensors, m1.safetensors]\noutput: out.safetensors\n")
+    assert cli("merge", str(tmp_path / "recipe.yaml")).exit_code == 0
+    old = (tmp_path / "out.wsa-merge-report.json").read_text()
+    r = _recipe(tmp_path, "models: [m0.safetensors, m2.safetensors]\noutput: {path: out.safetensors, report: false}\n", "r2.yaml")
+    res = cli("merge", str(r), "--force", "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert any("out.wsa-merge-report.json is left from an earlier merge" in w for w in json.loads(res.stdout)["stages"][0]["warnings"])
+    assert (tmp_path / "out.wsa-merge-report.json").read_text() == old
+
+
 def test_aligned_layers_land_on_fused_scope_with_identical_models(tmp_path, cli):
     # the same layer at different scales: after alignment all K copies are identical, so the
     # average has exactly the target scope. Moment matching is the fusion here because the plain

@@ -483,6 +483,10 @@ def _plan_stage(recipe: Recipe, stage: StageSpec, done: dict[str, StagePlan], st
     )  # fmt: skip
     inputs = plan.input_paths()
     check_outputs(plan.written_paths, inputs, force=force, output=output)  # model, shards, index, report: one check
+    if out_spec is not None and not out_spec.report and plan.report_path.is_file():
+        # not deleted (it may be the user's), but it describes an older model once this one is written
+        plan.warnings.append(f"{plan.report_path} is left from an earlier merge: output.report is false, so it is not "
+                             "rewritten and will not describe the new model")  # fmt: skip
     if out_spec is not None:
         check_output_kind(output)  # a missing output folder is created when writing
         if force and plan.folder_output and output.is_dir():
