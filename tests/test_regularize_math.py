@@ -13,7 +13,7 @@ from wsa_cli.errors import ConfigError, InvalidValueError
 from wsa_cli.fusion import Scope
 from wsa_cli.regularize import ScopeRegularizer, differentiable_scope, layer_kl
 from wsa_cli.scope import LayerSelector
-from wsa_cli.tasks.threads import small_model_threads
+from wsa_cli.threads import small_model_threads
 
 
 def kl_closed_form(mu_p: float, s_p: float, mu_q: float, s_q: float) -> float:

@@ -130,8 +130,10 @@ def test_train_subset_and_bad_arguments():
         train_model("digits-mlp", wsa_coef=-0.1, epochs=1)
 
 
-def test_small_model_threads_restores_the_setting():
-    from wsa_cli.tasks.threads import SMALL_MODEL_PARAMS, small_model_threads
+def test_small_model_threads_restores_the_setting(monkeypatch):
+    from wsa_cli.threads import SMALL_MODEL_PARAMS, small_model_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the user's setting would win
 
     before = torch.get_num_threads()
     with small_model_threads("cpu", 1000):
@@ -141,4 +143,8 @@ def test_small_model_threads_restores_the_setting():
         assert torch.get_num_threads() == before
     with pytest.raises(KeyError), small_model_threads("cpu", 10):
         raise KeyError("boom")
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    with small_model_threads("cpu", 1000):  # OMP_NUM_THREADS overrides the policy, as for merges
+        assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == before

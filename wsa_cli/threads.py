@@ -22,8 +22,12 @@ So the policy, in order:
 * memory-bound streaming work (a merge whose every method has a linear form; ``inspect``): one
   compute thread on machines with up to 4 usable cores, else half the cores, at most 4 (the
   larger counts are a reasoned default: only 2-core machines have measured it);
-* everything else keeps torch's setting (the built-in tasks already train and evaluate small
-  models on one thread, see ``wsa_cli/tasks/threads.py``).
+* training and evaluating a small model (``train``, at most :data:`SMALL_MODEL_PARAMS`
+  parameters, on the CPU): one thread. A matrix multiply of the built-in models' size takes
+  microseconds, so the thread pool costs more in hand-offs than it saves, and on a busy machine
+  the threads wait on each other: a 4-epoch digits-mlp training took 0.1 s on one thread and
+  1.2 s on two with the machine loaded (:func:`small_model_threads`);
+* everything else keeps torch's setting.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ STREAMING_WORK = ("merge", "inspect")
 MERGE_IO_THREADS = 3
 #: at most this many compute threads for streaming work, whatever the core count
 MAX_STREAMING_THREADS = 4
+#: models with at most this many parameters train and evaluate on one CPU thread
+SMALL_MODEL_PARAMS = 5_000_000
 
 
 @dataclass(frozen=True)
@@ -82,12 +88,14 @@ def check_threads(value: int | None) -> int | None:
 
 
 def choose_threads(
-    work: str, *, device: str = "cpu", requested: int | None = None, cores: int | None = None, memory_bound: bool = True
+    work: str, *, device: str = "cpu", requested: int | None = None, cores: int | None = None, memory_bound: bool = True,
+    params: int | None = None,
 ) -> ThreadPlan:
-    """The thread plan for ``work`` (``merge``, ``inspect``, ...) on ``device`` (see the module doc).
+    """The thread plan for ``work`` (``merge``, ``inspect``, ``train``, ...) on ``device`` (see the module doc).
 
     ``memory_bound``: the work is a few elementwise kernels per value (a merge whose methods all
-    have a linear form); ``False`` for methods that select, sort or draw per tensor.
+    have a linear form); ``False`` for methods that select, sort or draw per tensor. ``params``:
+    the size of the model that ``train`` work trains or evaluates.
 
     Example:
         >>> choose_threads("merge", cores=2, requested=None).compute
@@ -106,6 +114,8 @@ def choose_threads(
     if work in STREAMING_WORK and memory_bound and str(device).startswith("cpu"):
         compute = 1 if n <= 4 else min(MAX_STREAMING_THREADS, n // 2)
         return ThreadPlan(work, compute, io, n, "policy", wait)
+    if work == "train" and params is not None and params <= SMALL_MODEL_PARAMS and str(device).startswith("cpu"):
+        return ThreadPlan(work, 1, io, n, "policy", wait)
     import torch
 
     return ThreadPlan(work, torch.get_num_threads(), io, n, "torch default", wait)
@@ -126,6 +136,17 @@ def compute_threads(plan: ThreadPlan) -> Iterator[None]:
             torch.set_num_threads(prev)
 
 
+def small_model_threads(device: Any, n_params: int) -> Any:
+    """A block that trains or evaluates a model of ``n_params`` parameters on ``device`` with the ``train`` thread plan.
+
+    Example:
+        >>> with small_model_threads("cpu", 10_000):
+        ...     import torch; torch.get_num_threads()
+        1
+    """
+    return compute_threads(choose_threads("train", device=str(device), params=n_params))
+
+
 def prefer_passive_waiting() -> None:
     """Let idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a policy.
 
@@ -136,4 +157,7 @@ def prefer_passive_waiting() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-__all__ = ["ThreadPlan", "check_threads", "choose_threads", "compute_threads", "prefer_passive_waiting", "usable_cores"]
+__all__ = [
+    "SMALL_MODEL_PARAMS", "ThreadPlan", "check_threads", "choose_threads", "compute_threads", "prefer_passive_waiting",
+    "small_model_threads", "usable_cores",
+]  # fmt: skip

@@ -15,7 +15,7 @@ from torch import nn
 from wsa_cli.device import resolve_device
 from wsa_cli.errors import MismatchError, InvalidValueError
 from wsa_cli.tasks.registry import get_task
-from wsa_cli.tasks.threads import small_model_threads
+from wsa_cli.threads import small_model_threads
 
 EVAL_BATCH = 1024
 

@@ -39,7 +39,7 @@ from wsa_cli.regularize.targets import TargetLike, scopes_of_state_dict
 from wsa_cli.scope.gaussian import Scope
 from wsa_cli.tasks.evaluate import evaluate_model, model_from_state_dict
 from wsa_cli.tasks.registry import get_task
-from wsa_cli.tasks.threads import small_model_threads
+from wsa_cli.threads import small_model_threads
 from wsa_cli.tasks.train import DEFAULT_BATCH, OPTIMIZERS, SGD_MOMENTUM, _target_for, describe_target
 from wsa_cli.progress import ProgressFn
 

@@ -29,7 +29,7 @@ from wsa_cli.scope.selection import LayerSelector
 from wsa_cli.tasks.data import DataSplit
 from wsa_cli.tasks.evaluate import evaluate_model
 from wsa_cli.tasks.registry import get_task
-from wsa_cli.tasks.threads import small_model_threads
+from wsa_cli.threads import small_model_threads
 from wsa_cli.progress import ProgressFn
 
 OPTIMIZERS = ("sgd", "adam")

@@ -37,7 +37,7 @@ from wsa_cli.scope.selection import LayerSelector
 from wsa_cli.tasks.evaluate import evaluate_model, model_from_state_dict
 from wsa_cli.tasks.registry import get_task
 from wsa_cli.tasks.splits import label_histogram, make_split
-from wsa_cli.tasks.threads import small_model_threads
+from wsa_cli.threads import small_model_threads
 
 
 @functools.lru_cache(maxsize=4)
