@@ -57,9 +57,31 @@ def test_memory_terms_follow_the_executor(tmp_path: Path) -> None:
     ties = plan_recipe(load_recipe(_recipe(tmp_path, "ties", base=True)))[0]
     t = stage_memory(ties, "cpu", baseline=0)
     assert t.cpu["mapped_inputs"] == 3 * B  # the base is read too
-    assert t.cpu["working"] == m.cpu["working"] + 3 * N * 4 + N * 4  # per-model task-vector blocks, |tau|
+    # per-model task-vector blocks, |tau|, sign election + disjoint mean blocks, a block's |tau| and its zeroed flags
+    assert t.cpu["working"] == m.cpu["working"] + 3 * N * 4 + N * 4 + 4 * N * 4 + N * 5
     cuda = stage_memory(plan, "cuda", baseline=0)
     assert cuda.gpu is not None and cuda.gpu["inputs"] == 2 * B and cuda.cpu["pinned_read_ring"] == 3 * 2 * B
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear", "breadcrumbs", "della", "task_arithmetic", "model_stock"])
+def test_working_memory_prediction_covers_what_the_method_allocates(tmp_path: Path, method: str) -> None:
+    """The working pool a real merge of one key grows to stays under the predicted term, and close to it."""
+    from safetensors.torch import load_file
+
+    from wsa_cli.buffers import Scratch
+    from wsa_cli.merge.cost import _work_bytes
+    from wsa_cli.merge.executor import merge_tensor
+
+    _models(tmp_path, n_tensors=1)
+    plan = plan_recipe(load_recipe(_recipe(tmp_path, method, base=True)))[0]
+    entry = plan.tensors[0]
+    xs = [load_file(tmp_path / f"{m}.safetensors")[entry.key] for m in "ab"]
+    work = Scratch()
+    merge_tensor(entry, xs, load_file(tmp_path / "base.safetensors")[entry.key], scope=plan.scope, weights=plan.weights,
+                 seed=0, device=torch.device("cpu"), work=work)  # fmt: skip
+    used = sum(b.numel() * b.element_size() for b in work._bufs.values())
+    persistent, transient = _work_bytes(plan, entry, SCOPE_CHUNK)
+    assert used <= persistent + transient <= used + 2 * N * 4 + 16  # slack: the linear kernel's two blocks, counted for every method
 
 
 def test_disk_and_bytes(tmp_path: Path) -> None:

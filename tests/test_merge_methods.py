@@ -31,6 +31,7 @@ from wsa_cli.errors import InvalidValueError
 from wsa_cli.io import save_safetensors
 from wsa_cli.merge import METHODS, BlockInputs, MethodContext, all_methods, get_method
 from wsa_cli.merge.kernel import AlignedInput
+from wsa_cli.merge.draws import seeded_uniform
 from wsa_cli.merge.task_vectors import dare_mask
 
 # -- references (NumPy, float64) --------------------------------------------------------------------
@@ -132,7 +133,7 @@ def ref_della(xs, base, density, epsilon, lam, w, ctx, consensus):
     for i, x in enumerate(xs):
         tau = x - base
         p = ref_della_probabilities(tau, density, epsilon)
-        u = torch.rand(tau.shape, generator=torch.Generator().manual_seed(ctx.generator_seed(i)), dtype=torch.float32).numpy()
+        u = seeded_uniform(tau.size, ctx.generator_seed(i)).numpy().reshape(tau.shape)
         taus.append(np.where(u >= 1.0 - p, tau / p, 0.0))  # keep with probability p (DARE's draw), rescale by 1 / p
     if consensus:
         return base + lam * ref_ties_combine(taus, w)
@@ -621,7 +622,7 @@ def test_every_block_form_is_covered():
 
 @pytest.mark.parametrize(("name", "params"), BLOCK_METHODS)
 def test_block_size_does_not_change_the_result(name, params, monkeypatch):
-    """Thresholds and masks are whole-tensor; the rest runs per block: any block size gives the same tensor."""
+    """Thresholds are whole-tensor, seeded draws a stream read block by block: any block size gives the same tensor."""
     from wsa_cli.merge import kernel
 
     m = get_method(name)

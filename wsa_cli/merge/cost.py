@@ -12,9 +12,10 @@ Peak memory follows how :func:`wsa_cli.merge.executor.stream_tensors` allocates,
   dtype changes, and a ``rows:`` split, allocate a fresh output instead.
 * **working buffers** (one pool, grown to the largest need of any key): the cache-sized blocks of
   the linear kernel and the scope measurement; for block-form methods the wide result when the
-  output dtype is narrower; TIES/Breadcrumbs/DELLA one full-size magnitude buffer; DARE one
-  float32 draw and one bool mask per model; DELLA's per-model keep probabilities; methods
-  without a block form (model_stock, nuslerp) K aligned wide copies, the base and the result.
+  output dtype is narrower; TIES/Breadcrumbs/DELLA one full-size magnitude buffer; the block
+  buffers of the task-vector loop (sign election, disjoint mean, DARE's and DELLA's draws);
+  DELLA's per-model keep probabilities; methods
+  without a block form (nuslerp) K aligned wide copies, the base and the result.
 * **CUDA runs**: the pinned read ring (``prefetch + 2`` sets of K+base buffers of the largest
   tensor) and the CPU copies of two results on the host; the K inputs, the output pools and the
   working pool on the device.
@@ -147,17 +148,24 @@ def _work_bytes(plan: StagePlan, entry: TensorPlan, block: int) -> tuple[int, in
     method = get_method(entry.method or "linear")
     if method.linear_form is not None:
         return persistent, 0
-    if method.into is None:  # model_stock, nuslerp: K aligned copies, the base, the result (all wide)
+    if method.into is None:  # nuslerp: K aligned copies, the base, the result (all wide)
         return persistent, (k + 2) * n * wide
     if entry.out_dtype.itemsize != wide:
         persistent += n * wide  # the wide result, cast into the output buffer
     persistent += (k + 1) * blk * wide  # per-model task-vector / sphere blocks and the base block
     name = method.name
+    if name.startswith(("ties", "dare", "breadcrumbs", "della")):  # the task-vector block loop's buffers
+        consensus = name in ("ties", "dare_ties", "breadcrumbs_ties", "della")
+        persistent += (4 if consensus else 2) * blk * wide  # sign election and disjoint mean (or the sum)
     if name.startswith(("ties", "breadcrumbs", "della")):
         persistent += n * wide  # |tau_i|, one model at a time
-    if name.startswith("dare"):
-        persistent += n * 4 + k * n  # one float32 draw, one bool keep-mask per model
-    transient = k * n * (wide + 1) + n * 4 if name.startswith("della") else 0  # keep probabilities and masks, the draw
+    if name.startswith(("ties", "breadcrumbs")):
+        persistent += blk * (wide + 1)  # a block's |tau_i| and the entries it zeroes
+    if name.startswith(("dare", "della")):
+        persistent += k * blk * 8 + blk  # a float64 block of draws per model, the entries dropped
+    if name == "model_stock":
+        persistent += k * blk * 8  # the task vectors' float64 blocks for their Gram matrix
+    transient = k * n * wide if name.startswith("della") else 0  # the keep probabilities
     return persistent, transient
 
 

@@ -20,12 +20,14 @@ della                     same                sign election + disjoint mean
 
 All of them are configured calls of :func:`combine_task_vectors`. Everything works on one tensor
 (one key) at a time, in float32 or better. The whole-tensor quantities (TIES's and Breadcrumbs'
-magnitude thresholds per task vector, DARE's and DELLA's masks) are found first; then everything else runs block by
-block (:func:`combine_task_vectors_into`), so no full-size temporaries are made per key.
+magnitude thresholds per task vector, DELLA's keep probabilities) are found first; then everything
+else, DARE's and DELLA's seeded draws included, runs block by block
+(:func:`combine_task_vectors_into`), so no full-size masks or temporaries are made per key.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 from typing import Any
@@ -33,8 +35,9 @@ from typing import Any
 import torch
 
 from wsa_cli.buffers import Scratch
+from wsa_cli.merge.draws import SeededUniform, seeded_uniform
 from wsa_cli.merge.kernel import AlignedInput, block_ranges, block_size
-from wsa_cli.merge.registry import MethodContext, weighted_sum
+from wsa_cli.merge.registry import MethodContext
 
 
 def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -58,20 +61,15 @@ def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
 def dare_mask(shape: Sequence[int], drop_rate: float, seed: int) -> torch.Tensor:
     """DARE's Bernoulli keep-mask (True = keep, with probability ``1 - drop_rate``), seeded.
 
-    Drawn on the CPU with its own generator so that CPU and CUDA runs drop the same entries.
+    An entry is kept when its uniform draw (:func:`~wsa_cli.merge.draws.seeded_uniform`, flat
+    order) is ``>= drop_rate``: what the merge computes block by block.
 
     Example:
         >>> dare_mask((4,), 0.0, seed=1).all().item()
         True
     """
-    return dare_mask_into(torch.empty(tuple(shape), dtype=torch.bool), drop_rate, seed, torch.empty(tuple(shape)))
-
-
-def dare_mask_into(out: torch.Tensor, drop_rate: float, seed: int, uniform: torch.Tensor) -> torch.Tensor:
-    """:func:`dare_mask` written into the bool tensor ``out``, drawing through the float32 scratch ``uniform``."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    torch.rand(out.shape, generator=gen, dtype=torch.float32, out=uniform)
-    return torch.ge(uniform, drop_rate, out=out)
+    n = math.prod(int(d) for d in shape)
+    return torch.ge(seeded_uniform(n, seed), drop_rate).reshape(tuple(shape))
 
 
 def magprune_rows(shape: Sequence[int]) -> tuple[int, int]:
@@ -111,29 +109,36 @@ def magprune_probabilities(magnitude: torch.Tensor, density: float, epsilon: flo
     return probs.scatter_(1, order, values.to(dtype=dtype, device=magnitude.device).expand(rows, m))
 
 
-def elect_sign(taus: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """TIES *elect*: ``gamma = sgn(sum_i w_i tau_i)`` per entry (w = 1 in the paper).
+def elect_sign(taus: Sequence[torch.Tensor], weights: Sequence[float], *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """TIES *elect*: ``gamma = sgn(sum_i w_i tau_i)`` per entry (w = 1 in the paper); into ``out`` when given.
 
     Example:
         >>> elect_sign([torch.tensor([1.0, -2.0]), torch.tensor([-3.0, 1.0])], [1, 1])
         tensor([-1., -1.])
     """
-    return torch.sign(weighted_sum(taus, weights))
+    total = out.zero_() if out is not None else torch.zeros_like(taus[0])
+    for w, tau in zip(weights, taus, strict=True):
+        total.add_(tau, alpha=float(w))
+    return total.sign_()
 
 
-def disjoint_mean(taus: Sequence[torch.Tensor], weights: Sequence[float], sign: torch.Tensor) -> torch.Tensor:
+def disjoint_mean(taus: Sequence[torch.Tensor], weights: Sequence[float], sign: torch.Tensor, *,
+                  buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
     """TIES *disjoint merge*: weighted mean over the task vectors whose entry agrees with the elected sign.
 
-    Entries where no task vector agrees (or the elected sign is 0) become 0.
+    Entries where no task vector agrees (or the elected sign is 0) become 0. ``buffers``: three
+    tensors shaped like the task vectors (numerator, which is returned, denominator, agreement),
+    reused by the merge's block loop instead of allocating per block.
 
     Example:
         >>> disjoint_mean([torch.tensor([1.0, -2.0]), torch.tensor([3.0, 1.0])], [1, 1], torch.tensor([1.0, -1.0]))
         tensor([ 2., -2.])
     """
-    num = torch.zeros_like(taus[0])
-    den = torch.zeros_like(taus[0])
+    num, den, agree = buffers if buffers is not None else (torch.empty_like(taus[0]) for _ in range(3))
+    num.zero_()
+    den.zero_()
     for w, tau in zip(weights, taus, strict=True):
-        agree = (tau * sign > 0).to(tau.dtype)  # (shape,) 1 where tau has the elected (non-zero) sign
+        torch.gt(torch.mul(tau, sign, out=agree), 0, out=agree)  # (shape,) 1 where tau has the elected (non-zero) sign
         num.addcmul_(tau, agree, value=float(w))
         den.add_(agree, alpha=float(w))
     # where nothing agrees num is exactly 0, so dividing by the clamped den gives 0 there
@@ -204,15 +209,16 @@ def combine_task_vectors_into(
     ``|tau_i|``, ``k = floor(density * n)``, from one full-size scratch buffer; entries tied with
     it are kept too, as in the paper's code; ``tie_rule="exact"`` keeps exactly ``k``: of the
     entries tied with the threshold only the first ones by flat index, found in a second pass
-    over ``|tau_i|``) or the DARE keep-mask (survivors are rescaled by
-    ``1 / (1 - p)``). Breadcrumbs (``outliers``) adds an upper threshold, the ``t``-th largest
+    over ``|tau_i|``). Breadcrumbs (``outliers``) adds an upper threshold, the ``t``-th largest
     ``|tau_i|`` with ``t = floor(gamma * n)`` (capped at ``n - k``): entries at or above it are
     removed (ties at the upper threshold go out, ties at the lower one stay in). DELLA
     (``magprune``) ranks ``|tau_i|`` per row (:func:`magprune_rows`), takes the keep probabilities
-    of :func:`magprune_probabilities`, keeps an entry when its seeded uniform draw (the same draw
-    as DARE's, on the CPU) is ``>= 1 - p``, and rescales survivors by ``1 / p``. Then, per block of
-    :func:`~wsa_cli.merge.kernel.block_size` values: the task vectors ``tau_i = x_i - base``
-    (aligned, in ``wide``), sparsified, combined, ``base + scale * merged``, cast into ``out``.
+    of :func:`magprune_probabilities`. Then, per block of :func:`~wsa_cli.merge.kernel.block_size`
+    values: the task vectors ``tau_i = x_i - base`` (aligned, in ``wide``), sparsified, combined,
+    ``base + scale * merged``, cast into ``out``. DARE keeps an entry when its seeded uniform draw
+    (:mod:`wsa_cli.merge.draws`: a block of model ``i``'s stream, on the CPU) is ``>= p`` and
+    rescales survivors by ``1 / (1 - p)``; DELLA keeps it when the same draw is ``>= 1 - p_r`` and
+    rescales by ``1 / p_r``.
     Element for element these are the same operations as on whole tensors, so the bits do not
     depend on the block size.
     """
@@ -250,20 +256,16 @@ def combine_task_vectors_into(
                 last_tied[i] = int(tied[k_keep - above - 1].item())
             if n_top > 0:
                 uppers[i] = kth_largest(mag, n_top)  # mag is still |tau_i| (partitioned in place)
-    masks: list[torch.Tensor | None] = [None] * len(inputs)
-    if magprune:
-        uniform = pool.get(base.shape, torch.float32, torch.device("cpu"), "tv.uniform")
-        for i in range(len(inputs)):  # DARE's draws (same seed per key and model, on the CPU)
-            gen = torch.Generator(device="cpu").manual_seed(ctx.generator_seed(i))
-            torch.rand(uniform.shape, generator=gen, dtype=torch.float32, out=uniform)
-            masks[i] = torch.ge(uniform.reshape(-1).to(dev), 1.0 - probs[i])  # (n,) keep with probability p
-    if drop:
-        uniform = pool.get(base.shape, torch.float32, torch.device("cpu"), "tv.uniform")
-        for i in range(len(inputs)):  # drawn on the CPU, as dare_mask does, so CUDA drops the same entries
-            keep = dare_mask_into(pool.get(base.shape, torch.bool, torch.device("cpu"), f"tv.keep{i}"), drop_rate, ctx.generator_seed(i), uniform)
-            masks[i] = keep.reshape(-1).to(dev)
+    # DARE's and DELLA's draws: one stream per model at this key, read a block at a time (on the CPU)
+    cpu = torch.device("cpu")
+    draws = [SeededUniform(ctx.generator_seed(i), pool.get((blk,), torch.float64, cpu, f"tv.draw{i}")) for i in range(len(inputs))] \
+        if drop or magprune else []  # fmt: skip
+    dropped = pool.get((blk,), torch.bool, dev, "tv.dropped") if draws else None  # (block,) True = drop
     taus = [pool.get((blk,), wide, dev, f"tv.tau{i}") for i in range(len(inputs))]
     base_buf = pool.get((blk,), wide, dev, "tv.base")
+    blocks = [pool.get((blk,), wide, dev, f"tv.combine{j}") for j in range(4 if consensus else 2)]  # sign, num, den, agree
+    abs_buf = pool.get((blk,), wide, dev, "tv.abs") if trim else None  # (block,) |tau_i|
+    flags = pool.get((blk,), torch.bool, dev, "tv.flags") if trim else None  # (block,) entries to zero
     flat_out = out.view(-1)
     for start, stop in block_ranges(n, dev):
         b = base.block(start, stop, base_buf)  # (block,)
@@ -274,22 +276,30 @@ def combine_task_vectors_into(
                 if k_keep <= 0:
                     tau.zero_()
                 else:
+                    mag_b, out_b = torch.abs(tau, out=abs_buf[: stop - start]), flags[: stop - start]
                     if uppers[i] is not None:
-                        tau.masked_fill_(tau.abs() >= uppers[i], 0.0)
-                    tau.masked_fill_(tau.abs() < thresholds[i], 0.0)
+                        tau.masked_fill_(torch.ge(mag_b, uppers[i], out=out_b), 0.0)
+                    tau.masked_fill_(torch.lt(mag_b, thresholds[i], out=out_b), 0.0)
                     cut = last_tied[i]
                     if cut is not None and cut + 1 < stop:  # ties after the k-th kept one go (tie_rule exact)
                         rest = tau[max(cut + 1 - start, 0):]
                         rest.masked_fill_(rest.abs() == thresholds[i], 0.0)
-            elif magprune:
-                tau.div_(probs[i][start:stop]).masked_fill_(~masks[i][start:stop], 0.0)
-            elif drop:
-                tau.div_(1.0 - drop_rate).masked_fill_(~masks[i][start:stop], 0.0)
+            elif magprune:  # keep when u >= 1 - p, with probability p; survivors / p
+                p_i = probs[i][start:stop]
+                gone = torch.lt(draws[i].next(stop - start).to(dev), torch.sub(1.0, p_i), out=dropped[: stop - start])
+                tau.div_(p_i).masked_fill_(gone, 0.0)
+            elif drop:  # keep when u >= drop_rate; survivors / (1 - drop_rate)
+                gone = torch.lt(draws[i].next(stop - start).to(dev), drop_rate, out=dropped[: stop - start])
+                tau.div_(1.0 - drop_rate).masked_fill_(gone, 0.0)
             block_taus.append(tau)
+        m = stop - start
         if consensus:
-            merged = disjoint_mean(block_taus, weights, elect_sign(block_taus, weights))
+            sign = elect_sign(block_taus, weights, out=blocks[0][:m])
+            merged = disjoint_mean(block_taus, weights, sign, buffers=(blocks[1][:m], blocks[2][:m], blocks[3][:m]))
         else:
-            merged = weighted_sum(block_taus, weights)
+            merged = blocks[1][:m].zero_()
+            for w, tau in zip(weights, block_taus, strict=True):
+                merged.add_(tau, alpha=float(w))
             if normalize:
                 merged /= float(sum(weights))
         if scale != 1.0:
