@@ -1,4 +1,4 @@
-"""DARE's and DELLA's seeded draws: a fixed stream per (seed, key, model), the same read whole or in blocks."""
+"""The task-vector methods' whole-tensor steps: DARE's and DELLA's seeded draws (one stream per seed, key and model), TIES's selection."""
 
 from __future__ import annotations
 
@@ -41,3 +41,38 @@ def test_dare_keeps_each_entry_with_probability_one_minus_p(drop_rate: float) ->
 def test_dare_mask_is_the_comparison_of_the_stream() -> None:
     u = seeded_uniform(12, 3).reshape(3, 4)
     assert torch.equal(dare_mask((3, 4), 0.5, seed=3), u >= 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["gaussian", "many_zeros", "ties", "nan", "tiny_k", "all"])
+def test_the_histogram_selection_finds_what_a_sort_finds(dtype: torch.dtype, case: str) -> None:
+    """TIES's threshold: the k-th largest magnitude, exactly as sorting gives it, on the histogram path (n >= RADIX_MIN)."""
+    from wsa_cli.merge.task_vectors import RADIX_MIN, kth_largest
+
+    g = torch.Generator().manual_seed(2)
+    n = RADIX_MIN * 3 + 7
+    x = (torch.randn(n, generator=g, dtype=torch.float64) * 0.01).abs().to(dtype)
+    k = n // 3
+    if case == "many_zeros":
+        x[: n * 2 // 3] = 0.0
+        k = n // 2  # the threshold is 0
+    elif case == "ties":
+        x = torch.round(x * 100) / 100  # few distinct values
+    elif case == "nan":
+        x[5] = float("nan")  # NumPy's order: NaN above everything
+        k = 1
+    elif case == "tiny_k":
+        k = 1
+    elif case == "all":
+        k = n
+    want = torch.sort(x.double(), descending=True).values[k - 1] if case != "nan" else torch.tensor(float("nan"))
+    got = kth_largest(x.clone(), k)
+    assert got.dtype == dtype
+    assert (torch.isnan(got) and torch.isnan(want)) or float(got) == float(want)
+
+
+def test_negative_values_take_the_introselect_path() -> None:
+    from wsa_cli.merge.task_vectors import RADIX_MIN, kth_largest
+
+    x = torch.linspace(-1.0, 1.0, RADIX_MIN * 2)
+    assert float(kth_largest(x.clone(), 1)) == 1.0 and float(kth_largest(x.clone(), x.numel())) == -1.0

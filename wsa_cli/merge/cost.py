@@ -54,6 +54,7 @@ from wsa_cli.io.base import numel
 from wsa_cli.io.writer import plan_shards, temp_tag
 from wsa_cli.merge.plan import StagePlan, TensorPlan
 from wsa_cli.merge.registry import get_method
+from wsa_cli.merge.task_vectors import RADIX_MIN
 from wsa_cli.scope.stats import SCOPE_CHUNK, SCOPE_CHUNK_CUDA
 
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9, "T": 10**12, "TB": 10**12,
@@ -137,7 +138,7 @@ def _inputs_read(plan: StagePlan, entry: TensorPlan) -> int:
     return k + (1 if plan.base is not None else 0)
 
 
-def _work_bytes(plan: StagePlan, entry: TensorPlan, block: int) -> tuple[int, int]:
+def _work_bytes(plan: StagePlan, entry: TensorPlan, block: int, dev_cpu: bool = True) -> tuple[int, int]:
     """(persistent, transient) working bytes of one merged key: the pool grows to the first, the second is freed after it."""
     if entry.action != "merge":
         return 0, 0
@@ -161,6 +162,8 @@ def _work_bytes(plan: StagePlan, entry: TensorPlan, block: int) -> tuple[int, in
         persistent += n * wide  # |tau_i|, one model at a time
     if name.startswith(("ties", "breadcrumbs")):
         persistent += blk * (wide + 1)  # a block's |tau_i| and the entries it zeroes
+        if n >= RADIX_MIN and dev_cpu:
+            persistent += n * wide  # the selection's histogram keys (top bits of every |tau_i|)
     if name.startswith(("dare", "della")):
         persistent += k * blk * 8 + blk  # a float64 block of draws per model, the entries dropped
     if name == "model_stock":
@@ -198,7 +201,7 @@ def stage_memory(plan: StagePlan, device: torch.device | str = "cpu", *, overlap
     fresh_pairs = [a + b for a, b in zip(fresh, [0, *fresh[:-1]], strict=True)] if overlap else fresh
     pools = 2 if overlap else 1
     pooled = pools * max((p for p, _ in outs), default=0)
-    works = [_work_bytes(plan, t, block) for t in entries]
+    works = [_work_bytes(plan, t, block, dev.type == "cpu") for t in entries]
     work = max((p for p, _ in works), default=0) + max((t for _, t in works), default=0)
     cpu = {"baseline": current_rss() if baseline is None else baseline}
     if plan.spec.permutation is not None:

@@ -40,22 +40,53 @@ from wsa_cli.merge.kernel import AlignedInput, block_ranges, block_size
 from wsa_cli.merge.registry import MethodContext
 
 
-def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
+#: below this many values the k-th largest is found by introselect alone (the histogram pass costs more)
+RADIX_MIN = 1 << 16
+_RADIX_BITS = 16  # the histogram's key: the top 16 bits of a non-negative float (sign, exponent, leading mantissa)
+
+
+def kth_largest(values: torch.Tensor, k: int, *, work: Scratch | None = None) -> torch.Tensor:
     """The ``k``-th largest of the flat ``values`` (1 <= k <= n) as a 0-d tensor; ``values`` is scratch.
 
-    On the CPU ``values`` is partitioned in place with NumPy's introselect (several times faster
-    than ``torch.kthvalue`` there, and no copy); elsewhere ``torch.kthvalue``.
+    On the CPU, for non-negative float32/float64 values (magnitudes: their bit patterns sort as
+    the values do, NaN above infinity as in NumPy's order), a histogram of the top 16 bits finds
+    the bucket holding the ``k``-th largest and NumPy's introselect finishes inside that bucket,
+    a small fraction of the values: about 2x faster than introselect over all of them. Otherwise
+    ``values`` is partitioned in place with introselect (several times faster than
+    ``torch.kthvalue`` on the CPU); on other devices ``torch.kthvalue``. ``work``: where the
+    histogram key buffer comes from.
 
     Example:
         >>> kth_largest(torch.tensor([0.1, 3.0, 2.0, 0.5]), 2)
         tensor(2.)
     """
     n = values.numel()
-    if values.device.type == "cpu":
-        arr = values.numpy()
-        arr.partition(n - k)
-        return torch.as_tensor(arr[n - k], dtype=values.dtype)
-    return torch.kthvalue(values, n - k + 1).values
+    if values.device.type != "cpu":
+        return torch.kthvalue(values, n - k + 1).values
+    if n >= RADIX_MIN and values.dtype in (torch.float32, torch.float64):
+        found = _radix_kth_largest(values.reshape(-1), k, work if work is not None else Scratch())
+        if found is not None:
+            return found
+    arr = values.numpy()
+    arr.partition(n - k)
+    return torch.as_tensor(arr[n - k], dtype=values.dtype)
+
+
+def _radix_kth_largest(flat: torch.Tensor, k: int, work: Scratch) -> torch.Tensor | None:
+    """:func:`kth_largest` by a 16-bit histogram then introselect in one bucket; None when a value is negative."""
+    ints = torch.int32 if flat.dtype == torch.float32 else torch.int64
+    key = work.get(flat.shape, ints, flat.device, "tv.radix")  # (n,) top bits of each value
+    torch.bitwise_right_shift(flat.view(ints), flat.element_size() * 8 - _RADIX_BITS, out=key)
+    if int(key.min()) < 0:  # the sign bit is set somewhere: not magnitudes
+        return None
+    from_top = torch.bincount(key, minlength=1 << (_RADIX_BITS - 1)).flip(0).cumsum(0)  # values in the top buckets
+    idx = int(torch.searchsorted(from_top, torch.tensor(k)))  # the first bucket (from the top) reaching k
+    above = int(from_top[idx - 1]) if idx > 0 else 0
+    bucket = from_top.numel() - 1 - idx
+    candidates = flat[key == bucket].numpy()  # the bucket's values, a copy
+    r = k - above  # the r-th largest inside the bucket
+    candidates.partition(candidates.size - r)
+    return torch.as_tensor(candidates[candidates.size - r], dtype=flat.dtype)
 
 
 def dare_mask(shape: Sequence[int], drop_rate: float, seed: int) -> torch.Tensor:
@@ -246,8 +277,8 @@ def combine_task_vectors_into(
             if magprune:
                 probs[i] = magprune_probabilities(mag.abs_().view(magprune_rows(base.shape)), density, epsilon, wide).reshape(-1)
                 continue
-            thresholds[i] = kth_largest(mag.abs_(), n_top + k_keep)
-            if exact and trim:  # mag was partitioned in place: measure |tau_i| again, in flat order
+            thresholds[i] = kth_largest(mag.abs_(), n_top + k_keep, work=pool)
+            if exact and trim:  # mag may have been partitioned in place: measure |tau_i| again, in flat order
                 for start, stop in block_ranges(n, dev):
                     torch.sub(x.block(start, stop, a_buf), base.block(start, stop, b_buf), out=mag[start:stop])
                 mag.abs_()
@@ -255,7 +286,7 @@ def combine_task_vectors_into(
                 tied = torch.nonzero(mag == thresholds[i]).view(-1)  # ascending flat indices
                 last_tied[i] = int(tied[k_keep - above - 1].item())
             if n_top > 0:
-                uppers[i] = kth_largest(mag, n_top)  # mag is still |tau_i| (partitioned in place)
+                uppers[i] = kth_largest(mag, n_top, work=pool)  # mag is still |tau_i| (perhaps partitioned in place)
     # DARE's and DELLA's draws: one stream per model at this key, read a block at a time (on the CPU)
     cpu = torch.device("cpu")
     draws = [SeededUniform(ctx.generator_seed(i), pool.get((blk,), torch.float64, cpu, f"tv.draw{i}")) for i in range(len(inputs))] \
