@@ -76,3 +76,17 @@ def test_negative_values_take_the_introselect_path() -> None:
 
     x = torch.linspace(-1.0, 1.0, RADIX_MIN * 2)
     assert float(kth_largest(x.clone(), 1)) == 1.0 and float(kth_largest(x.clone(), x.numel())) == -1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_della_ranks_by_the_integer_view_as_by_the_values(dtype: torch.dtype) -> None:
+    """DELLA's per-row ranks sort magnitudes as integers: the same order as sorting the values, ties by position."""
+    from wsa_cli.merge.task_vectors import magprune_probabilities
+
+    g = torch.Generator().manual_seed(1)
+    mag = (torch.randn(6, 500, generator=g, dtype=torch.float64).abs() * 10).round().to(dtype)  # many ties and zeros
+    mag[0, :7] = float("inf")
+    got = magprune_probabilities(mag, 0.5, 0.2, torch.float64)
+    values = torch.arange(500, dtype=torch.float64) * (0.4 / 499) + 0.3
+    want = torch.empty(6, 500, dtype=torch.float64).scatter_(1, torch.argsort(mag, dim=1, stable=True), values.expand(6, 500))
+    assert torch.equal(got, want)
