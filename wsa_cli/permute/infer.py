@@ -10,10 +10,17 @@ permutation group. Groups are created by layers that produce features (Linear, C
 * into ``add`` / ``sub`` / ``mul`` of two tagged tensors: the groups are united (a residual
   stream: every layer writing into it shares its group); a tagged tensor combined with an
   untagged one of full size pins the group (it cannot be permuted);
-* into the model's output: pinned (the output must keep its order).
+* into the model's output: pinned (the output must keep its order);
+* through ``transpose`` / ``permute`` (the axis moves);
+* into attention: a reshape of ``(.., H*d)`` into ``(.., H, d)`` splits a projection's group into
+  heads (:class:`HeadTag`); ``Q @ K^T`` unites Q's and K's groups (they share heads and head
+  dimensions), ``softmax(scores) @ V`` or ``scaled_dot_product_attention`` records one attention,
+  and merging the heads back flattens them into the output projection's input. Each attention's
+  Q/K axes become ``H_n*QK_n`` and its V/O axes ``H_n*VO_n``, with an ``attention:`` rule.
 
-Any other operation (``cat``, ``transpose``, attention, ``get_attr``...) stops inference with a
-:class:`~wsa_cli.errors.ConfigError` naming the node and the operation. The same pass derives
+Any other operation (``cat``, slicing a head's dimensions as rotary embeddings do, grouped-query
+attention, ``get_attr``...) stops inference with a :class:`~wsa_cli.errors.ConfigError` naming
+the node and the operation. The same pass derives
 function-preserving scaling rules: a Linear/Conv followed only by BatchNorm gets a ``bn`` rule; one
 whose output reaches other Linear/Conv layers only through positively homogeneous ops (ReLU,
 LeakyReLU, pooling, dropout, reshape) gets ``with``/``inverse``; anything else gets ``none`` with
@@ -32,9 +39,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.fx import Node
 
 from wsa_cli.errors import ConfigError, PluginError
-from wsa_cli.permute.spec import AxisEntry, AxisGroup, PermutationSpec, ScaleRule
+from wsa_cli.permute.spec import AttentionRule, AxisEntry, AxisGroup, AxisLayout, PermutationSpec, ScaleRule
 from wsa_cli.scope.kinds import BN_RUNNING_STATS
 
 F = torch.nn.functional
@@ -71,6 +79,9 @@ _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 _RESHAPE_METHODS = {"view", "reshape", "flatten"}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
 _REDUCE_FUNCS = {torch.mean, torch.sum, torch.amax}
+_TRANSPOSE_FUNCS = {torch.transpose, torch.permute, torch.swapaxes}
+_TRANSPOSE_METHODS = {"transpose", "permute", "swapaxes"}
+_MATMUL_FUNCS = {operator.matmul, torch.matmul}
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,31 @@ class Tag:
     axis: int
     gid: int
     inner: int = 1
+
+
+@dataclass(frozen=True)
+class HeadTag:
+    """A value split into attention heads: ``axis`` indexes the heads of group ``gid`` and
+    ``dim_axis`` each head's dimensions (``None`` for attention scores, which have no head
+    dimensions left: ``(B, H, T, T)``)."""
+
+    axis: int
+    gid: int
+    dim_axis: int | None
+
+
+@dataclass
+class _Attention:
+    """One traced attention: Q and K share group ``qk`` (heads x QK dims), V is group ``v`` (heads x VO dims)."""
+
+    qk: int
+    v: int
+    q_layer: str
+    k_layer: str
+    v_layer: str
+    heads: int
+    qk_dim: int
+    v_dim: int
 
 
 class _Groups:
@@ -116,20 +152,22 @@ class _Groups:
 
 
 #: operations that mean attention: a transformer template (or a hand-written factored spec) fits there
-_ATTENTION_OPS = re.compile(r"\b(scaled_dot_product_attention|MultiheadAttention|softmax|matmul|bmm|baddbmm|einsum|transpose|permute)\b")
+_ATTENTION_OPS = re.compile(r"\b(scaled_dot_product_attention|MultiheadAttention|softmax|matmul|bmm|baddbmm|einsum|repeat_interleave)\b")
 _TEMPLATES_HINT = ("for BERT, GPT-2 or Llama/Mistral/Qwen2 use 'wsa spec template bert|gpt2|llama --config config.json', "
                    "else write the heads as factored axes (\"H*D\") by hand (docs/spec.md)")  # fmt: skip
 
 
 def _unhandled(node: Any, what: str) -> ConfigError:
     hint = "Write the spec by hand or start from 'wsa spec template'"
-    if _ATTENTION_OPS.search(what):
-        hint = f"This is attention, which inference does not trace; {_TEMPLATES_HINT}"
+    if _ATTENTION_OPS.search(what) or "attention" in what:
+        hint = ("Inference traces multi-head attention written as a view into heads, transpose, Q @ K^T, softmax and @ V, "
+                f"or scaled_dot_product_attention, nothing else; {_TEMPLATES_HINT}")  # fmt: skip
     elif what.startswith("reshape") and "moves the permuted axis" in what:
         hint = f"If this splits a projection into attention heads: {_TEMPLATES_HINT}"
     return ConfigError(
         f"wsa spec infer cannot handle node '{node.name}' ({what}); supported: Linear, Conv (groups=1), BatchNorm, "
-        f"LayerNorm, elementwise activations, dropout, pooling, flatten/view/reshape, add/sub/mul, mean/sum. {hint}"
+        f"LayerNorm, elementwise activations, dropout, pooling, flatten/view/reshape, transpose/permute, add/sub/mul, mean/sum, "
+        f"multi-head attention. {hint}"
     )
 
 
@@ -181,11 +219,11 @@ def infer_spec(model: nn.Module, input_shape: Sequence[int]) -> PermutationSpec:
         >>> spec.axes["layer1.0.conv2.weight"][0] == spec.axes["conv1.weight"][0]
         True
     """
-    from torch.fx import Node
-
     gm = trace_model(model, input_shape)
     groups = _Groups()
-    tags: dict[Any, Tag | None] = {}
+    tags: dict[Any, Tag | HeadTag | None] = {}
+    attentions: list[_Attention] = []
+    scores_of: dict[int, tuple[str, str, int]] = {}  # Q.K^T group -> (Q layer, K layer, QK head dims)
     raw_axes: dict[str, list[tuple[int, int] | None]] = {}  # key -> per axis (gid, inner) or None
     producer_of: dict[str, int] = {}  # module name -> its output group
     layer_nodes: list[Any] = []
@@ -201,6 +239,8 @@ def infer_spec(model: nn.Module, input_shape: Sequence[int]) -> PermutationSpec:
 
     def channel_input(node: Any, x: Any, axis: int, what: str) -> Tag | None:
         t = tag_of(x)
+        if isinstance(t, HeadTag):
+            raise _unhandled(node, f"{what} reads a value split into attention heads")
         if t is not None and t.axis != axis:
             raise _unhandled(node, f"{what} expects the permuted axis at {axis}, found it at axis {t.axis}")
         return t
@@ -299,7 +339,17 @@ def infer_spec(model: nn.Module, input_shape: Sequence[int]) -> PermutationSpec:
             tags[node] = _reduce(node, x, tag_of(x))
         elif op == "call_function" and target in _BINARY_FUNCS or op == "call_method" and target in _BINARY_METHODS:
             tags[node] = _binary(node, [a for a in node.args[:2]], out_shape, tag_of, is_tensor, groups)
+        elif op == "call_function" and target in _TRANSPOSE_FUNCS or op == "call_method" and target in _TRANSPOSE_METHODS:
+            tags[node] = _transpose(node, x, tag_of(x))
+        elif op == "call_function" and target in _MATMUL_FUNCS or op == "call_method" and target == "matmul":
+            a, b = node.args[0], node.args[1]
+            tags[node] = _matmul(node, (tag_of(a), _shape(a) or ()), (tag_of(b), _shape(b) or ()), groups, attentions, scores_of)
+        elif op == "call_function" and target is F.scaled_dot_product_attention:
+            tags[node] = _sdpa(node, tag_of, groups, attentions, scores_of)
         else:
+            if any(isinstance(tag_of(a), HeadTag) for a in node.args):
+                raise _unhandled(node, f"{_op_name(node, gm)} on a value split into attention heads (slicing or concatenating "
+                                       "head dimensions, as rotary embeddings do, cannot be traced: rotary dimensions may not move)")  # fmt: skip
             raise _unhandled(node, _op_name(node, gm))
 
     # -- name the groups; pinned groups become null ---------------------------------------------
@@ -311,11 +361,17 @@ def infer_spec(model: nn.Module, input_shape: Sequence[int]) -> PermutationSpec:
         prods = groups.producers[r]
         names[r] = f"P_{prods[0]}" if len(prods) == 1 else f"S_{prods[0]}"
 
+    layouts, sizes, rules = _attention_layouts(attentions, groups, raw_axes)
+
     def final(e: tuple[int, int] | None) -> AxisEntry:
         if e is None:
             return None
         r = groups.find(e[0])
-        return None if groups.pinned[r] else AxisGroup(names[r], e[1])
+        if groups.pinned[r]:
+            return None
+        if r in layouts:
+            return AxisLayout((layouts[r],))
+        return AxisGroup(names[r], e[1])
 
     state = model.state_dict()
     axes: dict[str, tuple[AxisEntry, ...]] = {}
@@ -325,15 +381,26 @@ def infer_spec(model: nn.Module, input_shape: Sequence[int]) -> PermutationSpec:
         raw = raw_axes.get(key)
         axes[key] = tuple(final(e) for e in raw) if raw is not None else (None,) * value.ndim
     scaling = _scaling_rules(gm, layer_nodes, producer_of, groups, raw_axes)
-    spec = PermutationSpec(axes, scaling=scaling)
+    spec = PermutationSpec(axes, scaling=scaling, sizes=sizes, attention=rules)
     return spec.resolve({k: tuple(v.shape) for k, v in state.items()})
 
 
-def _reshape(node: Any, x: Any, t: Tag | None, out_shape: tuple[int, ...]) -> Tag | None:
+def _reshape(node: Any, x: Any, t: Tag | HeadTag | None, out_shape: tuple[int, ...]) -> Tag | HeadTag | None:
     if t is None:
         return None
-    in_shape = _shape(x) or ()
+    in_shape = tuple(_shape(x) or ())
+    out_shape = tuple(out_shape)
     a = t.axis
+    if isinstance(t, HeadTag):  # merging the heads back: (.., H, D, ..) -> (.., H*D, ..)
+        if t.dim_axis == a + 1 and out_shape[:a] == in_shape[:a] and out_shape[a + 1 :] == in_shape[a + 2 :] \
+                and len(out_shape) == len(in_shape) - 1 and out_shape[a] == in_shape[a] * in_shape[a + 1]:  # fmt: skip
+            return Tag(a, t.gid)
+        raise _unhandled(node, f"reshape {in_shape} -> {out_shape} of a value split into attention heads (only merging "
+                               "heads x head dimensions back into one axis is traced)")  # fmt: skip
+    if t.inner == 1 and len(out_shape) == len(in_shape) + 1 and out_shape[:a] == in_shape[:a] \
+            and out_shape[a + 2 :] == in_shape[a + 1 :] and out_shape[a] * out_shape[a + 1] == in_shape[a] \
+            and min(out_shape[a], out_shape[a + 1]) > 1:  # fmt: skip
+        return HeadTag(a, t.gid, a + 1)  # (.., H*D, ..) -> (.., H, D, ..): split into attention heads
     if tuple(out_shape) == tuple(in_shape):
         return t
     if tuple(out_shape[: a + 1]) == tuple(in_shape[: a + 1]):
@@ -346,9 +413,11 @@ def _reshape(node: Any, x: Any, t: Tag | None, out_shape: tuple[int, ...]) -> Ta
     raise _unhandled(node, f"reshape {tuple(in_shape)} -> {tuple(out_shape)} moves the permuted axis {a}")
 
 
-def _reduce(node: Any, x: Any, t: Tag | None) -> Tag | None:
+def _reduce(node: Any, x: Any, t: Tag | HeadTag | None) -> Tag | None:
     if t is None:
         return None
+    if isinstance(t, HeadTag):
+        raise _unhandled(node, "a reduction of a value split into attention heads")
     dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
     keep = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
     if dims is None:
@@ -360,9 +429,11 @@ def _reduce(node: Any, x: Any, t: Tag | None) -> Tag | None:
     return t if keep else Tag(t.axis - sum(d < t.axis for d in dims), t.gid, t.inner)
 
 
-def _binary(node: Any, args: list[Any], out_shape: tuple[int, ...], tag_of: Any, is_tensor: Any, groups: _Groups) -> Tag | None:
+def _binary(node: Any, args: list[Any], out_shape: tuple[int, ...], tag_of: Any, is_tensor: Any, groups: _Groups) -> Tag | HeadTag | None:
     nd = len(out_shape)
     tensors = [a for a in args if is_tensor(a)]
+    if any(isinstance(tag_of(a), HeadTag) for a in tensors):
+        return _binary_heads(node, tensors, nd, tag_of, groups)
     tagged: list[Tag] = []
     for a in tensors:
         t = tag_of(a)
@@ -385,6 +456,130 @@ def _binary(node: Any, args: list[Any], out_shape: tuple[int, ...], tag_of: Any,
             if 0 <= k < len(shape) and shape[k] != 1:
                 groups.pin(first.gid)  # a fixed-order tensor of full size: the group cannot move
     return Tag(first.axis, groups.find(first.gid), first.inner)
+
+
+def _binary_heads(node: Any, tensors: list[Any], nd: int, tag_of: Any, groups: _Groups) -> HeadTag:
+    """``add``/``mul``/... of values split into heads (a scale or a mask on attention scores)."""
+    tagged: list[HeadTag] = []
+    for a in tensors:
+        t = tag_of(a)
+        shift = nd - len(_shape(a) or ())
+        if isinstance(t, Tag):
+            raise _unhandled(node, "combines a value split into attention heads with one that is not")
+        if t is not None:
+            tagged.append(HeadTag(t.axis + shift, t.gid, None if t.dim_axis is None else t.dim_axis + shift))
+    first = tagged[0]
+    for t in tagged[1:]:
+        if (t.axis, t.dim_axis) != (first.axis, first.dim_axis):
+            raise _unhandled(node, "combines values split into attention heads along different axes")
+        groups.union(first.gid, t.gid)
+    for a in tensors:
+        if tag_of(a) is None:  # a mask or a bias: fine unless it differs per head (or per head dimension)
+            shape = _shape(a) or ()
+            shift = nd - len(shape)
+            for axis in (first.axis, first.dim_axis):
+                k = -1 if axis is None else axis - shift
+                if 0 <= k < len(shape) and shape[k] != 1:
+                    groups.pin(first.gid)
+    return HeadTag(first.axis, groups.find(first.gid), first.dim_axis)
+
+
+def _transpose(node: Any, x: Any, t: Tag | HeadTag | None) -> Tag | HeadTag | None:
+    """``transpose``/``permute``: the permuted axes move with their values."""
+    nd = len(_shape(x) or ())
+    rest = [a for a in node.args[1:] if not isinstance(a, Node)] if node.args else []
+    dims = list(node.kwargs.get("dims", rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest))
+    if node.target in ("transpose", "swapaxes") or node.target in (torch.transpose, torch.swapaxes):
+        d0, d1 = (int(d) % nd for d in dims[:2])
+        order = list(range(nd))
+        order[d0], order[d1] = order[d1], order[d0]
+    else:
+        order = [int(d) % nd for d in dims]
+    if t is None:
+        return None
+    if isinstance(t, HeadTag):
+        return HeadTag(order.index(t.axis), t.gid, None if t.dim_axis is None else order.index(t.dim_axis))
+    if t.inner != 1:
+        raise _unhandled(node, "a transpose of a flattened channel axis")
+    return Tag(order.index(t.axis), t.gid)
+
+
+def _matmul(node: Any, a: tuple[Any, tuple[int, ...]], b: tuple[Any, tuple[int, ...]], groups: _Groups,
+            attentions: list[_Attention], scores_of: dict[int, tuple[str, str, int]]) -> HeadTag:  # fmt: skip
+    """``Q @ K^T`` (Q and K share heads and head dimensions: one group) or ``scores @ V`` (one attention)."""
+    (ta, sa), (tb, sb) = a, b
+    if not (isinstance(ta, HeadTag) and isinstance(tb, HeadTag)) or len(sa) != len(sb) or ta.axis != tb.axis:
+        raise _unhandled(node, "a matrix product that is not Q @ K^T or attention scores @ V of values split into heads")
+    n = len(sa)
+    if ta.dim_axis == n - 1 and tb.dim_axis == n - 2:  # Q (.., H, T, D) @ K^T (.., H, D, S): contracts the head dimensions
+        q_layer, k_layer = groups.producers[groups.find(ta.gid)][0], groups.producers[groups.find(tb.gid)][0]
+        qk = groups.union(ta.gid, tb.gid)
+        scores_of[qk] = (q_layer, k_layer, sa[n - 1])
+        return HeadTag(ta.axis, qk, None)
+    if ta.dim_axis is None and tb.dim_axis == n - 1:  # scores (.., H, T, S) @ V (.., H, S, D)
+        return _attend(node, ta.gid, tb, sb, sa[ta.axis], groups, attentions, scores_of)
+    raise _unhandled(node, "a matrix product of values split into heads along unexpected axes")
+
+
+def _attend(node: Any, qk: int, v: HeadTag, v_shape: tuple[int, ...], heads: int, groups: _Groups,
+            attentions: list[_Attention], scores_of: dict[int, tuple[str, str, int]]) -> HeadTag:  # fmt: skip
+    """Record one attention (its Q.K^T group, its V group) and return its output, shaped like V."""
+    info = scores_of.get(groups.find(qk))
+    if info is None:
+        raise _unhandled(node, "attention scores that do not come from Q @ K^T of two projections")
+    if v_shape[v.axis] != heads:
+        raise _unhandled(node, f"V has {v_shape[v.axis]} heads for {heads} query heads (grouped-query attention is not "
+                               "traced: repeat_interleave of K/V heads)")  # fmt: skip
+    v_layer = groups.producers[groups.find(v.gid)][0]
+    attentions.append(_Attention(groups.find(qk), groups.find(v.gid), info[0], info[1], v_layer, heads, info[2], v_shape[v.dim_axis]))
+    return HeadTag(v.axis, groups.find(v.gid), v.dim_axis)
+
+
+def _sdpa(node: Any, tag_of: Any, groups: _Groups, attentions: list[_Attention], scores_of: dict[int, tuple[str, str, int]]) -> HeadTag:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask=..., ...)``: one attention."""
+    args = list(node.args[:3]) + [node.kwargs.get(k) for k in ("query", "key", "value")][len(node.args[:3]) :]
+    q, k, v = args
+    ts = [tag_of(a) for a in (q, k, v)]
+    shapes = [_shape(a) or () for a in (q, k, v)]
+    n = len(shapes[0])
+    if not all(isinstance(t, HeadTag) and t.dim_axis == n - 1 and t.axis == ts[0].axis for t in ts):
+        raise _unhandled(node, "scaled_dot_product_attention of values that are not all split into heads the same way")
+    extra = [a for a in [*node.args[3:], *(node.kwargs[key] for key in node.kwargs if key not in ("query", "key", "value"))] if isinstance(a, Node)]
+    if any(tag_of(a) is not None for a in extra):
+        raise _unhandled(node, "scaled_dot_product_attention with a mask that is permuted")
+    qt, kt, vt = ts
+    q_layer, k_layer = groups.producers[groups.find(qt.gid)][0], groups.producers[groups.find(kt.gid)][0]
+    qk = groups.union(qt.gid, kt.gid)
+    scores_of[qk] = (q_layer, k_layer, shapes[0][n - 1])
+    return _attend(node, qk, vt, shapes[2], shapes[0][qt.axis], groups, attentions, scores_of)
+
+
+def _attention_layouts(attentions: list[_Attention], groups: _Groups, raw_axes: dict[str, list[tuple[int, int] | None]]
+                       ) -> tuple[dict[int, tuple[str, str]], dict[str, int], dict[str, AttentionRule]]:  # fmt: skip
+    """Per traced attention ``n``: Q/K axes ``H_n*QK_n``, V/O axes ``H_n*VO_n``, their sizes and an attention rule."""
+    layouts: dict[int, tuple[str, str]] = {}
+    sizes: dict[str, int] = {}
+    rules: dict[str, AttentionRule] = {}
+    for n, att in enumerate(attentions):
+        qk, v = groups.find(att.qk), groups.find(att.v)
+        if groups.pinned[qk] or groups.pinned[v]:  # one side cannot move, so neither may: heads are shared
+            groups.pin(qk)
+            groups.pin(v)
+            continue
+        want = {qk: (f"H_{n}", f"QK_{n}"), v: (f"H_{n}", f"VO_{n}" if v != qk else f"QK_{n}")}
+        for root, layout in want.items():
+            if layouts.get(root, layout) != layout:
+                raise ConfigError(f"wsa spec infer: the projection {groups.producers[root][0]} feeds two attentions; "
+                                  f"write its heads as factored axes by hand. {_TEMPLATES_HINT}")  # fmt: skip
+            layouts[root] = layout
+        sizes.update({f"H_{n}": att.heads, f"QK_{n}": att.qk_dim, **({f"VO_{n}": att.v_dim} if v != qk else {})})
+        out = next((key for key, axes in raw_axes.items() if key.endswith(".weight") and len(axes) == 2 and axes[1] is not None
+                    and groups.find(axes[1][0]) == v), None)  # fmt: skip
+        if out is not None and att.v_dim == att.qk_dim:  # the rule has one head_dim
+            name = att.q_layer.rsplit(".", 1)[0] if "." in att.q_layer else f"attention_{n}"
+            rules[name] = AttentionRule(name, (f"{att.q_layer}.weight", 0, 0), (f"{att.k_layer}.weight", 0, 0), (f"{att.v_layer}.weight", 0, 0),
+                                        (out, 1, 0), att.heads, att.heads, att.qk_dim)  # fmt: skip
+    return layouts, sizes, rules
 
 
 def _scaling_rules(gm: Any, layer_nodes: list[Any], producer_of: dict[str, int], groups: _Groups, raw_axes: dict[str, Any]) -> dict[str, ScaleRule]:
