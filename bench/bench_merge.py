@@ -1,30 +1,35 @@
-"""Benchmark ``wsa merge`` against plain safetensors I/O, side by side in one run.
+"""``wsa merge`` against the plain floor and mergekit, side by side in one run, per method and thread setting.
 
-Writes K synthetic checkpoints of about G GB each (bfloat16 by default, LLM-like: square weight
-matrices, 1-D biases and norms, an integer buffer), then measures, each in a fresh subprocess:
+Writes Llama-shaped model folders (``config.json`` + ``model.safetensors``, the layout of
+``bench_vs_mergekit.py``: K fine-tunes of a base, in ``--dtype``), then measures in fresh child
+processes, in rounds (every configuration once per round, the order rotating from round to
+round, so that drift on a shared machine hits all of them alike):
 
-(a) baseline: plain ``safetensors`` -- read every tensor of every input once (``safe_open``;
-    since ``get_tensor`` only maps the file, each tensor's bytes are copied into one reused
-    buffer, the cheapest real read) and write the output once (``safetensors.torch.save_file`` of
-    one model's worth of tensors);
-(a') the same plus an fsync of the output, since wsa's writer fsyncs before its atomic rename;
-(b) ``wsa merge`` of the K inputs (in-process library call, ``merge_recipe``) with Weight Scope
-    Alignment on (and ``--method``, default ``linear``).
+* **floor**: a plain Python script that loads every input with ``safetensors.torch.load_file``,
+  averages the floating-point tensors in float32, casts back, ``save_file``s and fsyncs the
+  output (wsa's writer fsyncs before its atomic rename). Timed from after ``import torch``;
+* **wsa**: ``wsa merge CONFIG -o OUT`` (the same mergekit config mergekit runs; ``--align`` for
+  alignment on), under each thread setting. Timed twice: in the child from after ``import torch``
+  (``wsa in``, compared with the floor) and as the whole process (``wsa proc``, compared with
+  mergekit, whose start-up is part of its cost too);
+* **mergekit** (when ``--mergekit`` exists): ``mergekit-yaml CONFIG OUT`` offline, whole process.
 
-Each run starts after ``os.sync()`` so that one run's dirty pages are not written back on the
-next one's clock; (a) and (b) alternate ``--repeat`` times and the fastest of each is reported.
+Thread settings (``--settings``): ``auto`` is what a user gets (wsa's own choice,
+``wsa_cli/threads.py``); ``t1``/``t2``: ``--threads 1``/``2``; ``spin``: wsa's choice of threads
+but spinning OpenMP waits (``OMP_WAIT_POLICY=ACTIVE``, what the command line avoids).
+``--load N`` starts N CPU-bound busy loops at nice 10 for the whole measurement ("a machine doing
+other things"); the table says the load average measured during the run.
 
-It prints the wall-time ratio (b)/(a) and the merge's peak memory: the subprocess's peak RSS
-(``VmHWM``) minus its RSS right before the merge started (torch and wsa already imported),
-as a ratio to the largest tensor of one input. Target: time within 2x of (a); peak memory a
-small constant times the largest tensor, independent of model size.
+Printed: per (method, alignment, setting) the median seconds and the min-max spread over the
+rounds, ``wsa in / floor``, ``mk / wsa proc`` (how many times faster wsa is), peak RSS of both
+tools (``/usr/bin/time -f %M``) and the largest absolute difference between their outputs (see
+``bench_vs_mergekit.py`` for what to expect per method). ``--json`` prints every raw time.
 
-Run it small to check it works (the machine may be shared)::
+    .venv/bin/python bench/bench_merge.py --size-gb 0.05 --methods linear,ties --repeat 1   # a quick check
+    nice -n 5 .venv/bin/python bench/bench_merge.py --size-gb 1 --models 8 --dtype float32 --align both
+    nice -n 5 .venv/bin/python bench/bench_merge.py --size-gb 0.5 --methods ties,dare_ties --load 1
 
-    .venv/bin/python bench/bench_merge.py --size-gb 0.05 --models 2
-    .venv/bin/python bench/bench_merge.py --size-gb 1 --models 8     # the real measurement
-
-Files go to ``bench/out/merge`` (ignored by git) and are removed afterwards unless ``--keep``.
+Methods other than ``linear`` take two fine-tunes (and the base where they need one).
 """
 
 from __future__ import annotations
@@ -33,236 +38,220 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_vs_mergekit as vs  # noqa: E402 - the mergekit configs, the model writer, run() and max_abs_diff()
+
+SETTINGS = {"auto": ({"OMP_WAIT_POLICY": "PASSIVE"}, []), "t1": ({"OMP_WAIT_POLICY": "PASSIVE"}, ["--threads", "1"]),
+            "t2": ({"OMP_WAIT_POLICY": "PASSIVE"}, ["--threads", "2"]), "spin": ({"OMP_WAIT_POLICY": "ACTIVE"}, [])}  # fmt: skip
+
+_FLOOR = """
+import os, sys, time, torch
+from safetensors.torch import load_file, save_file
+t0 = time.perf_counter()
+out, paths = sys.argv[1], sys.argv[2:]
+models = [load_file(p) for p in paths]
+merged = {}
+for k, t in models[0].items():
+    if t.is_floating_point():
+        acc = t.float()
+        for m in models[1:]:
+            acc = acc + m[k].float()
+        merged[k] = (acc / len(models)).to(t.dtype)
+    else:
+        merged[k] = t
+save_file(merged, out)
+fd = os.open(out, os.O_RDONLY)
+os.fsync(fd)
+os.close(fd)
+print(time.perf_counter() - t0)
+"""
+
+# the wsa child: torch first (the clock starts after it, as the floor's), then the command line in-process;
+# the parent sets the OpenMP waiting policy the command line would have set before torch
+_WSA = """
+import sys, time, torch
+t0 = time.perf_counter()
+from wsa_cli.cli.app import main
+sys.argv = ["wsa", *sys.argv[2:]]
+try:
+    main()
+except SystemExit as exc:
+    if exc.code:
+        raise
+elapsed = time.perf_counter() - t0
+import os
+with open(os.environ["WSA_BENCH_TIME"], "w") as fh:
+    fh.write(str(elapsed))
+"""
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+def mergekit_config(method: str, folders: list[Path], base: Path, layers: int, dtype: str) -> str:
+    """The mergekit config of ``method`` over ``folders`` (and ``base``), as bench_vs_mergekit writes it."""
+    if method == "linear" and len(folders) != 2:
+        body = "models:\n" + "".join(f"  - model: {f}\n    parameters: {{weight: 1.0}}\n" for f in folders)
+    else:
+        if len(folders) != 2:
+            raise SystemExit(f"{method}: the mergekit configs take two fine-tunes; use --models 2 (or --methods linear)")
+        table = vs.TWO if method in vs.TWO else vs.BASE2
+        if method not in table:
+            raise SystemExit(f"unknown method {method!r}: one of {', '.join(sorted({*vs.TWO, *vs.BASE2}))}")
+        body = table[method][0].format(A=folders[0], B=folders[1], BASE=base, L=layers, H=layers // 2)
+    return f"merge_method: {method}\n{body}dtype: {dtype}\n"
 
 
-def _layout(size_gb: float, itemsize: int) -> tuple[int, int]:
-    """(hidden, n_blocks) so that n_blocks * hidden^2 * itemsize ~= size_gb, with >= 8 blocks."""
-    target = size_gb * 1e9
-    hidden = 4096
-    while hidden > 256 and target / (hidden * hidden * itemsize) < 8:
-        hidden //= 2
-    blocks = max(1, round(target / (hidden * hidden * itemsize)))
-    return hidden, blocks
-
-
-def write_models(folder: Path, k: int, size_gb: float, dtype_name: str, with_base: bool) -> dict:
+def write_inputs(work: Path, k: int, size_gb: float, layers: int, dtype: str) -> tuple[list[Path], Path, int]:
+    """A base and K fine-tunes as model folders in ``dtype``; returns the folders, the base and the hidden size."""
     import torch
+    from safetensors.torch import load_file, save_file
 
-    from wsa_cli.io import SafetensorsWriter, TensorInfo
-
-    dtype = getattr(torch, dtype_name)
-    hidden, blocks = _layout(size_gb, dtype.itemsize)
-    infos = []
-    for b in range(blocks):
-        infos += [
-            TensorInfo(f"layers.{b}.weight", (hidden, hidden), dtype),
-            TensorInfo(f"layers.{b}.bias", (hidden,), dtype),
-            TensorInfo(f"layers.{b}.norm.weight", (hidden,), dtype),
-        ]
-    infos.append(TensorInfo("step", (), torch.int64))
-    names = [f"m{i}.safetensors" for i in range(k)] + (["base.safetensors"] if with_base else [])
-    for i, name in enumerate(names):
-        g = torch.Generator().manual_seed(1000 + i)
-        with SafetensorsWriter(folder / name, infos, force=True) as w:
-            for info in infos:
-                if info.dtype == torch.int64:
-                    t = torch.tensor(i, dtype=torch.int64)
-                else:
-                    t = (torch.randn(info.shape, generator=g) * (0.02 * (1 + 0.1 * i)) + 0.001 * i).to(dtype)
-                w.write(info.key, t)
-    largest = max(i.nbytes for i in infos)
-    return {"hidden": hidden, "blocks": blocks, "tensors": len(infos), "largest_tensor_bytes": largest,
-            "model_bytes": sum(i.nbytes for i in infos), "files": names}  # fmt: skip
+    h = vs.hidden_for(size_gb * 1e3 * 4 / getattr(torch, dtype).itemsize, layers)
+    base = vs.write_model(work / "base", h, layers, None, 0)
+    folders = [work / f"m{i}" for i in range(k)]
+    for i, f in enumerate(folders):
+        vs.write_model(f, h, layers, base, i + 1)
+    if dtype != "float32":  # the writer makes float32; the same values, stored in dtype
+        for f in [work / "base", *folders]:
+            sd = {key: t.to(getattr(torch, dtype)) for key, t in load_file(f / "model.safetensors").items()}
+            save_file(sd, f / "model.safetensors")
+            cfg = json.loads((f / "config.json").read_text())
+            (f / "config.json").write_text(json.dumps({**cfg, "torch_dtype": dtype}, indent=2))
+    return folders, work / "base", h
 
 
-def _input_files(folder: Path, k: int) -> list[Path]:
-    """Every file the merge reads: the K models, and the base model when the method needs one."""
-    base = folder / "base.safetensors"
-    return [folder / f"m{i}.safetensors" for i in range(k)] + ([base] if base.exists() else [])
-
-
-def child_baseline(folder: Path, k: int) -> dict:
-    import torch  # imported before the clock, like the merge child
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    paths = _input_files(folder, k)
-    out = folder / "plain-out.safetensors"
-    t0 = time.perf_counter()
-    handles = [safe_open(str(p), framework="pt") for p in paths]
-    scratch = torch.empty(0, dtype=torch.uint8)
-    result = {}
-    for key in handles[0].keys():  # noqa: SIM118 - a safe_open handle is not iterable
-        for h in handles:
-            # get_tensor maps the file and returns without touching the bytes: copy them into a
-            # reused buffer so that every input is really read once, as a merge must
-            raw = h.get_tensor(key).reshape(-1).view(torch.uint8)
-            if scratch.numel() < raw.numel():
-                scratch = torch.empty(raw.numel(), dtype=torch.uint8)
-            scratch[: raw.numel()].copy_(raw)
-        result[key] = handles[0].get_tensor(key)
-    save_file(result, str(out))
-    wall = time.perf_counter() - t0
-    fd = os.open(out, os.O_RDONLY)  # wsa's writer fsyncs before its rename; time the same for plain
-    os.fsync(fd)
-    os.close(fd)
-    wall_fsync = time.perf_counter() - t0
-    out.unlink()
-    return {"wall_s": wall, "wall_fsync_s": wall_fsync}
-
-
-def child_floor(folder: Path, k: int) -> dict:
-    """The I/O floor, no safetensors at all: read every input file into one reused buffer with
-    ``readinto``, write one model's worth of bytes from a buffer, then fsync."""
-    paths = _input_files(folder, k)
-    out = folder / "floor-out.bin"
-    buf = memoryview(bytearray(64 << 20))
-    t0 = time.perf_counter()
-    for p in paths:
-        with open(p, "rb", buffering=0) as fh:
-            while fh.readinto(buf):
-                pass
-    size = paths[0].stat().st_size  # one model's worth of output
-    with open(out, "wb", buffering=0) as fh:
-        left = size
-        while left:
-            left -= fh.write(buf[: min(left, len(buf))])
-        wall = time.perf_counter() - t0
-        os.fsync(fh.fileno())
-    wall_fsync = time.perf_counter() - t0
-    out.unlink()
-    return {"wall_s": wall, "wall_fsync_s": wall_fsync}
-
-
-def child_merge(recipe: Path, device: str) -> dict:
-    from wsa_cli.merge.executor import merge_recipe
-
-    for old in recipe.parent.glob("merged*"):  # the baseline writes a fresh file; so does the merge
-        old.unlink()
-    rss0 = _status_kib("VmRSS")
-    t0 = time.perf_counter()
-    res = merge_recipe(recipe, device=device, force=True)
-    wall = time.perf_counter() - t0
-    peak = _status_kib("VmHWM")
-    return {"wall_s": wall, "rss_before_kib": rss0, "peak_kib": peak, "tensors": res.final["tensors"]}
-
-
-def _run_child(args: list[str]) -> dict:
-    os.sync()  # each run starts with no dirty pages left by the previous one (writeback is shared)
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"child {args[:2]} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def _median(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})" if len(xs) > 1 else f"{xs[0]:.2f}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-gb", type=float, default=0.05, help="size of each input checkpoint in GB (default 0.05)")
-    parser.add_argument("--models", type=int, default=2, help="number of input checkpoints K (default 2)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--method", default="linear", help="merge method (default linear; ties/dare_* add a base model)")
-    parser.add_argument("--device", default="cpu", help="--device of the merge (cpu, cuda)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads in both children (default: torch's default)")
-    parser.add_argument("--repeat", type=int, default=2, help="repeat both measurements, alternating; report the fastest")
-    parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out" / "merge")
-    parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-
-    if args.child:
-        if args.threads > 0:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        kind, arg = args.child
-        if kind == "merge":
-            out = child_merge(Path(arg), args.device)
-        else:
-            out = (child_baseline if kind == "baseline" else child_floor)(Path(arg), args.models)
-        print(json.dumps(out))
-        return
-
-    sys.path.insert(0, str(ROOT))
-    from wsa_cli.merge import get_method
-
-    needs_base = get_method(args.method).needs_base
-    folder = args.workdir
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-gb", type=float, default=0.05, help="size of each input model in GB (default 0.05)")
+    ap.add_argument("--models", type=int, default=2, help="fine-tunes K (default 2; more than 2: linear only)")
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--methods", default="linear", help="comma-separated methods (default linear)")
+    ap.add_argument("--align", choices=["on", "off", "both"], default="off", help="scope alignment in wsa (mergekit has none)")
+    ap.add_argument("--settings", default="auto", help=f"comma-separated thread settings: {', '.join(SETTINGS)} (default auto)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
+    ap.add_argument("--load", type=int, default=0, help="competing busy-loop processes at nice 10 (default 0)")
+    ap.add_argument("--mergekit", default=str(vs.DEFAULT_MERGEKIT), help="mergekit-yaml in its own venv (skipped when missing)")
+    ap.add_argument("--workdir", default=None, help="inputs and outputs (default: a temporary folder under bench/, removed)")
+    ap.add_argument("--out-dir", default=None, help="where outputs are written (e.g. /dev/shm: no disk-write variance)")
+    ap.add_argument("--json", action="store_true", help="one JSON object with every raw time")
+    args = ap.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    settings = [s for s in args.settings.split(",") if s]
+    bad = [s for s in settings if s not in SETTINGS]
+    if bad:
+        raise SystemExit(f"unknown setting {bad[0]!r}: use {', '.join(SETTINGS)}")
+    aligns = ["off", "on"] if args.align == "both" else [args.align]
+    mk = Path(args.mergekit)
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="wsa-bench-", dir=str(ROOT / "bench")))
+    work.mkdir(parents=True, exist_ok=True)
+    outs = Path(args.out_dir) if args.out_dir else work
+    outs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("OMP_NUM_THREADS", None)
+    loops = []
     try:
         t0 = time.perf_counter()
-        layout = write_models(folder, args.models, args.size_gb, args.dtype, needs_base)
-        write_s = time.perf_counter() - t0
-        recipe = folder / "recipe.yaml"
-        models = "\n".join(f"  - m{i}.safetensors" for i in range(args.models))
-        base = "base: base.safetensors\n" if needs_base else ""
-        recipe.write_text(f"models:\n{models}\n{base}method: {args.method}\nscope: {{align: true}}\noutput: merged.safetensors\n")
-        plain, floor, merged = [], [], []
-        for _ in range(args.repeat):
-            common = ["--models", str(args.models), "--threads", str(args.threads)]
-            plain.append(_run_child(["--child", "baseline", str(folder), *common]))
-            floor.append(_run_child(["--child", "floor", str(folder), *common]))
-            merged.append(_run_child(["--child", "merge", str(recipe), *common, "--device", args.device]))
-        a = min(plain, key=lambda r: r["wall_s"])
-        f = min(floor, key=lambda r: r["wall_s"])
-        f_sync = min(r["wall_fsync_s"] for r in floor)
-        b = min(merged, key=lambda r: r["wall_s"])
-        peak_net = max(r["peak_kib"] - r["rss_before_kib"] for r in merged) * 1024
-        largest = layout["largest_tensor_bytes"]
-        result = {
-            "models": args.models, "size_gb_each": round(layout["model_bytes"] / 1e9, 4), "dtype": args.dtype,
-            "method": args.method, "device": args.device, "threads": args.threads or "default", "layout": {k: layout[k] for k in ("hidden", "blocks", "tensors")},
-            "write_inputs_s": round(write_s, 3),
-            "plain_read_write_s": round(a["wall_s"], 3), "wsa_merge_s": round(b["wall_s"], 3),
-            "spread_s": {name: [round(min(r["wall_s"] for r in runs), 3), round(max(r["wall_s"] for r in runs), 3)]
-                         for name, runs in (("plain", plain), ("floor", floor), ("merge", merged))},
-            "time_ratio": round(b["wall_s"] / a["wall_s"], 3),
-            "plain_read_write_fsync_s": round(min(r["wall_fsync_s"] for r in plain), 3),
-            "time_ratio_vs_fsynced_plain": round(b["wall_s"] / min(r["wall_fsync_s"] for r in plain), 3),
-            "io_floor_s": round(f["wall_s"], 3), "io_floor_fsync_s": round(f_sync, 3),
-            "time_ratio_vs_io_floor": round(b["wall_s"] / f["wall_s"], 3),
-            "time_ratio_vs_fsynced_io_floor": round(b["wall_s"] / f_sync, 3),
-            "largest_tensor_mb": round(largest / 1e6, 2), "merge_peak_rss_net_mb": round(peak_net / 1e6, 2),
-            "peak_over_largest_tensor": round(peak_net / largest, 2),
-            "peak_over_model_size": round(peak_net / layout["model_bytes"], 3),
-        }  # fmt: skip
+        folders, base, h = write_inputs(work, args.models, args.size_gb, args.layers, args.dtype)
+        size = (folders[0] / "model.safetensors").stat().st_size / 1e9
+        print(f"inputs: {args.models} x {size:.2f} GB {args.dtype} Llama-shaped ({args.layers} layers, hidden {h}) + base, "
+              f"written in {time.perf_counter() - t0:.0f} s; {os.cpu_count()} cores")  # fmt: skip
+        if not mk.exists():
+            print(f"mergekit not found at {mk}: its columns are left out (python -m venv /work/mkvenv && "
+                  "/work/mkvenv/bin/pip install torch==2.13.0 mergekit)")  # fmt: skip
+        configs = {}
+        for m in methods:
+            cfg = work / f"{m}.yml"
+            cfg.write_text(mergekit_config(m, folders, base, args.layers, args.dtype))
+            configs[m] = cfg
+        jobs = [("floor", None, None, None)]
+        jobs += [("wsa", m, a, s) for m in methods for a in aligns for s in settings]
+        jobs += [("mk", m, None, None) for m in methods] if mk.exists() else []
+        times: dict[tuple, list[dict]] = {j: [] for j in jobs}
+        loops = [subprocess.Popen([sys.executable, "-c", "import os\nos.nice(10)\nwhile True:\n    pass\n"]) for _ in range(args.load)]
+        if loops:
+            time.sleep(2)
+        loads = []
+        stamp = work / "wsa-time.txt"
+        for r in range(args.repeat):
+            order = jobs[r % len(jobs):] + jobs[: r % len(jobs)]
+            for job in order:
+                kind, m, a, s = job
+                os.sync()
+                if kind == "floor":
+                    out = outs / "floor.safetensors"
+                    cmd = [sys.executable, "-c", _FLOOR, str(out), *(str(f / "model.safetensors") for f in folders)]
+                    wall, peak, text = vs.run(cmd, env, work)
+                    times[job].append({"in": float(text.strip().splitlines()[-1]), "proc": wall, "rss_mb": peak})
+                    out.unlink(missing_ok=True)
+                elif kind == "wsa":
+                    out = outs / f"wsa-{m}-{a}"
+                    extra_env, flags = SETTINGS[s]
+                    cmd = [sys.executable, "-c", _WSA, "wsa", "merge", str(configs[m]), "-o", str(out), "--quiet", "--force",
+                           *(["--align"] if a == "on" else []), *flags]  # fmt: skip
+                    wall, peak, _ = vs.run(cmd, {**env, **extra_env, "WSA_BENCH_TIME": str(stamp)}, work)
+                    times[job].append({"in": float(stamp.read_text()), "proc": wall, "rss_mb": peak})
+                else:
+                    out = outs / f"mk-{m}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    cmd = [str(mk), str(configs[m]), str(out), "--no-copy-tokenizer", "--no-write-model-card", "--quiet",
+                           "--random-seed", "0"]  # fmt: skip
+                    wall, peak, _ = vs.run(cmd, env, work)
+                    times[job].append({"proc": wall, "rss_mb": peak})
+                loads.append(os.getloadavg()[0])
+        diffs = {m: vs.max_abs_diff(outs / f"wsa-{m}-{aligns[0]}", outs / f"mk-{m}")[0] if mk.exists() and aligns[0] == "off" else None
+                 for m in methods}  # fmt: skip
+        floor = [t["in"] for t in times[jobs[0]]]
+        how = f"{args.load} busy loop(s) at nice 10" if args.load else "nothing else started"
+        print(f"{args.repeat} round(s); load: {how}, 1-min load average {min(loads):.1f}-{max(loads):.1f}; "
+              f"floor (load_file + average + save_file + fsync) {_median(floor)} s; medians (min-max) in s")  # fmt: skip
+        head = f"{'method':13} {'align':5} {'set':4} {'wsa in':>17} {'in/flr':>6} {'wsa proc':>17} {'mk proc':>18} {'mk/wsa':>6} " \
+               f"{'MB wsa':>6} {'MB mk':>6} {'|diff|':>8}"  # fmt: skip
+        print(head)
+        print("-" * len(head))
+        rows = []
+        for m in methods:
+            mk_t = times.get(("mk", m, None, None), [])
+            for a in aligns:
+                for s in settings:
+                    w = times[("wsa", m, a, s)]
+                    w_in, w_proc = [t["in"] for t in w], [t["proc"] for t in w]
+                    row = {"method": m, "align": a, "setting": s, "wsa_in_s": w_in, "wsa_proc_s": w_proc, "floor_s": floor,
+                           "wsa_rss_mb": max(t["rss_mb"] for t in w), "mk_proc_s": [t["proc"] for t in mk_t],
+                           "mk_rss_mb": max((t["rss_mb"] for t in mk_t), default=None), "max_abs_diff": diffs[m] if a == "off" else None}  # fmt: skip
+                    rows.append(row)
+                    ratio_f = statistics.median(w_in) / statistics.median(floor)
+                    mk_cols = (f"{_median(row['mk_proc_s']):>18} {statistics.median(row['mk_proc_s']) / statistics.median(w_proc):6.2f}"
+                               if mk_t else f"{'-':>18} {'-':>6}")  # fmt: skip
+                    diff = "-" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.2g}"
+                    mk_mb = "-" if row["mk_rss_mb"] is None else f"{row['mk_rss_mb']:.0f}"
+                    print(f"{m:13} {a:5} {s:4} {_median(w_in):>17} {ratio_f:6.2f} {_median(w_proc):>17} {mk_cols} "
+                          f"{row['wsa_rss_mb']:6.0f} {mk_mb:>6} {diff:>8}", flush=True)  # fmt: skip
         if args.json:
-            print(json.dumps(result))
-        else:
-            print(f"inputs: {args.models} x {result['size_gb_each']} GB {args.dtype} "
-                  f"({layout['blocks']} blocks of {layout['hidden']}x{layout['hidden']}; largest tensor {result['largest_tensor_mb']} MB)")
-            print(f"(a) plain safetensors read all + write once: {result['plain_read_write_s']:.3f} s")
-            print(f"(b) wsa merge ({args.method}, WSA alignment on, {args.device}): {result['wsa_merge_s']:.3f} s")
-            print(f"(a') the same plus fsync of the output (wsa's writer fsyncs before its atomic rename): "
-                  f"{result['plain_read_write_fsync_s']:.3f} s")
-            print(f"(c) I/O floor, readinto + write of the same bytes, no safetensors: {result['io_floor_s']:.3f} s; "
-                  f"with fsync (c'): {result['io_floor_fsync_s']:.3f} s")
-            print(f"time ratio (b)/(a): {result['time_ratio']:.2f}x   (target <= 2x);  (b)/(a'): "
-                  f"{result['time_ratio_vs_fsynced_plain']:.2f}x;  (b)/(c): {result['time_ratio_vs_io_floor']:.2f}x;  "
-                  f"(b)/(c'): {result['time_ratio_vs_fsynced_io_floor']:.2f}x")
-            spread = "; ".join(f"{k} {lo:.3f}-{hi:.3f} s" for k, (lo, hi) in result["spread_s"].items())
-            print(f"spread over {args.repeat} runs (fastest is reported above): {spread}")
-            print(f"merge peak RSS above its start: {result['merge_peak_rss_net_mb']} MB = "
-                  f"{result['peak_over_largest_tensor']}x the largest tensor = {result['peak_over_model_size']}x one model")  # fmt: skip
+            print(json.dumps({"models": args.models, "size_gb": size, "dtype": args.dtype, "load": args.load, "load_average": loads,
+                              "rows": rows}))  # fmt: skip
     finally:
-        if not args.keep:
-            shutil.rmtree(folder, ignore_errors=True)
+        for p in loops:
+            p.kill()
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+        if args.out_dir:
+            for o in outs.glob("wsa-*"):
+                shutil.rmtree(o, ignore_errors=True)
+            for o in outs.glob("mk-*"):
+                shutil.rmtree(o, ignore_errors=True)
 
 
 if __name__ == "__main__":
