@@ -25,6 +25,8 @@ ALL = sorted(p.name for p in RECIPES.glob("*.yaml"))
 #: recipes that merge models able to work together (same base, or permuted first)
 GOOD_MERGES = {"average.yaml", "task-arithmetic.yaml", "ties.yaml", "dare-ties.yaml", "slerp.yaml", "multi-stage.yaml",
                "scope-file-target.yaml", "permuted.yaml", "permuted-wsa.yaml", "permuted-fp.yaml"}  # fmt: skip
+#: recipes whose merge drops task-vector entries at random (seeded): judged over several seeds
+RANDOM_DROP = {"dare-ties.yaml"}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,16 @@ def test_recipe_runs(workdir: Path, name: str) -> None:
         from wsa_cli.tasks import evaluate
 
         acc = evaluate("digits-mlp", {k: v.float() for k, v in merged.items()}, "cpu")["accuracy"]
+        if name in RANDOM_DROP:  # one seed's mask is luck (0.72-0.89 over seeds 0-9 here): the median of five seeds
+            accs = [acc]
+            for seed in range(1, 5):
+                again = workdir / f"seed{seed}-{name}"
+                again.write_text(recipe.read_text().replace("seed: 42", f"seed: {seed}").replace(out.stem, f"{out.stem}-{seed}"))
+                res = CliRunner().invoke(app, ["merge", str(again), "--device", "cpu", "--format", "json", "--force"])
+                assert res.exit_code == 0, res.output
+                state = load_file(json.loads(res.stdout)["stages"][-1]["output"])
+                accs.append(evaluate("digits-mlp", {k: v.float() for k, v in state.items()}, "cpu")["accuracy"])
+            acc = sorted(accs)[2]
         assert acc > 0.8, f"{name}: accuracy {acc:.3f}"
 
 

@@ -178,7 +178,7 @@ class OutputSpec:
     provenance: str = doc_field(
         "fast", "how the report identifies inputs: `fast` = size and mtime of every file, `sha256` = full hashes",
         kind="string", choices=PROVENANCE_MODES)  # fmt: skip
-    report: bool = doc_field(True, "write the JSON merge report next to the output", kind="true/false")
+    report: bool = doc_field(True, "write the JSON merge report next to the output (with false, a report left by an earlier merge is kept but named in a warning: it no longer describes the model)", kind="true/false")
     nonfinite: str = doc_field(
         "warn", "merged tensors holding NaN/Inf values: `warn` = count them per key and warn, `error` = refuse the merge "
         "(exit 7, nothing written)", kind="string", choices=NONFINITE_MODES)  # fmt: skip
