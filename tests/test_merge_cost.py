@@ -81,7 +81,8 @@ def test_working_memory_prediction_covers_what_the_method_allocates(tmp_path: Pa
                  seed=0, device=torch.device("cpu"), work=work)  # fmt: skip
     used = sum(b.numel() * b.element_size() for b in work._bufs.values())
     persistent, transient = _work_bytes(plan, entry, SCOPE_CHUNK)
-    assert used <= persistent + transient <= used + 2 * 90_000 * 4 + 16  # slack: the linear kernel's two blocks, counted for every method
+    outside = 8 * 90_000 if method == "della" else 0  # DELLA's int64 rank keys: allocated outside the pool, freed after the ranking
+    assert used <= persistent + transient - outside <= used + 2 * 90_000 * 4 + 16  # slack: the linear kernel's two blocks, counted for every method
 
 
 def test_disk_and_bytes(tmp_path: Path) -> None:

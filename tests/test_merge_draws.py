@@ -79,8 +79,8 @@ def test_negative_values_take_the_introselect_path() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_della_ranks_by_the_integer_view_as_by_the_values(dtype: torch.dtype) -> None:
-    """DELLA's per-row ranks sort magnitudes as integers: the same order as sorting the values, ties by position."""
+def test_della_ranks_by_the_integer_keys_as_by_the_values(dtype: torch.dtype) -> None:
+    """DELLA's per-row ranks (unique integer keys for float32): the same order as a stable sort of the values."""
     from wsa_cli.merge.task_vectors import magprune_probabilities
 
     g = torch.Generator().manual_seed(1)
@@ -90,3 +90,23 @@ def test_della_ranks_by_the_integer_view_as_by_the_values(dtype: torch.dtype) ->
     values = torch.arange(500, dtype=torch.float64) * (0.4 / 499) + 0.3
     want = torch.empty(6, 500, dtype=torch.float64).scatter_(1, torch.argsort(mag, dim=1, stable=True), values.expand(6, 500))
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(6, 500), (3, 1), (1, 4097), (0, 5), (4, 0)])
+@pytest.mark.parametrize("case", ["ties", "negative", "float64", "non-contiguous"])
+def test_ascending_row_order_is_a_stable_argsort(shape: tuple[int, int], case: str) -> None:
+    """The packed-key sort and its fallbacks (float64, negative values) give torch's stable argsort exactly."""
+    from wsa_cli.merge.task_vectors import ascending_row_order
+
+    g = torch.Generator().manual_seed(2)
+    mag = (torch.randn(shape, generator=g).abs() * 8).round()  # ties and zeros in every row
+    if mag.numel():
+        mag.view(-1)[:3] = float("inf")
+    if case == "negative":
+        mag = mag - 4.0
+    elif case == "float64":
+        mag = mag.double()
+    elif case == "non-contiguous":
+        mag = torch.cat([mag, mag], dim=1)[:, ::2] if mag.shape[1] else mag.t().contiguous().t()
+    got = ascending_row_order(mag)
+    assert got.dtype == torch.int64 and torch.equal(got, torch.argsort(mag, dim=1, stable=True))

@@ -168,7 +168,8 @@ def _work_bytes(plan: StagePlan, entry: TensorPlan, block: int, dev_cpu: bool = 
         persistent += k * blk * 8 + blk  # a float64 block of draws per model, the entries dropped
     if name == "model_stock":
         persistent += k * blk * 8  # the task vectors' float64 blocks for their Gram matrix
-    transient = k * n * wide if name.startswith("della") else 0  # the keep probabilities
+    # DELLA: the keep probabilities of every model, and one model's int64 rank keys while it is ranked
+    transient = k * n * wide + 8 * n if name.startswith("della") else 0
     return persistent, transient
 
 

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from wsa_cli.buffers import Scratch
@@ -135,13 +137,49 @@ def magprune_probabilities(magnitude: torch.Tensor, density: float, epsilon: flo
         values = torch.full((1,), float(density), dtype=torch.float64)
     else:
         values = torch.arange(m, dtype=torch.float64).mul_(2.0 * epsilon / (m - 1)).add_(density - epsilon)
-    # (rows, m) ascending magnitude. Magnitudes have the sign bit clear, so their bit patterns as integers sort
-    # exactly as the values do (equal values, equal bits) and torch sorts integers about 1.7x faster than floats
-    ints = {torch.float32: torch.int32, torch.float64: torch.int64}.get(magnitude.dtype)
-    keys = magnitude.view(ints) if ints is not None and not bool(torch.signbit(magnitude).any()) else magnitude
-    order = torch.argsort(keys, dim=1, stable=True)
+    order = ascending_row_order(magnitude)  # (rows, m) column indices, ascending magnitude, ties by position
     probs = torch.empty((rows, m), dtype=dtype, device=magnitude.device)
     return probs.scatter_(1, order, values.to(dtype=dtype, device=magnitude.device).expand(rows, m))
+
+
+def ascending_row_order(magnitude: torch.Tensor) -> torch.Tensor:
+    """Per row of ``magnitude`` (rows, m), the column indices in ascending order, equal values by position.
+
+    What ``torch.argsort(magnitude, dim=1, stable=True)`` returns, computed faster where it can be:
+    a float32 CPU tensor of magnitudes (sign bits clear) has bit patterns that, read as integers,
+    sort exactly as the values do, so ``bits << 32 | column`` is a unique int64 key per entry; one
+    plain sort of those keys (NumPy's vectorized sort, no stable sort needed since keys are unique)
+    puts each row in order and the low 32 bits are the columns. Measured 1.6x faster than torch's
+    stable argsort on 1152-wide rows on a 2-core VM (14 vs 23 ns per entry on one thread); row ranges
+    sort on the run's compute threads. Other dtypes, devices,
+    negative values or rows of 2^32 or more entries take torch's stable argsort.
+
+    Example:
+        >>> ascending_row_order(torch.tensor([[0.5, 3.0, 0.5, 1.0]]))
+        tensor([[0, 2, 3, 1]])
+    """
+    rows, m = magnitude.shape
+    if magnitude.dtype != torch.float32 or magnitude.device.type != "cpu" or m >= 1 << 32 or bool(torch.signbit(magnitude).any()):
+        return torch.argsort(magnitude, dim=1, stable=True)
+    bits = magnitude.contiguous().view(torch.int32).numpy()  # (rows, m) the values' bit patterns
+    keys = np.empty((rows, m), dtype=np.int64)
+    columns = np.arange(m, dtype=np.int64)
+
+    def sort_rows(lo: int, hi: int) -> None:  # NumPy releases the GIL in these calls: row ranges sort in parallel
+        part = keys[lo:hi]
+        np.left_shift(bits[lo:hi], 32, out=part, dtype=np.int64)
+        np.bitwise_or(part, columns, out=part)
+        part.sort(axis=1)
+        np.bitwise_and(part, 0xFFFFFFFF, out=part)
+
+    workers = max(1, min(torch.get_num_threads(), rows * m // (1 << 16), rows))  # the run's compute threads
+    if workers == 1:
+        sort_rows(0, rows)
+    else:
+        bounds = [rows * j // workers for j in range(workers + 1)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(sort_rows, bounds[:-1], bounds[1:]))
+    return torch.from_numpy(keys)
 
 
 def elect_sign(taus: Sequence[torch.Tensor], weights: Sequence[float], *, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -253,7 +291,8 @@ def combine_task_vectors_into(
     ``base + scale * merged``, cast into ``out``. DARE keeps an entry when its seeded uniform draw
     (:mod:`wsa_cli.merge.draws`: a block of model ``i``'s stream, on the CPU) is ``>= p`` and
     rescales survivors by ``1 / (1 - p)``; DELLA keeps it when the same draw is ``>= 1 - p_r`` and
-    rescales by ``1 / p_r``.
+    rescales by ``1 / p_r``. Entries are removed by multiplying with a keep-mask, so a NaN or
+    infinite task-vector entry stays non-finite even where it is dropped (the merge reports it).
     Element for element these are the same operations as on whole tensors, so the bits do not
     depend on the block size.
     """
@@ -295,12 +334,12 @@ def combine_task_vectors_into(
     cpu = torch.device("cpu")
     draws = [SeededUniform(ctx.generator_seed(i), pool.get((blk,), torch.float64, cpu, f"tv.draw{i}")) for i in range(len(inputs))] \
         if drop or magprune else []  # fmt: skip
-    dropped = pool.get((blk,), torch.bool, dev, "tv.dropped") if draws else None  # (block,) True = drop
+    keep = pool.get((blk,), torch.bool, dev, "tv.keep") if draws else None  # (block,) True = kept
     taus = [pool.get((blk,), wide, dev, f"tv.tau{i}") for i in range(len(inputs))]
     base_buf = pool.get((blk,), wide, dev, "tv.base")
     blocks = [pool.get((blk,), wide, dev, f"tv.combine{j}") for j in range(4 if consensus else 2)]  # sign, num, den, agree
     abs_buf = pool.get((blk,), wide, dev, "tv.abs") if trim else None  # (block,) |tau_i|
-    flags = pool.get((blk,), torch.bool, dev, "tv.flags") if trim else None  # (block,) entries to zero
+    flags = pool.get((blk,), torch.bool, dev, "tv.flags") if trim else None  # (block,) entries kept
     flat_out = out.view(-1)
     for start, stop in block_ranges(n, dev):
         b = base.block(start, stop, base_buf)  # (block,)
@@ -312,20 +351,22 @@ def combine_task_vectors_into(
                     tau.zero_()
                 else:
                     mag_b, out_b = torch.abs(tau, out=abs_buf[: stop - start]), flags[: stop - start]
+                    # zeroing by a keep-mask product: several times faster than masked_fill_ on a CPU
                     if uppers[i] is not None:
-                        tau.masked_fill_(torch.ge(mag_b, uppers[i], out=out_b), 0.0)
-                    tau.masked_fill_(torch.lt(mag_b, thresholds[i], out=out_b), 0.0)
+                        tau.mul_(torch.lt(mag_b, uppers[i], out=out_b))
+                    tau.mul_(torch.ge(mag_b, thresholds[i], out=out_b))
                     cut = last_tied[i]
                     if cut is not None and cut + 1 < stop:  # ties after the k-th kept one go (tie_rule exact)
-                        rest = tau[max(cut + 1 - start, 0):]
-                        rest.masked_fill_(rest.abs() == thresholds[i], 0.0)
+                        lo = max(cut + 1 - start, 0)
+                        rest = tau[lo:]
+                        rest.mul_(torch.ne(torch.abs(rest, out=mag_b[lo:]), thresholds[i], out=out_b[lo:]))
             elif magprune:  # keep when u >= 1 - p, with probability p; survivors / p
                 p_i = probs[i][start:stop]
-                gone = torch.lt(draws[i].next(stop - start).to(dev), torch.sub(1.0, p_i), out=dropped[: stop - start])
-                tau.div_(p_i).masked_fill_(gone, 0.0)
+                kept = torch.ge(draws[i].next(stop - start).to(dev), torch.sub(1.0, p_i), out=keep[: stop - start])
+                tau.div_(p_i).mul_(kept)
             elif drop:  # keep when u >= drop_rate; survivors / (1 - drop_rate)
-                gone = torch.lt(draws[i].next(stop - start).to(dev), drop_rate, out=dropped[: stop - start])
-                tau.div_(1.0 - drop_rate).masked_fill_(gone, 0.0)
+                kept = torch.ge(draws[i].next(stop - start).to(dev), drop_rate, out=keep[: stop - start])
+                tau.div_(1.0 - drop_rate).mul_(kept)
             block_taus.append(tau)
         m = stop - start
         if consensus:
