@@ -125,3 +125,30 @@ def test_unaligned_linear_merge_reports_each_inputs_scope_as_tensor_scope_measur
     record = merge_tensor(entry, xs, None, scope=ScopeOptions(align=False), weights=[1, 1], seed=0, device=torch.device("cpu")).record
     assert record["before"] == [{"mean": s.mean, "std": s.std} for s in map(tensor_scope, xs)]
     assert list(record) == ["key", "action", "method", "aligned", "override", "before", "after"]
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "ties", "della", "slerp"])
+def test_unaligned_block_form_reports_the_scopes_tensor_scope_measures(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Task-vector methods measure their inputs and result inside the merging pass; other block forms
+    (slerp) after it: either way the report holds the bits :func:`tensor_scope` gives, in the same key order."""
+    from wsa_cli.fusion.pipeline import ScopeOptions
+    from wsa_cli.merge import executor
+    from wsa_cli.merge.executor import merge_tensor
+    from wsa_cli.merge.plan import TensorPlan
+    from wsa_cli.merge.registry import get_method
+
+    g = torch.Generator().manual_seed(6)
+    shape = (700, 1000)  # more than one block of 2^19 values
+    xs = [torch.randn(shape, generator=g) * 0.02 + 0.01 * i for i in range(2)]
+    base = torch.randn(shape, generator=g) * 0.02
+    params = get_method(method).resolve_params({"t": 0.3} if method == "slerp" else {})
+    entry = TensorPlan("w", shape, torch.float32, torch.float32, "merge", method, params, True, False, "affine")
+    separate = []  # tensors measured in passes of their own
+    monkeypatch.setattr(executor, "tensor_scope", lambda x, *a, **kw: separate.append(x) or tensor_scope(x, *a, **kw))
+    res = merge_tensor(entry, xs, None if method == "slerp" else base, scope=ScopeOptions(align=False), weights=[1, 1], seed=0,
+                       device=torch.device("cpu"))  # fmt: skip
+    assert res.record["before"] == [{"mean": s.mean, "std": s.std} for s in map(tensor_scope, xs)]
+    s = tensor_scope(res.tensor)
+    assert res.record["after"] == {"mean": s.mean, "std": s.std}
+    assert list(res.record) == ["key", "action", "method", "aligned", "override", "before", "after"]
+    assert len(separate) == (3 if method == "slerp" else 0)

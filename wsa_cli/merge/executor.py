@@ -135,8 +135,9 @@ def merge_tensor(
 
     coef = [(1.0, 0.0)] * len(xs)  # per model: aligned = a * x + b
     coef_base = (1.0, 0.0)
-    # unaligned linear merge: the inputs' scopes (for the report) are measured in the merging pass
-    in_pass = [RunningScope() for _ in xs] if scopes is None and not entry.align and entry.layer and linear else None
+    # unaligned merge: the inputs' scopes (for the report) are measured in the merging pass (linear methods always,
+    # block forms when they say so; otherwise after the merge)
+    in_pass = [RunningScope() for _ in xs] if scopes is None and not entry.align and entry.layer and (linear or method.into is not None) else None
     if entry.layer or entry.align:
         if scopes is None and in_pass is None:
             scopes = [measure_input(i, x) for i, x in enumerate(xs)]
@@ -179,7 +180,15 @@ def merge_tensor(
         inputs = [AlignedInput(x, a, sh) for (a, sh), x in zip(coef, xs, strict=True)]
         base_in = AlignedInput(b, *coef_base) if b is not None else None
         result = work.get(entry.shape, wide, device, "result") if out_dtype != wide else output(wide)  # (shape,) wide
-        method.into(BlockInputs(result, inputs, base_in, list(weights), entry.params, ctx, wide))
+        job = BlockInputs(result, inputs, base_in, list(weights), entry.params, ctx, wide,
+                          input_scopes=in_pass, output_scope=RunningScope() if in_pass is not None else None)  # fmt: skip
+        method.into(job)
+        if in_pass is not None:
+            scopes = [acc.scope() for acc in in_pass] if job.measured else [measure(x) for x in xs]
+            record["before"] = [_scope_dict(s) for s in scopes]
+            if job.measured and job.output_scope is not None:
+                record["after"] = _scope_dict(job.output_scope.scope())
+                measured = False  # already measured
     else:
         aligned = [x.to(wide) * a + sh if (a, sh) != (1.0, 0.0) else x.to(wide) for (a, sh), x in zip(coef, xs, strict=True)]
         bb = None if b is None else (b.to(wide) * coef_base[0] + coef_base[1] if coef_base != (1.0, 0.0) else b.to(wide))

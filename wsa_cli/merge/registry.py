@@ -35,6 +35,7 @@ import torch
 if TYPE_CHECKING:
     from wsa_cli.buffers import Scratch
     from wsa_cli.merge.kernel import AlignedInput
+    from wsa_cli.scope.stats import RunningScope
 
 from wsa_cli.errors import InvalidValueError
 from wsa_cli.registry import Registry
@@ -165,7 +166,7 @@ MergeFn = Callable[[list[torch.Tensor], "torch.Tensor | None", list[float], Mapp
 LinearForm = Callable[[list[float], Mapping[str, Any], bool], tuple[list[float], float]]
 
 
-@dataclass(frozen=True)
+@dataclass
 class BlockInputs:
     """Everything a block form (:data:`IntoFn`) gets: where to write, the aligned inputs, the rest.
 
@@ -186,6 +187,14 @@ class BlockInputs:
     params: Mapping[str, Any]
     ctx: MethodContext
     wide: torch.dtype  # the math dtype (float32, or float64 when an input is float64)
+    #: Asked for when the merge reports scopes it does not align with: one accumulator per input and
+    #: one for the result. A block form that reads every input block and writes every result block
+    #: in flat order may fold each block into them while it is in cache (``RunningScope.add_`` on a
+    #: float64 copy: the blocks of :func:`~wsa_cli.scope.stats.tensor_scope`, so the same bits) and
+    #: set ``measured``; otherwise the executor measures the inputs and the result after the merge.
+    input_scopes: list[RunningScope] | None = None
+    output_scope: RunningScope | None = None
+    measured: bool = False
 
     @property
     def k(self) -> int:

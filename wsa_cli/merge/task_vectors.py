@@ -40,6 +40,7 @@ from wsa_cli.buffers import Scratch
 from wsa_cli.merge.draws import SeededUniform, seeded_uniform
 from wsa_cli.merge.kernel import AlignedInput, block_ranges, block_size
 from wsa_cli.merge.registry import MethodContext
+from wsa_cli.scope.stats import RunningScope
 
 
 #: below this many values the k-th largest is found by introselect alone (the histogram pass costs more)
@@ -275,6 +276,8 @@ def combine_task_vectors_into(
     consensus: bool = False,
     normalize: bool = False,
     tie_rule: str = "threshold",
+    input_scopes: Sequence[RunningScope] | None = None,
+    output_scope: RunningScope | None = None,
 ) -> None:
     """:func:`combine_task_vectors` on aligned inputs, written into ``out`` (any float dtype) block by block.
 
@@ -294,7 +297,10 @@ def combine_task_vectors_into(
     rescales by ``1 / p_r``. Entries are removed by multiplying with a keep-mask, so a NaN or
     infinite task-vector entry stays non-finite even where it is dropped (the merge reports it).
     Element for element these are the same operations as on whole tensors, so the bits do not
-    depend on the block size.
+    depend on the block size. ``input_scopes`` / ``output_scope``: accumulators fed every block of
+    each (aligned) input and of the result while it is in cache, as
+    :func:`~wsa_cli.scope.stats.tensor_scope` would measure them (the same bits), so a merge that
+    reports scopes reads its inputs from memory once less (:class:`~wsa_cli.merge.registry.BlockInputs`).
     """
     n = out.numel()
     dev = out.device
@@ -340,12 +346,16 @@ def combine_task_vectors_into(
     blocks = [pool.get((blk,), wide, dev, f"tv.combine{j}") for j in range(4 if consensus else 2)]  # sign, num, den, agree
     abs_buf = pool.get((blk,), wide, dev, "tv.abs") if trim else None  # (block,) |tau_i|
     flags = pool.get((blk,), torch.bool, dev, "tv.flags") if trim else None  # (block,) entries kept
+    f64 = pool.get((blk,), torch.float64, dev, "f64") if input_scopes is not None or output_scope is not None else None
     flat_out = out.view(-1)
     for start, stop in block_ranges(n, dev):
         b = base.block(start, stop, base_buf)  # (block,)
         block_taus = []
         for i, x in enumerate(inputs):
-            tau = x.block(start, stop, taus[i]).sub_(b)  # (block,) task vector of model i
+            tau = x.block(start, stop, taus[i])  # (block,) model i's values
+            if input_scopes is not None:
+                input_scopes[i].add_(f64[: stop - start].copy_(tau))
+            tau.sub_(b)  # (block,) task vector of model i
             if trim:
                 if k_keep <= 0:
                     tau.zero_()
@@ -380,7 +390,10 @@ def combine_task_vectors_into(
                 merged /= float(sum(weights))
         if scale != 1.0:
             merged.mul_(scale)
-        flat_out[start:stop].copy_(merged.add_(b))  # base + scale * merged, cast to the output dtype
+        merged.add_(b)  # base + scale * merged
+        if output_scope is not None:
+            output_scope.add_(f64[:m].copy_(merged))
+        flat_out[start:stop].copy_(merged)  # cast to the output dtype
 
 
 def task_vector_forms(options: Callable[[Mapping[str, Any]], dict[str, Any]]) -> tuple[Callable[..., torch.Tensor], Callable[..., None]]:
@@ -397,6 +410,8 @@ def task_vector_forms(options: Callable[[Mapping[str, Any]], dict[str, Any]]) ->
         return combine_task_vectors(tensors, base, weights, ctx, **options(params))
 
     def into(job) -> None:  # noqa: ANN001 - a BlockInputs
-        combine_task_vectors_into(job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide, **options(job.params))
+        combine_task_vectors_into(job.out, job.inputs, job.base, job.weights, job.ctx, wide=job.wide,
+                                  input_scopes=job.input_scopes, output_scope=job.output_scope, **options(job.params))  # fmt: skip
+        job.measured = job.input_scopes is not None or job.output_scope is not None
 
     return fn, into

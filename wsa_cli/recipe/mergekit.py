@@ -519,6 +519,8 @@ def load_mergekit(path: str | Path, *, out: str | Path, align: bool = False) -> 
     """
     p = Path(path)
     rel = os.path.relpath(Path(out).resolve(), p.parent.resolve())
+    if rel.split(os.sep, 1)[0] == os.pardir:  # outside the config's folder: the absolute path reads better than ../../x
+        rel = str(Path(out).resolve())
     t = translate_mergekit(p, out=rel, align=align)
     try:
         recipe = parse_recipe(load_yaml_text(t.text, p), p, t.text)
