@@ -112,6 +112,25 @@ def test_rotary_slicing_is_refused_by_name() -> None:
         infer_spec(Rotary().eval(), (T, D))
 
 
+class GroupedQuery(Block):
+    """Grouped-query attention: 2 K/V heads, each repeated for 2 query heads. Refused by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k, self.v = nn.Linear(D, D // 2), nn.Linear(D, D // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        kv = [y.view(b, t, HEADS // 2, D // HEADS).transpose(1, 2).repeat_interleave(2, dim=1) for y in (self.k(x), self.v(x))]
+        a = torch.softmax(self.heads(self.q(x)) @ kv[0].transpose(-2, -1), dim=-1) @ kv[1]
+        return self.o(a.transpose(1, 2).reshape(b, t, D))
+
+
+def test_grouped_query_attention_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"cannot handle node 'repeat_interleave(_\d+)?'.*spec template bert\|gpt2\|llama"):
+        infer_spec(GroupedQuery().eval(), (T, D))
+
+
 class PerHeadMask(Block):
     """A per-head bias read from a buffer in forward: refused by name (a parameter outside a module)."""
 
