@@ -183,12 +183,12 @@ def merge_tensor(
         job = BlockInputs(result, inputs, base_in, list(weights), entry.params, ctx, wide,
                           input_scopes=in_pass, output_scope=RunningScope() if in_pass is not None else None)  # fmt: skip
         method.into(job)
-        if in_pass is not None:
-            scopes = [acc.scope() for acc in in_pass] if job.measured else [measure(x) for x in xs]
-            record["before"] = [_scope_dict(s) for s in scopes]
-            if job.measured and job.output_scope is not None:
-                record["after"] = _scope_dict(job.output_scope.scope())
-                measured = False  # already measured
+        if in_pass is not None and job.measured:  # the block form measured inputs and result in its pass
+            record["before"] = [_scope_dict(acc.scope()) for acc in in_pass]
+            record["after"] = _scope_dict(job.output_scope.scope())
+            measured = False
+        elif in_pass is not None:  # it did not: measure the inputs now (the result below)
+            record["before"] = [_scope_dict(measure(x)) for x in xs]
     else:
         aligned = [x.to(wide) * a + sh if (a, sh) != (1.0, 0.0) else x.to(wide) for (a, sh), x in zip(coef, xs, strict=True)]
         bb = None if b is None else (b.to(wide) * coef_base[0] + coef_base[1] if coef_base != (1.0, 0.0) else b.to(wide))
