@@ -47,7 +47,8 @@ class MergeResult(Result):
     def render(self) -> list[View]:
         if not self.dry_run:
             columns, rows = self.rows()
-            return [Table("merge", columns, [[r[c] for c in columns] for r in rows])]
+            # on a narrow terminal the counts a person reads last go first (all of them are in --json and --wide)
+            return [Table("merge", columns, [[r[c] for c in columns] for r in rows], optional=("constant_not_rescaled", "copied", "aligned"))]
         views: list[View] = []
         for s in self.stages:
             models = ", ".join(f"{m['input']} (w={m['weight']:g})" for m in s["models"])
