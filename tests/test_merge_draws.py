@@ -13,8 +13,25 @@ from wsa_cli.merge.task_vectors import dare_mask
 
 
 def test_the_stream_is_pinned() -> None:
-    """Merges are reproducible across installs: a change of NumPy's SFC64 stream or its float64 draw fails here."""
-    assert seeded_uniform(3, 12345).tolist() == [0.19120274451709907, 0.30618034325732313, 0.49135809785873485]
+    """Merges are reproducible across installs: a change of NumPy's SFC64 stream or of how words are cut fails here."""
+    assert seeded_uniform(3, 12345).tolist() == [0.6063841735012829, 0.19120274437591434, 0.9682571047451347]
+
+
+def test_words_are_the_halves_of_each_output_low_half_first() -> None:
+    import numpy as np
+
+    raw = np.random.SFC64(12345).random_raw(3)
+    want = [int(w) for r in raw for w in (int(r) & 0xFFFFFFFF, int(r) >> 32)]
+    assert SeededUniform(12345).words(6).tolist() == want
+    assert seeded_uniform(6, 12345).tolist() == [w / 2**32 for w in want]  # u = k / 2**32, exact
+
+
+@pytest.mark.parametrize("drop_rate", [0.0, 1e-12, 0.1, 1 / 3, 0.5, 0.9, 1 - 2**-40, 1.0])
+def test_keep_is_the_float_comparison_of_the_stream(drop_rate: float) -> None:
+    """DARE's integer test on the words decides as ``u >= drop_rate`` does, at awkward rates too (read in odd blocks)."""
+    s = SeededUniform(5)
+    got = torch.cat([s.keep(n, drop_rate).clone() for n in (3, 1, 4096, 5000)])
+    assert torch.equal(got, seeded_uniform(9100, 5) >= drop_rate)
 
 
 def test_block_reads_give_the_whole_stream() -> None:
@@ -93,7 +110,7 @@ def test_della_ranks_by_the_integer_keys_as_by_the_values(dtype: torch.dtype) ->
 
 
 @pytest.mark.parametrize("shape", [(6, 500), (3, 1), (1, 4097), (0, 5), (4, 0)])
-@pytest.mark.parametrize("case", ["ties", "negative", "float64", "non-contiguous"])
+@pytest.mark.parametrize("case", ["ties", "negative", "float64", "non-contiguous", "abs"])
 def test_ascending_row_order_is_a_stable_argsort(shape: tuple[int, int], case: str) -> None:
     """The packed-key sort and its fallbacks (float64, negative values) give torch's stable argsort exactly."""
     from wsa_cli.merge.task_vectors import ascending_row_order
@@ -108,5 +125,39 @@ def test_ascending_row_order_is_a_stable_argsort(shape: tuple[int, int], case: s
         mag = mag.double()
     elif case == "non-contiguous":
         mag = torch.cat([mag, mag], dim=1)[:, ::2] if mag.shape[1] else mag.t().contiguous().t()
-    got = ascending_row_order(mag)
+    elif case == "abs" and mag.numel():  # what DELLA passes: abs of values with -0.0 and -NaN, the check skipped
+        mag = mag - 4.0
+        mag.view(-1)[-2:] = torch.tensor([-0.0, -float("nan")])
+        mag = mag.abs()
+    got = ascending_row_order(mag, signs_clear=case == "abs")
     assert got.dtype == torch.int64 and torch.equal(got, torch.argsort(mag, dim=1, stable=True))
+
+
+@pytest.mark.parametrize("drop_rate", [None, 0.3])
+def test_drawing_ahead_on_a_helper_thread_gives_the_same_blocks(drop_rate: float | None) -> None:
+    """Two slots (the next block drawn while this one is used) read each stream as one slot does."""
+    from wsa_cli.merge.draws import block_draws
+
+    ranges = [(0, 6), (6, 12), (12, 17)]
+    dtype = torch.float64 if drop_rate is None else torch.bool
+
+    def run(slots: int) -> list[list[torch.Tensor]]:
+        bufs = [[torch.empty(6, dtype=dtype) for _ in range(2)] for _ in range(slots)]
+        streams = [SeededUniform(3), SeededUniform(4)]
+        return [[d.clone() for d in block] for block in block_draws(streams, ranges, bufs, drop_rate)]
+
+    ahead, serial = run(2), run(1)
+    assert len(ahead) == 3 and all(torch.equal(a, b) for x, y in zip(ahead, serial, strict=True) for a, b in zip(x, y, strict=True))
+    assert torch.equal(torch.cat([blk[1] for blk in ahead]), SeededUniform(4).next(17) if drop_rate is None else SeededUniform(4).keep(17, drop_rate))
+
+
+def test_a_merge_stopped_mid_tensor_leaves_no_helper_thread_running() -> None:
+    import threading
+
+    from wsa_cli.merge.draws import block_draws
+
+    bufs = [[torch.empty(4, dtype=torch.bool)] for _ in range(2)]
+    gen = block_draws([SeededUniform(1)], [(0, 4), (4, 8), (8, 12)], bufs, 0.5)
+    next(gen)
+    gen.close()  # what the merge's `closing(...)` does when a block raises
+    assert not [t for t in threading.enumerate() if t.name.startswith("wsa-draws")]

@@ -56,6 +56,7 @@ from wsa_cli.merge.plan import StagePlan, TensorPlan
 from wsa_cli.merge.registry import get_method
 from wsa_cli.merge.task_vectors import RADIX_MIN
 from wsa_cli.scope.stats import SCOPE_CHUNK, SCOPE_CHUNK_CUDA
+from wsa_cli.threads import usable_cores
 
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9, "T": 10**12, "TB": 10**12,
           "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}  # fmt: skip
@@ -164,12 +165,18 @@ def _work_bytes(plan: StagePlan, entry: TensorPlan, block: int, dev_cpu: bool = 
         persistent += blk * (wide + 1)  # a block's |tau_i| and the entries it zeroes
         if n >= RADIX_MIN and dev_cpu:
             persistent += n * wide  # the selection's histogram keys (top bits of every |tau_i|)
-    if name.startswith(("dare", "della")):
-        persistent += k * blk * 8 + blk  # a float64 block of draws per model, the entries dropped
+    slots = 2 if n > blk and usable_cores() > 1 else 1  # the next block's draws are made while this one merges
+    if name.startswith("dare"):  # per model and slot the entries a block keeps (a copy on the device when not the CPU)
+        persistent += slots * k * blk + (0 if dev_cpu else blk)
+    if name.startswith("della"):  # per model and slot a float64 block of uniforms; the entries a block keeps
+        persistent += slots * k * blk * 8 + blk
     if name == "model_stock":
         persistent += k * blk * 8  # the task vectors' float64 blocks for their Gram matrix
-    # DELLA: the keep probabilities of every model, and one model's int64 rank keys while it is ranked
-    transient = k * n * wide + 8 * n if name.startswith("della") else 0
+    # DARE and DELLA: a block of 32-bit draws, fresh from the generator; DELLA: the keep probabilities
+    # of every model, and one model's int64 rank keys while it is ranked
+    transient = 4 * blk if name.startswith(("dare", "della")) else 0
+    if name.startswith("della"):
+        transient += k * n * wide + 8 * n
     return persistent, transient
 
 

@@ -54,6 +54,19 @@ class AlignedInput:
             v.add_(self.b)
         return v
 
+    def values(self, start: int, stop: int, buf: torch.Tensor) -> torch.Tensor:
+        """Aligned values ``[start, stop)`` to read, not to write: the input's own elements when they
+        need no alignment and are stored in ``buf``'s dtype and device (no copy pass), else :meth:`block`.
+
+        Example:
+            >>> x = torch.arange(4.0)
+            >>> AlignedInput(x).values(1, 3, torch.empty(4)).data_ptr() == x[1:].data_ptr()
+            True
+        """
+        if self.a == 1.0 and self.b == 0.0 and self.flat.dtype == buf.dtype and self.flat.device == buf.device:
+            return self.flat[start:stop]
+        return self.block(start, stop, buf)
+
 
 def block_size(device: torch.device) -> int:
     """Elements per block: cache-sized on the CPU, large on CUDA where launches dominate."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 from typing import Any
 
@@ -37,10 +38,11 @@ import numpy as np
 import torch
 
 from wsa_cli.buffers import Scratch
-from wsa_cli.merge.draws import SeededUniform, seeded_uniform
+from wsa_cli.merge.draws import SeededUniform, block_draws
 from wsa_cli.merge.kernel import AlignedInput, block_ranges, block_size
 from wsa_cli.merge.registry import MethodContext
 from wsa_cli.scope.stats import RunningScope
+from wsa_cli.threads import usable_cores
 
 
 #: below this many values the k-th largest is found by introselect alone (the histogram pass costs more)
@@ -103,7 +105,7 @@ def dare_mask(shape: Sequence[int], drop_rate: float, seed: int) -> torch.Tensor
         True
     """
     n = math.prod(int(d) for d in shape)
-    return torch.ge(seeded_uniform(n, seed), drop_rate).reshape(tuple(shape))
+    return SeededUniform(seed).keep(n, drop_rate).reshape(tuple(shape))
 
 
 def magprune_rows(shape: Sequence[int]) -> tuple[int, int]:
@@ -128,6 +130,8 @@ def magprune_probabilities(magnitude: torch.Tensor, density: float, epsilon: flo
     Rank ``r = 0..m-1`` in ascending magnitude (a stable sort: equal magnitudes ranked by position)
     gets ``p = (density - epsilon) + 2 epsilon r / (m - 1)``; a row of one entry gets ``density``.
     The ``m`` values are computed on the CPU in float64, so every device gets the same bits.
+    ``magnitude`` is what ``abs`` returns (no sign bit set, NaN included), so the ranking skips
+    that check.
 
     Example:
         >>> magprune_probabilities(torch.tensor([[0.5, 3.0, 1.0]]), 0.5, 0.25, torch.float64)
@@ -138,12 +142,12 @@ def magprune_probabilities(magnitude: torch.Tensor, density: float, epsilon: flo
         values = torch.full((1,), float(density), dtype=torch.float64)
     else:
         values = torch.arange(m, dtype=torch.float64).mul_(2.0 * epsilon / (m - 1)).add_(density - epsilon)
-    order = ascending_row_order(magnitude)  # (rows, m) column indices, ascending magnitude, ties by position
+    order = ascending_row_order(magnitude, signs_clear=True)  # (rows, m) column indices, ascending magnitude, ties by position
     probs = torch.empty((rows, m), dtype=dtype, device=magnitude.device)
     return probs.scatter_(1, order, values.to(dtype=dtype, device=magnitude.device).expand(rows, m))
 
 
-def ascending_row_order(magnitude: torch.Tensor) -> torch.Tensor:
+def ascending_row_order(magnitude: torch.Tensor, *, signs_clear: bool = False) -> torch.Tensor:
     """Per row of ``magnitude`` (rows, m), the column indices in ascending order, equal values by position.
 
     What ``torch.argsort(magnitude, dim=1, stable=True)`` returns, computed faster where it can be:
@@ -153,14 +157,15 @@ def ascending_row_order(magnitude: torch.Tensor) -> torch.Tensor:
     puts each row in order and the low 32 bits are the columns. Row ranges sort on the run's
     compute threads. Measured 1.6x faster than torch's stable argsort on 1152-wide rows on a 2-core
     VM (14 vs 23 ns per entry on one thread). Other dtypes, devices, negative values or rows of
-    2^32 or more entries take torch's stable argsort.
+    2^32 or more entries take torch's stable argsort. ``signs_clear``: the caller guarantees no
+    sign bit is set (the output of ``abs``), which skips a pass that looks for one.
 
     Example:
         >>> ascending_row_order(torch.tensor([[0.5, 3.0, 0.5, 1.0]]))
         tensor([[0, 2, 3, 1]])
     """
     rows, m = magnitude.shape
-    if magnitude.dtype != torch.float32 or magnitude.device.type != "cpu" or m >= 1 << 32 or bool(torch.signbit(magnitude).any()):
+    if magnitude.dtype != torch.float32 or magnitude.device.type != "cpu" or m >= 1 << 32 or (not signs_clear and bool(torch.signbit(magnitude).any())):
         return torch.argsort(magnitude, dim=1, stable=True)
     bits = magnitude.contiguous().view(torch.int32).numpy()  # (rows, m) the values' bit patterns
     keys = np.empty((rows, m), dtype=np.int64)
@@ -322,25 +327,29 @@ def combine_task_vectors_into(
         probs: list[torch.Tensor | None] = [None] * len(inputs)
         for i, x in enumerate(inputs):
             for start, stop in block_ranges(n, dev):
-                torch.sub(x.block(start, stop, a_buf), base.block(start, stop, b_buf), out=mag[start:stop])
+                torch.sub(x.values(start, stop, a_buf), base.values(start, stop, b_buf), out=mag[start:stop])
             if magprune:
                 probs[i] = magprune_probabilities(mag.abs_().view(magprune_rows(base.shape)), density, epsilon, wide).reshape(-1)
                 continue
             thresholds[i] = kth_largest(mag.abs_(), n_top + k_keep, work=pool)
             if exact and trim:  # mag may have been partitioned in place: measure |tau_i| again, in flat order
                 for start, stop in block_ranges(n, dev):
-                    torch.sub(x.block(start, stop, a_buf), base.block(start, stop, b_buf), out=mag[start:stop])
+                    torch.sub(x.values(start, stop, a_buf), base.values(start, stop, b_buf), out=mag[start:stop])
                 mag.abs_()
                 above = int((mag > thresholds[i]).sum().item())  # < k_keep <= above + tied
                 tied = torch.nonzero(mag == thresholds[i]).view(-1)  # ascending flat indices
                 last_tied[i] = int(tied[k_keep - above - 1].item())
             if n_top > 0:
                 uppers[i] = kth_largest(mag, n_top, work=pool)  # mag is still |tau_i| (perhaps partitioned in place)
-    # DARE's and DELLA's draws: one stream per model at this key, read a block at a time (on the CPU)
+    # DARE's and DELLA's draws: one stream per model at this key, read a block at a time on the CPU
+    # (DARE's keep decisions, DELLA's uniforms); the next block's are drawn on a helper thread while this one merges
     cpu = torch.device("cpu")
-    draws = [SeededUniform(ctx.generator_seed(i), pool.get((blk,), torch.float64, cpu, f"tv.draw{i}")) for i in range(len(inputs))] \
-        if drop or magprune else []  # fmt: skip
-    keep = pool.get((blk,), torch.bool, dev, "tv.keep") if draws else None  # (block,) True = kept
+    ranges = list(block_ranges(n, dev))
+    streams = [SeededUniform(ctx.generator_seed(i)) for i in range(len(inputs))] if drop or magprune else []
+    slots = 2 if streams and len(ranges) > 1 and usable_cores() > 1 else 1
+    draw_dtype = torch.bool if drop else torch.float64
+    draw_bufs = [[pool.get((blk,), draw_dtype, cpu, f"tv.draw{j}.{i}") for i in range(len(streams))] for j in range(slots)]
+    keep = pool.get((blk,), torch.bool, dev, "tv.keep") if streams and (magprune or dev.type != "cpu") else None  # True = kept
     taus = [pool.get((blk,), wide, dev, f"tv.tau{i}") for i in range(len(inputs))]
     base_buf = pool.get((blk,), wide, dev, "tv.base")
     blocks = [pool.get((blk,), wide, dev, f"tv.combine{j}") for j in range(4 if consensus else 2)]  # sign, num, den, agree
@@ -348,52 +357,54 @@ def combine_task_vectors_into(
     flags = pool.get((blk,), torch.bool, dev, "tv.flags") if trim else None  # (block,) entries kept
     f64 = pool.get((blk,), torch.float64, dev, "f64") if input_scopes is not None or output_scope is not None else None
     flat_out = out.view(-1)
-    for start, stop in block_ranges(n, dev):
-        b = base.block(start, stop, base_buf)  # (block,)
-        block_taus = []
-        for i, x in enumerate(inputs):
-            tau = x.block(start, stop, taus[i])  # (block,) model i's values
-            if input_scopes is not None:
-                input_scopes[i].add_(f64[: stop - start].copy_(tau))
-            tau.sub_(b)  # (block,) task vector of model i
-            if trim:
-                if k_keep <= 0:
-                    tau.zero_()
-                else:
-                    mag_b, out_b = torch.abs(tau, out=abs_buf[: stop - start]), flags[: stop - start]
-                    # zeroing by a keep-mask product: several times faster than masked_fill_ on a CPU
-                    if uppers[i] is not None:
-                        tau.mul_(torch.lt(mag_b, uppers[i], out=out_b))
-                    tau.mul_(torch.ge(mag_b, thresholds[i], out=out_b))
-                    cut = last_tied[i]
-                    if cut is not None and cut + 1 < stop:  # ties after the k-th kept one go (tie_rule exact)
-                        lo = max(cut + 1 - start, 0)
-                        rest = tau[lo:]
-                        rest.mul_(torch.ne(torch.abs(rest, out=mag_b[lo:]), thresholds[i], out=out_b[lo:]))
-            elif magprune:  # keep when u >= 1 - p, with probability p; survivors / p
-                p_i = probs[i][start:stop]
-                kept = torch.ge(draws[i].next(stop - start).to(dev), torch.sub(1.0, p_i), out=keep[: stop - start])
-                tau.div_(p_i).mul_(kept)
-            elif drop:  # keep when u >= drop_rate; survivors / (1 - drop_rate)
-                kept = torch.ge(draws[i].next(stop - start).to(dev), drop_rate, out=keep[: stop - start])
-                tau.div_(1.0 - drop_rate).mul_(kept)
-            block_taus.append(tau)
-        m = stop - start
-        if consensus:
-            sign = elect_sign(block_taus, weights, out=blocks[0][:m])
-            merged = disjoint_mean(block_taus, weights, sign, buffers=(blocks[1][:m], blocks[2][:m], blocks[3][:m]))
-        else:
-            merged = blocks[1][:m].zero_()
-            for w, tau in zip(weights, block_taus, strict=True):
-                merged.add_(tau, alpha=float(w))
-            if normalize:
-                merged /= float(sum(weights))
-        if scale != 1.0:
-            merged.mul_(scale)
-        merged.add_(b)  # base + scale * merged
-        if output_scope is not None:
-            output_scope.add_(f64[:m].copy_(merged))
-        flat_out[start:stop].copy_(merged)  # cast to the output dtype
+    with closing(block_draws(streams, ranges, draw_bufs, drop_rate if drop else None)) as drawn:
+        for start, stop in ranges:
+            block_draw = next(drawn)  # (models,) this block's draws (none when the method draws nothing)
+            b = base.values(start, stop, base_buf)  # (block,) read only
+            block_taus = []
+            for i, x in enumerate(inputs):
+                xb = x.values(start, stop, taus[i])  # (block,) model i's values (perhaps the input itself: read only)
+                if input_scopes is not None:
+                    input_scopes[i].add_(f64[: stop - start].copy_(xb))
+                tau = torch.sub(xb, b, out=taus[i][: stop - start])  # (block,) task vector of model i
+                if trim:
+                    if k_keep <= 0:
+                        tau.zero_()
+                    else:
+                        mag_b, out_b = torch.abs(tau, out=abs_buf[: stop - start]), flags[: stop - start]
+                        # zeroing by a keep-mask product: several times faster than masked_fill_ on a CPU
+                        if uppers[i] is not None:
+                            tau.mul_(torch.lt(mag_b, uppers[i], out=out_b))
+                        tau.mul_(torch.ge(mag_b, thresholds[i], out=out_b))
+                        cut = last_tied[i]
+                        if cut is not None and cut + 1 < stop:  # ties after the k-th kept one go (tie_rule exact)
+                            lo = max(cut + 1 - start, 0)
+                            rest = tau[lo:]
+                            rest.mul_(torch.ne(torch.abs(rest, out=mag_b[lo:]), thresholds[i], out=out_b[lo:]))
+                elif magprune:  # keep when u >= 1 - p, with probability p; survivors / p
+                    p_i = probs[i][start:stop]
+                    kept = torch.ge(block_draw[i].to(dev), torch.sub(1.0, p_i), out=keep[: stop - start])
+                    tau.div_(p_i).mul_(kept)
+                elif drop:  # keep when u >= drop_rate; survivors / (1 - drop_rate)
+                    kept = block_draw[i] if keep is None else keep[: stop - start].copy_(block_draw[i])
+                    tau.div_(1.0 - drop_rate).mul_(kept)
+                block_taus.append(tau)
+            m = stop - start
+            if consensus:
+                sign = elect_sign(block_taus, weights, out=blocks[0][:m])
+                merged = disjoint_mean(block_taus, weights, sign, buffers=(blocks[1][:m], blocks[2][:m], blocks[3][:m]))
+            else:
+                merged = blocks[1][:m].zero_()
+                for w, tau in zip(weights, block_taus, strict=True):
+                    merged.add_(tau, alpha=float(w))
+                if normalize:
+                    merged /= float(sum(weights))
+            if scale != 1.0:
+                merged.mul_(scale)
+            merged.add_(b)  # base + scale * merged
+            if output_scope is not None:
+                output_scope.add_(f64[:m].copy_(merged))
+            flat_out[start:stop].copy_(merged)  # cast to the output dtype
 
 
 def task_vector_forms(options: Callable[[Mapping[str, Any]], dict[str, Any]]) -> tuple[Callable[..., torch.Tensor], Callable[..., None]]:

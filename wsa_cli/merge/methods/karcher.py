@@ -131,9 +131,9 @@ def gram_matrix(inputs: Sequence[AlignedInput], base: AlignedInput | None, ctx: 
         m = stop - start
         y = rows[:, :m]  # (K, block) float64
         for i, x in enumerate(inputs):
-            y[i].copy_(x.block(start, stop, buf))
+            y[i].copy_(x.values(start, stop, buf))
         if base is not None:
-            b = base64[:m].copy_(base.block(start, stop, buf))
+            b = base64[:m].copy_(base.values(start, stop, buf))
             y.sub_(b)
         g.addmm_(y, y.T)
     return g.cpu().tolist()

@@ -78,8 +78,8 @@ def _model_stock_into(job: BlockInputs) -> None:
     taus = [pool.get((blk,), torch.float64, dev, f"stock.tau{i}") for i in range(k)]
     gram = [[0.0] * k for _ in range(k)]
     for start, stop in block_ranges(n, dev):
-        b = base.block(start, stop, base_buf)
-        ts = [taus[i][: stop - start].copy_(torch.sub(x.block(start, stop, tmp), b, out=tmp[: stop - start])) for i, x in enumerate(inputs)]
+        b = base.values(start, stop, base_buf)  # read only
+        ts = [taus[i][: stop - start].copy_(torch.sub(x.values(start, stop, tmp), b, out=tmp[: stop - start])) for i, x in enumerate(inputs)]
         for i in range(k):
             for j in range(i, k):
                 gram[i][j] += float(torch.dot(ts[i], ts[j]))

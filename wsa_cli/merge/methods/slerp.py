@@ -61,8 +61,8 @@ def slerp_into(out: torch.Tensor, inputs: list[AlignedInput], t: float, dot_thre
     a64, b64 = pool.get((blk,), torch.float64, dev, "slerp.a64"), pool.get((blk,), torch.float64, dev, "slerp.b64")
     s00 = s11 = s01 = 0.0
     for start, stop in block_ranges(n, dev):
-        a = a64[: stop - start].copy_(p0.block(start, stop, a_buf))  # (block,) aligned p0 in float64
-        b = b64[: stop - start].copy_(p1.block(start, stop, b_buf))
+        a = a64[: stop - start].copy_(p0.values(start, stop, a_buf))  # (block,) aligned p0 in float64
+        b = b64[: stop - start].copy_(p1.values(start, stop, b_buf))
         s00 += float(torch.dot(a, a))
         s11 += float(torch.dot(b, b))
         s01 += float(torch.dot(a, b))
