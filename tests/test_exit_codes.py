@@ -57,3 +57,21 @@ def test_documented_example_exits_with_its_code(folder: Path, code: int, command
     assert res.exit_code == code, f"{command}: exit {res.exit_code}, stderr: {res.stderr}"
     if code >= 2:  # an error is one line on stderr
         assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_the_entry_point_keeps_the_exit_code_and_leaves_live_objects_out_of_the_exit_collection(monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    """``wsa``'s ``main`` freezes the objects alive at its end (the interpreter's last collection then skips them), whatever the outcome."""
+    import gc
+    import sys
+
+    from wsa_cli.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["wsa", "inspect", str(tmp_path / "missing.safetensors")])
+    try:
+        assert gc.get_freeze_count() == 0
+        with pytest.raises(SystemExit) as stop:
+            main()
+        assert stop.value.code == ExitCode.NOT_FOUND
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

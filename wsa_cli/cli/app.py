@@ -201,4 +201,21 @@ def main() -> None:
     from wsa_cli.threads import prefer_passive_waiting
 
     prefer_passive_waiting()  # before any command imports torch (see wsa_cli/threads.py)
-    app(prog_name="wsa")
+    try:
+        app(prog_name="wsa")
+    finally:
+        skip_the_exit_collection()
+
+
+def skip_the_exit_collection() -> None:
+    """Keep the objects still alive out of the garbage collection Python runs as it exits.
+
+    The command has finished (its files are written and closed, its threads joined), so that
+    collection only frees memory the process is about to give back: with torch imported it
+    walks torch's hundreds of thousands of objects, about 0.25 s of every run on a 2-core VM
+    (`python -c "import torch"` 1.34 s, 1.09 s with this). Objects are still freed when their
+    last reference goes, and exit handlers still run.
+    """
+    import gc
+
+    gc.freeze()
