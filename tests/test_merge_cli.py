@@ -121,3 +121,13 @@ def test_scope_file_measured_on_other_sizes_is_warned_not_refused(tmp_path, pair
                 assert "'l1.weight': 40 values there, 30 here" in res.stderr and len(stage["warnings"]) == 1
             else:
                 assert "warning" not in res.stderr and stage["warnings"] == []
+
+
+def test_a_yaml_with_o_is_a_mergekit_config_or_an_error_about_that_file(tmp_path, cli):  # noqa: ANN001
+    """``wsa merge X.yml -o OUT``: a missing X or a wsa recipe is named as such, not read as a checkpoint."""
+    missing = cli("merge", str(tmp_path / "gone.yml"), "-o", str(tmp_path / "out"))
+    assert missing.exit_code == 3 and "gone.yml: recipe or mergekit config not found" in missing.stderr, missing.stderr
+    (tmp_path / "r.yaml").write_text("models: [a.safetensors]\noutput: one.safetensors\n")
+    recipe = cli("merge", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "out"))
+    assert recipe.exit_code == 2 and "r.yaml: a wsa recipe names its own output; drop -o" in recipe.stderr, recipe.stderr
+    assert len(recipe.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists() and not (tmp_path / "one.safetensors").exists()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from wsa_cli.errors import UsageError
+from wsa_cli.errors import InputNotFoundError, UsageError
 
 
 def command_line_merge(inputs: Sequence[str], *, out: str | None, method: str, base: str | None, param: Sequence[str] | None,
@@ -18,7 +19,12 @@ def command_line_merge(inputs: Sequence[str], *, out: str | None, method: str, b
     from wsa_cli.fusion import parse_weights
     from wsa_cli.recipe.quick import QuickMerge
 
-    is_recipe = len(inputs) == 1 and inputs[0].lower().endswith((".yaml", ".yml")) and out is None
+    one_yaml = len(inputs) == 1 and inputs[0].lower().endswith((".yaml", ".yml"))  # no checkpoint format is YAML
+    if one_yaml and out is not None:  # not a mergekit config (that was translated before): a missing file or a recipe
+        if not Path(inputs[0]).exists():
+            raise InputNotFoundError("recipe or mergekit config not found", path=inputs[0])
+        raise UsageError(f"{inputs[0]}: a wsa recipe names its own output; drop -o (only a mergekit config takes one)")
+    is_recipe = one_yaml and out is None
     given = {"--method": method != "linear", "--base": base is not None, "--param": bool(param), "--weights": weights is not None,
              "--no-align": not align, "--dtype": dtype is not None, "--seed": seed is not None,
              "--save-recipe": save_recipe is not None}  # fmt: skip
