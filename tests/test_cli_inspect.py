@@ -187,6 +187,15 @@ def test_pipe_gives_json_and_help_does_not_import_torch(pair: tuple[Path, Path])
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
+def test_a_missing_checkpoint_is_refused_before_torch_is_imported(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    """A bad path is named in one line without paying the torch import (1-2 s); the good one before it is checked too."""
+    probe = ("import sys\nfrom wsa_cli.cli.app import main\nsys.argv = ['wsa', 'inspect', *sys.argv[1:]]\n"
+             "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", probe, str(pair[0]), str(tmp_path / "gone.safetensors")], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == [str(int(ExitCode.NOT_FOUND)), "False"], run.stdout + run.stderr
+    assert run.stderr.strip() == f"error: {tmp_path / 'gone.safetensors'}: no such file or folder"
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

@@ -58,6 +58,10 @@ def command(
     nonfinite, constant_layers, kl_to_target (one or more checkpoints); kl_to_fused, std_ratio,
     mean_shift, mismatches (several).
     """
+    from wsa_cli.inputs import check_input
+
+    for path in checkpoints:  # a path that is missing (or a FIFO, a device) is refused before torch is imported
+        check_input(path)
     from wsa_cli.device import resolve_device
     from wsa_cli.fusion import parse_target, parse_weights
     from wsa_cli.inspection.inspect import InspectOptions, gate_metrics, inspect_histograms, inspect_models

@@ -14,7 +14,7 @@ Accepted inputs:
 
 A file with another suffix is recognised by its first bytes (safetensors header or zip/pickle).
 
-Every path is checked before anything opens it (:func:`~wsa_cli.io.base.check_input`): only regular
+Every path is checked before anything opens it (:func:`~wsa_cli.inputs.check_input`): only regular
 files and folders are read, and OS errors become one-line errors naming the file and the reason.
 """
 
@@ -24,7 +24,8 @@ import stat
 from pathlib import Path
 
 from wsa_cli.errors import CheckpointError, InvalidValueError
-from wsa_cli.io.base import CheckpointReader, check_input, os_error
+from wsa_cli.inputs import check_input, os_error
+from wsa_cli.io.base import CheckpointReader
 from wsa_cli.io.safetensors_reader import SafetensorsReader, ShardedSafetensorsReader, read_index
 from wsa_cli.io.torch_reader import TORCH_SUFFIXES, TorchReader
 

@@ -23,7 +23,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from wsa_cli.errors import CheckpointError, InputNotFoundError
-from wsa_cli.io.base import CheckpointReader, TensorInfo, check_input, errno_error, os_error
+from wsa_cli.inputs import check_input, os_error
+from wsa_cli.io.base import CheckpointReader, TensorInfo, errno_error
 from wsa_cli.io.dtypes import TAG_TO_DTYPE
 
 

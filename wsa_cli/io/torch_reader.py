@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from wsa_cli.errors import CheckpointError
-from wsa_cli.io.base import CheckpointReader, TensorInfo, check_input, errno_error, os_error
+from wsa_cli.inputs import check_input, os_error
+from wsa_cli.io.base import CheckpointReader, TensorInfo, errno_error
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "state", "params")
