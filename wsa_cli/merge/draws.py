@@ -11,7 +11,7 @@ the same entries.
 
 DARE's test ``u >= drop_rate`` is made on the words themselves (``k >= ceil(drop_rate * 2**32)``,
 the same answer as the float comparison, since ``u`` is exact), so no float block is made: on a
-2-core VM this is about 1.4 ns per value, against 2.7 ns for 53-bit float64 uniforms and a
+2-core VM this is 1.1-1.6 ns per value, against 2.7-3.0 ns for 53-bit float64 uniforms and a
 float comparison (the stream of earlier builds), and 4.8 ns for ``torch.rand`` with a comparison.
 The keep probability is ``1 - ceil(drop_rate * 2**32) / 2**32``: within ``2**-32`` of the one asked for.
 """
