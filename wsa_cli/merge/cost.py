@@ -53,10 +53,10 @@ from wsa_cli.errors import InvalidValueError, WsaError
 from wsa_cli.io.base import numel
 from wsa_cli.io.writer import plan_shards, temp_tag
 from wsa_cli.merge.plan import StagePlan, TensorPlan
+from wsa_cli.merge.draws import draw_slots
 from wsa_cli.merge.registry import get_method
 from wsa_cli.merge.task_vectors import RADIX_MIN
 from wsa_cli.scope.stats import SCOPE_CHUNK, SCOPE_CHUNK_CUDA
-from wsa_cli.threads import usable_cores
 
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9, "T": 10**12, "TB": 10**12,
           "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}  # fmt: skip
@@ -165,7 +165,7 @@ def _work_bytes(plan: StagePlan, entry: TensorPlan, block: int, dev_cpu: bool = 
         persistent += blk * (wide + 1)  # a block's |tau_i| and the entries it zeroes
         if n >= RADIX_MIN and dev_cpu:
             persistent += n * wide  # the selection's histogram keys (top bits of every |tau_i|)
-    slots = 2 if n > blk and usable_cores() > 1 else 1  # the next block's draws are made while this one merges
+    slots = draw_slots(-(-n // blk) if n else 0)  # blocks of draws kept per model (DARE, DELLA)
     if name.startswith("dare"):  # per model and slot the entries a block keeps (a copy on the device when not the CPU)
         persistent += slots * k * blk + (0 if dev_cpu else blk)
     if name.startswith("della"):  # per model and slot a float64 block of uniforms; the entries a block keeps

@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from wsa_cli.threads import usable_cores
+
 _WORD = 2.0**-32  # the uniform of word k is k * 2**-32
 _LITTLE = sys.byteorder == "little"
 
@@ -43,11 +45,10 @@ class SeededUniform:
 
     __slots__ = ("_bits", "_buf", "_spare")
 
-    def __init__(self, seed: int, buffer: torch.Tensor | None = None) -> None:
-        """``buffer``: a float64 CPU tensor :meth:`next` writes into (a merge's pooled block), grown when too small."""
+    def __init__(self, seed: int) -> None:
         self._bits = np.random.SFC64(int(seed))
         self._spare: np.uint32 | None = None  # the high half of the last 64-bit output, not read yet
-        self._buf = buffer if buffer is not None else torch.empty(0, dtype=torch.float64)
+        self._buf = torch.empty(0, dtype=torch.float64)  # where :meth:`next` writes without ``out``, grown when too small
 
     def words(self, count: int) -> np.ndarray:
         """The next ``count`` 32-bit words of the stream, uint32, in a fresh array."""
@@ -88,15 +89,23 @@ class SeededUniform:
         return out
 
 
+def draw_slots(blocks: int) -> int:
+    """How many blocks of draws per model a tensor of ``blocks`` blocks keeps: 2 (the next one
+    drawn on a helper thread while this one merges) when it has more than one block and the
+    process has a second core, else 1. The merge and its memory prediction both ask here."""
+    return 2 if blocks > 1 and usable_cores() > 1 else 1
+
+
 def block_draws(streams: Sequence[SeededUniform], ranges: Sequence[tuple[int, int]], buffers: Sequence[Sequence[torch.Tensor]],
                 drop_rate: float | None = None) -> Iterator[list[torch.Tensor]]:  # fmt: skip
     """Per block ``(start, stop)`` of ``ranges``, every stream's draws for it: DARE's keep decisions
     (``drop_rate`` given, bool) or uniforms (float64), written into ``buffers[slot][i][:stop - start]``.
 
-    With two slots of buffers and more than one block, block ``j + 1`` is drawn on a helper thread
-    while the caller merges block ``j`` (the generator releases Python's lock while it draws, so
-    the two run on two cores): the caller must be done with a block's draws before it asks for
-    the next. The draws are the same either way: each stream is still read in order.
+    With two slots of buffers (see :func:`draw_slots`) and more than one block, block ``j + 1``
+    is drawn on a helper thread while the caller merges block ``j`` (the generator releases
+    Python's lock while it draws, so the two run on two cores): the caller must be done with a
+    block's draws before it asks for the next. The draws are the same either way: each stream is
+    still read in order.
 
     Example:
         >>> bufs = [[torch.empty(4, dtype=torch.bool)] for _ in range(2)]
@@ -136,4 +145,4 @@ def seeded_uniform(n: int, seed: int) -> torch.Tensor:
     return SeededUniform(seed).next(n).clone()
 
 
-__all__ = ["SeededUniform", "block_draws", "seeded_uniform"]
+__all__ = ["SeededUniform", "block_draws", "draw_slots", "seeded_uniform"]

@@ -38,11 +38,10 @@ import numpy as np
 import torch
 
 from wsa_cli.buffers import Scratch
-from wsa_cli.merge.draws import SeededUniform, block_draws
+from wsa_cli.merge.draws import SeededUniform, block_draws, draw_slots
 from wsa_cli.merge.kernel import AlignedInput, block_ranges, block_size
 from wsa_cli.merge.registry import MethodContext
 from wsa_cli.scope.stats import RunningScope
-from wsa_cli.threads import usable_cores
 
 
 #: below this many values the k-th largest is found by introselect alone (the histogram pass costs more)
@@ -346,7 +345,7 @@ def combine_task_vectors_into(
     cpu = torch.device("cpu")
     ranges = list(block_ranges(n, dev))
     streams = [SeededUniform(ctx.generator_seed(i)) for i in range(len(inputs))] if drop or magprune else []
-    slots = 2 if streams and len(ranges) > 1 and usable_cores() > 1 else 1
+    slots = draw_slots(len(ranges)) if streams else 1
     draw_dtype = torch.bool if drop else torch.float64
     draw_bufs = [[pool.get((blk,), draw_dtype, cpu, f"tv.draw{j}.{i}") for i in range(len(streams))] for j in range(slots)]
     keep = pool.get((blk,), torch.bool, dev, "tv.keep") if streams and (magprune or dev.type != "cpu") else None  # True = kept
